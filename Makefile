@@ -1,0 +1,97 @@
+# ferry — `make help` lists the targets. Two commands matter: `make run` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-builtin-rules
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+MODEL  ?= models/churn/model.joblib
+# The service's settings are FERRY_* environment variables (docs/configuration.md); these three
+# have defaults here so `make run FERRY_PORT=9000` works, every other FERRY_* passes through.
+export FERRY_PORT    ?= 8000
+export FERRY_HOST    ?= 0.0.0.0
+export FERRY_WORKERS ?= 2
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "; printf "ferry — targets:\n"} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+# --- environment -----------------------------------------------------------------------------
+# One virtualenv. The service lock is enough to run; the dev lock (a superset) adds test tools.
+# The package is put on the path with a .pth file: no build backend, nothing to download.
+$(VENV)/.created:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -c 'import sysconfig, pathlib; pathlib.Path(sysconfig.get_paths()["purelib"], "ferry-src.pth").write_text(str(pathlib.Path("service").resolve()) + "\n")'
+	touch $@
+
+$(VENV)/.service: requirements/service.lock $(VENV)/.created
+	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r $<
+	touch $@
+
+$(VENV)/.dev: requirements/dev.lock $(VENV)/.service
+	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r $<
+	touch $@
+
+.PHONY: venv dev
+venv: $(VENV)/.service ## Create .venv with the locked service dependencies
+dev: $(VENV)/.dev ## Add the locked test and lint tools
+
+.PHONY: lock
+lock: $(VENV)/.dev ## Re-resolve requirements/*.lock from pyproject.toml (needs PyPI)
+	$(VENV)/bin/uv pip compile pyproject.toml --python-version 3.11 --generate-hashes -q -o requirements/service.lock
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes -q -o requirements/dev.lock
+
+# --- model -----------------------------------------------------------------------------------
+$(MODEL): | $(VENV)/.service
+	$(PY) -m ferry train --out $(dir $(MODEL))
+
+.PHONY: model
+model: $(MODEL) ## Build the default churn model and its card (deterministic)
+
+# --- run -------------------------------------------------------------------------------------
+.PHONY: run
+run: $(VENV)/.service $(MODEL) ## Start the service on :$FERRY_PORT (gunicorn + uvicorn workers)
+	exec $(PY) -m ferry serve
+
+# --- generated files -------------------------------------------------------------------------
+GENERATED_CHECK := $(PY) scripts/generate.py
+
+.PHONY: generate
+generate: $(VENV)/.service ## Regenerate every generated file (docs/configuration.md, ...)
+	$(GENERATED_CHECK) --write
+
+.PHONY: check-generated
+check-generated: $(VENV)/.service ## Fail if a generated file differs from what `make generate` writes
+	$(GENERATED_CHECK) --check
+
+# --- quality ---------------------------------------------------------------------------------
+.PHONY: lint
+lint: $(VENV)/.dev ## ruff (lint + format check) and hadolint on the Dockerfile
+	$(VENV)/bin/ruff check service tests scripts
+	$(VENV)/bin/ruff format --check service tests scripts
+	$(VENV)/bin/hadolint service/Dockerfile
+
+.PHONY: test
+test: $(VENV)/.dev lint check-generated ## Install what is needed, then run every test tier
+	$(PY) -m pytest -m "unit or integration or deploy or alerts" $(PYTEST_ARGS)
+
+.PHONY: test-unit test-integration test-deploy
+test-unit: $(VENV)/.dev ## Only the unit tier (in-process, seconds)
+	$(PY) -m pytest -m unit $(PYTEST_ARGS)
+test-integration: $(VENV)/.dev ## Only the integration tier (real gunicorn on 127.0.0.1)
+	$(PY) -m pytest -m integration $(PYTEST_ARGS)
+test-deploy: $(VENV)/.dev ## Only the deploy tier (Dockerfile, image entrypoint)
+	$(PY) -m pytest -m deploy $(PYTEST_ARGS)
+
+# --- benchmark -------------------------------------------------------------------------------
+.PHONY: bench
+bench: $(VENV)/.dev $(MODEL) ## Measure throughput/latency against real gunicorn; updates docs/benchmarks.md
+	@command -v wrk >/dev/null || { echo "installing wrk (load generator)"; apt-get install -y -qq wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }; }
+	$(PY) scripts/bench.py --write docs/benchmarks.md
+
+.PHONY: clean
+clean: ## Remove the virtualenv, built model and caches
+	rm -rf $(VENV) models .pytest_cache .ruff_cache .hypothesis

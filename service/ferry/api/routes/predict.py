@@ -1,0 +1,93 @@
+"""Single and batch prediction, typed from the model card.
+
+No `from __future__ import annotations` here: FastAPI must see the request types built in
+`build_router` as objects, not as names it cannot resolve.
+"""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body
+from pydantic import ConfigDict, Field, create_model
+
+from ferry.api.deps import CoreDep, RequestIdDep
+from ferry.api.orjson_route import OrjsonRoute
+from ferry.api.schemas import BatchResponse, ErrorBody, PredictResponse
+from ferry.core import Core
+from ferry.inference import Prediction
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in {
+        413: "Body over the size limit",
+        415: "Body is not JSON",
+        422: "Invalid record(s), or too many records",
+        500: "The model failed",
+        503: "Model not ready, or overloaded (see Retry-After)",
+    }.items()
+}
+
+
+def row_results(prediction: Prediction) -> list[dict[str, Any]]:
+    if prediction.probabilities is None or prediction.classes is None:
+        return [{"prediction": label, "probabilities": None} for label in prediction.labels]
+    classes = prediction.classes
+    return [
+        {"prediction": label, "probabilities": dict(zip(classes, row, strict=True))}
+        for label, row in zip(prediction.labels, prediction.probabilities.tolist(), strict=True)
+    ]
+
+
+def build_router(core: Core) -> APIRouter:
+    """Routes whose request bodies are typed from the served model's card."""
+    schema = core.schema
+    record = schema.record_type
+    max_batch = core.settings.api.max_batch_size
+
+    def one_example(s: dict[str, Any]) -> None:
+        s["examples"] = [{"record": schema.example}]
+
+    def batch_example(s: dict[str, Any]) -> None:
+        s["examples"] = [{"records": [schema.example, schema.example]}]
+
+    predict_request = create_model(  # type: ignore[call-overload]
+        "PredictRequest",
+        __config__=ConfigDict(extra="forbid", json_schema_extra=one_example),
+        record=(record, Field(description="One record, fields as in the model card.")),
+    )
+    batch_request = create_model(  # type: ignore[call-overload]
+        "BatchPredictRequest",
+        __config__=ConfigDict(extra="forbid", json_schema_extra=batch_example),
+        records=(
+            list[record],
+            Field(min_length=1, max_length=max_batch, description=f"1 to {max_batch} records."),
+        ),
+    )
+    router = APIRouter(route_class=OrjsonRoute, prefix="/api/v1", tags=["predict"], responses=ERRORS)
+
+    @router.post("/predict", response_model=PredictResponse, summary="Predict one record")
+    async def predict(
+        body: Annotated[predict_request, Body()],  # type: ignore[valid-type]
+        core: CoreDep,
+        request_id: RequestIdDep,
+    ) -> dict[str, Any]:
+        prediction = await core.predict_records([body.record])
+        return {
+            **row_results(prediction)[0],
+            "model": {"name": core.holder.name, "version": core.holder.version},
+            "request_id": request_id,
+        }
+
+    @router.post("/predict/batch", response_model=BatchResponse, summary="Predict 1..N records in one model call")
+    async def predict_batch(
+        body: Annotated[batch_request, Body()],  # type: ignore[valid-type]
+        core: CoreDep,
+        request_id: RequestIdDep,
+    ) -> dict[str, Any]:
+        prediction = await core.predict_records(body.records)
+        return {
+            "predictions": row_results(prediction),
+            "model": {"name": core.holder.name, "version": core.holder.version},
+            "request_id": request_id,
+        }
+
+    return router

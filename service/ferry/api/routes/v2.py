@@ -1,0 +1,173 @@
+"""Open Inference Protocol v2 (REST), so KServe/Triton/MLServer clients work unchanged.
+
+JSON tensors only (no binary tensor extension). Input: one numeric tensor of shape
+[rows, n_features]. Outputs: ``predict`` (labels) and ``predict_proba`` ([rows, n_classes], FP64).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from ferry import __version__
+from ferry.api.deps import CoreDep
+from ferry.api.orjson_route import OrjsonRoute
+from ferry.api.schemas import (
+    NUMERIC_DATATYPES,
+    InferOutput,
+    InferRequest,
+    InferResponse,
+    ModelMetadata,
+    TensorMetadata,
+)
+from ferry.core import Core
+from ferry.errors import BadRequest, ModelNotFound
+from ferry.inference import Prediction
+
+router = APIRouter(route_class=OrjsonRoute, prefix="/v2", tags=["open inference protocol v2"])
+INPUT_NAME = "input-0"
+OUTPUTS = ("predict", "predict_proba")
+
+
+def _model(core: Core, name: str, version: str | None = None) -> Core:
+    if name != core.holder.name or (version not in (None, "", core.holder.version)):
+        raise ModelNotFound(f"no model {name!r}" + (f" version {version!r}" if version else ""))
+    return core
+
+
+@router.get("", summary="Server metadata")
+async def server_metadata() -> dict[str, Any]:
+    return {"name": "ferry", "version": __version__, "extensions": []}
+
+
+@router.get("/health/live", summary="Server live")
+async def server_live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get("/health/ready", summary="Server ready")
+async def server_ready(core: CoreDep) -> JSONResponse:
+    ready = core.holder.ready
+    return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+
+def _metadata(core: Core) -> ModelMetadata:
+    holder = core.holder
+    width = holder.schema.n_features if holder.schema.n_features is not None else -1
+    classes = holder.loaded.classes if holder.loaded else (holder.card.classes if holder.card else None)
+    label_type = "BYTES" if classes is not None else "FP64"
+    encoding = None
+    if holder.schema.features:
+        encoding = {
+            "features": [
+                {"name": f.name, "type": f.type, **({"codes": f.categories} if f.categories else {})}
+                for f in holder.schema.features
+            ],
+            "note": "columns in this order; categorical = index into codes; boolean = 0/1",
+        }
+    outputs = [TensorMetadata(name="predict", datatype=label_type, shape=[-1])]
+    if classes is not None:
+        outputs.append(
+            TensorMetadata(
+                name="predict_proba", datatype="FP64", shape=[-1, len(classes)], parameters={"classes": classes}
+            )
+        )
+    return ModelMetadata(
+        name=holder.name,
+        versions=[holder.version],
+        platform="sklearn",
+        inputs=[TensorMetadata(name=INPUT_NAME, datatype="FP64", shape=[-1, width], parameters=encoding)],
+        outputs=outputs,
+    )
+
+
+@router.get("/models/{name}", response_model=ModelMetadata, response_model_exclude_none=True)
+async def model_metadata(name: str, core: CoreDep) -> ModelMetadata:
+    return _metadata(_model(core, name))
+
+
+@router.get("/models/{name}/versions/{version}", response_model=ModelMetadata, response_model_exclude_none=True)
+async def model_version_metadata(name: str, version: str, core: CoreDep) -> ModelMetadata:
+    return _metadata(_model(core, name, version))
+
+
+def _ready(core: Core, name: str, version: str | None = None) -> JSONResponse:
+    ready = _model(core, name, version).holder.ready
+    return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
+
+
+@router.get("/models/{name}/ready", summary="Model ready")
+async def model_ready(name: str, core: CoreDep) -> JSONResponse:
+    return _ready(core, name)
+
+
+@router.get("/models/{name}/versions/{version}/ready", summary="Model version ready")
+async def model_version_ready(name: str, version: str, core: CoreDep) -> JSONResponse:
+    return _ready(core, name, version)
+
+
+def _tensor(request: InferRequest) -> np.ndarray:
+    tensor = request.inputs[0]
+    loc: list[Any] = ["inputs", 0]
+    if tensor.datatype not in NUMERIC_DATATYPES:
+        raise BadRequest(f"input {tensor.name!r}: datatype {tensor.datatype} not supported; use a numeric type")
+    if len(tensor.shape) != 2 or any(d < 0 for d in tensor.shape):
+        raise BadRequest(f"input {tensor.name!r}: shape must be [rows, features], got {tensor.shape}")
+    try:
+        flat = np.asarray(tensor.data, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise BadRequest(f"input {tensor.name!r}: data must be numbers ({exc})") from None
+    if flat.size != math.prod(tensor.shape):
+        raise BadRequest(
+            f"input {tensor.name!r}: {flat.size} values do not fill shape {tensor.shape}", details=[{"loc": loc}]
+        )
+    if tensor.shape[0] == 0:
+        raise BadRequest(f"input {tensor.name!r}: at least one row is required")
+    return flat.reshape(tensor.shape)
+
+
+def _wanted(request: InferRequest) -> list[str]:
+    wanted = [o.name for o in request.outputs] if request.outputs else list(OUTPUTS)
+    unknown = [name for name in wanted if name not in OUTPUTS]
+    if unknown:
+        raise BadRequest(f"unknown output(s) {unknown}; this model has {list(OUTPUTS)}")
+    return wanted
+
+
+def _outputs(wanted: list[str], prediction: Prediction) -> list[InferOutput]:
+    rows = len(prediction.labels)
+    outputs = []
+    if "predict" in wanted:
+        datatype = "BYTES" if prediction.classes is not None else "FP64"
+        outputs.append(InferOutput(name="predict", shape=[rows], datatype=datatype, data=prediction.labels))
+    if "predict_proba" in wanted and prediction.probabilities is not None:
+        proba = prediction.probabilities
+        outputs.append(
+            InferOutput(name="predict_proba", shape=list(proba.shape), datatype="FP64", data=proba.ravel().tolist())
+        )
+    return outputs
+
+
+async def _infer(core: Core, request: InferRequest, version: str | None) -> InferResponse:
+    holder = _model(core, core.holder.name, version).holder
+    wanted = _wanted(request)
+    prediction = await core.predict_tensor(_tensor(request), loc=["inputs", 0])
+    return InferResponse(
+        model_name=holder.name, model_version=holder.version, id=request.id, outputs=_outputs(wanted, prediction)
+    )
+
+
+@router.post("/models/{name}/infer", response_model=InferResponse, response_model_exclude_none=True)
+async def infer(name: str, request: InferRequest, core: CoreDep) -> InferResponse:
+    _model(core, name)
+    return await _infer(core, request, None)
+
+
+@router.post("/models/{name}/versions/{version}/infer", response_model=InferResponse, response_model_exclude_none=True)
+async def infer_version(name: str, version: str, request: InferRequest, core: CoreDep) -> InferResponse:
+    _model(core, name, version)
+    return await _infer(core, request, version)

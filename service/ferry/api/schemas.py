@@ -1,0 +1,121 @@
+"""Response bodies and Open Inference Protocol v2 request/response bodies."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ModelRef(BaseModel):
+    name: str = Field(examples=["churn"])
+    version: str = Field(examples=["1.0.0"])
+
+
+class RowResult(BaseModel):
+    prediction: Any = Field(description="Predicted class label (or value, for regressors).", examples=["stay"])
+    probabilities: dict[str, float] | None = Field(
+        None,
+        description="Probability per class label; absent for models without predict_proba.",
+        examples=[{"churn": 0.12, "stay": 0.88}],
+    )
+
+
+class PredictResponse(RowResult):
+    model: ModelRef
+    request_id: str
+
+
+class BatchResponse(BaseModel):
+    predictions: list[RowResult] = Field(description="One result per record, in request order.")
+    model: ModelRef
+    request_id: str
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="Stable machine-readable error code.", examples=["validation_error"])
+    message: str
+    request_id: str
+    details: list[dict[str, Any]] | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok", "ready", "loading", "failed", "draining"]
+    model: str | None = None
+    version: str | None = None
+    reason: str | None = None
+
+
+CardSection = Literal["performance", "args", "features", "classes", "dataset", "libraries", "example"]
+
+
+# -- Open Inference Protocol v2 ------------------------------------------------------------------
+NUMERIC_DATATYPES = (
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+)
+
+
+class _Strictish(BaseModel):
+    # Unknown fields are ignored, as the protocol expects extensions to add some.
+    model_config = ConfigDict(extra="ignore")
+
+
+class InferInput(_Strictish):
+    name: str = Field(max_length=256)
+    shape: list[int] = Field(min_length=1, max_length=8)
+    datatype: str = Field(max_length=16)
+    parameters: dict[str, Any] | None = None
+    data: list[Any]
+
+
+class InferOutputRequest(_Strictish):
+    name: str = Field(max_length=256)
+    parameters: dict[str, Any] | None = None
+
+
+class InferRequest(_Strictish):
+    id: str | None = Field(None, max_length=256)
+    parameters: dict[str, Any] | None = None
+    inputs: list[InferInput] = Field(min_length=1, max_length=1)
+    outputs: list[InferOutputRequest] | None = None
+
+
+class InferOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[Any]
+
+
+class InferResponse(BaseModel):
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    outputs: list[InferOutput]
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+    parameters: dict[str, Any] | None = None
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+    parameters: dict[str, Any] | None = None

@@ -1,0 +1,50 @@
+"""``ferry`` command line: serve, train."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ferry import __version__
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ferry.train import train
+
+    card = train(Path(args.out))
+    print(
+        json.dumps(
+            {
+                "model": str(Path(args.out) / "model.joblib"),
+                "sha256": card["sha256"],
+                "performance": card["performance"],
+            }
+        )
+    )
+    return 0
+
+
+def _serve(_: argparse.Namespace) -> int:
+    from ferry.launcher import serve
+
+    serve()  # execs gunicorn; returns only on failure
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ferry", description="Serve a scikit-learn model in production.")
+    parser.add_argument("--version", action="version", version=f"ferry {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="start gunicorn with the ferry app (reads FERRY_* settings)")
+    serve.set_defaults(func=_serve)
+    train = commands.add_parser("train", help="build the default churn model and its card")
+    train.add_argument("--out", default="models/churn", help="output directory (default: models/churn)")
+    train.set_defaults(func=_train)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

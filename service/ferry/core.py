@@ -1,0 +1,81 @@
+"""The serving core the routes call: model, schema, executor and metrics, and nothing of HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import numpy as np
+
+from ferry.errors import BatchTooLarge, ModelNotReady
+from ferry.inference import Prediction, Predictor
+from ferry.logging import get_logger
+from ferry.metrics import Metrics
+from ferry.model import ModelHolder
+from ferry.settings import Settings
+
+log = get_logger("ferry.core")
+
+
+class Core:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.holder = ModelHolder(settings.model)
+        self.predictor = Predictor(self.holder, settings.inference, metrics)
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    @property
+    def schema(self):
+        return self.holder.schema
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Begin loading the model in a thread and refreshing process metrics; return at once."""
+        self.metrics.workers.set(1)
+        self.metrics.worker_starts.inc()
+        self.metrics.model_ready.set(0)
+        self._tasks = [
+            asyncio.create_task(self._load_model(), name="ferry-load-model"),
+            asyncio.create_task(self._refresh_process_metrics(), name="ferry-process-metrics"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await asyncio.to_thread(self.predictor.shutdown)
+
+    async def _load_model(self) -> None:
+        await asyncio.to_thread(self.holder.load)
+        loaded = self.holder.loaded
+        if self.holder.ready and loaded is not None:
+            self.metrics.model_info.labels(self.holder.name, self.holder.version, loaded.sha256).set(1)
+            self.metrics.model_ready.set(1)
+
+    async def _refresh_process_metrics(self) -> None:
+        while True:
+            self.metrics.refresh_process()
+            await asyncio.sleep(self.settings.metrics.process_interval_s)
+
+    # -- inference ---------------------------------------------------------------------------
+    def _check_batch(self, rows: int) -> None:
+        if rows > self.settings.api.max_batch_size:
+            raise BatchTooLarge(f"at most {self.settings.api.max_batch_size} records per request")
+
+    async def predict_records(self, records: list[Any]) -> Prediction:
+        """Records already validated against the schema's record type."""
+        if not self.holder.ready:
+            raise ModelNotReady(retry_after_s=1)
+        self._check_batch(len(records))
+        return await self.predictor.predict(self.schema.rows_from_records(records))
+
+    async def predict_tensor(self, matrix: np.ndarray, loc: list[Any]) -> Prediction:
+        """A numeric [rows, features] tensor (Open Inference Protocol)."""
+        if not self.holder.ready:
+            raise ModelNotReady(retry_after_s=1)
+        self._check_batch(matrix.shape[0])
+        return await self.predictor.predict(self.schema.rows_from_tensor(matrix, loc))

@@ -1,0 +1,124 @@
+"""One error hierarchy, one renderer.
+
+Every error a client can see is a ``FerryError`` with a stable ``code``. ``render`` turns any of them
+into the response body: ``{"code", "message", "request_id", "details"?}`` on ferry routes and the
+Open Inference Protocol shape ``{"error": message, ...}`` under ``/v2``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import orjson
+from starlette.responses import Response
+
+
+class FerryError(Exception):
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    default_message: ClassVar[str] = "internal error"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        details: list[dict[str, Any]] | None = None,
+        retry_after_s: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.message = message or self.default_message
+        self.details = details
+        self.retry_after_s = retry_after_s
+        self.headers = headers or {}
+        super().__init__(self.message)
+
+
+class BadRequest(FerryError):
+    status, code, default_message = 400, "bad_request", "bad request"
+
+
+class MalformedJson(FerryError):
+    status, code, default_message = 400, "malformed_json", "request body is not valid JSON"
+
+
+class NotFound(FerryError):
+    status, code, default_message = 404, "not_found", "no such resource"
+
+
+class ModelNotFound(FerryError):
+    status, code, default_message = 404, "model_not_found", "no model with that name"
+
+
+class MethodNotAllowed(FerryError):
+    status, code, default_message = 405, "method_not_allowed", "method not allowed"
+
+
+class PayloadTooLarge(FerryError):
+    status, code, default_message = 413, "payload_too_large", "request body too large"
+
+
+class UnsupportedMediaType(FerryError):
+    status, code, default_message = 415, "unsupported_media_type", "request body must be application/json"
+
+
+class InvalidInput(FerryError):
+    status, code, default_message = 422, "validation_error", "request failed validation"
+
+
+class BatchTooLarge(FerryError):
+    status, code, default_message = 422, "batch_too_large", "too many records in one request"
+
+
+class ModelError(FerryError):
+    status, code, default_message = 500, "model_error", "the model failed on this input"
+
+
+class Overloaded(FerryError):
+    status, code, default_message = 503, "overloaded", "too many requests in flight; retry later"
+
+
+class ModelNotReady(FerryError):
+    status, code, default_message = 503, "model_not_ready", "the model is not loaded yet"
+
+
+def _status_error(status: int) -> type[FerryError]:
+    return {404: NotFound, 405: MethodNotAllowed, 413: PayloadTooLarge, 415: UnsupportedMediaType}.get(
+        status, BadRequest if 400 <= status < 500 else FerryError
+    )
+
+
+def from_status(status: int, message: str | None = None) -> FerryError:
+    """A FerryError for a bare HTTP status raised by the framework (unknown route, wrong method)."""
+    return _status_error(status)(message)
+
+
+def from_validation(errors: list[dict[str, Any]], max_batch_size: int) -> FerryError:
+    """A FerryError for pydantic/FastAPI validation errors, without echoing the input back."""
+    details = [
+        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+        for e in errors[:50]
+    ]
+    if any(d["type"] == "json_invalid" for d in details):
+        return MalformedJson(details=details)
+    if any(d["type"] == "too_long" and d["loc"][-1:] == ["records"] for d in details):
+        return BatchTooLarge(f"at most {max_batch_size} records per request", details=details)
+    return InvalidInput(details=details)
+
+
+def is_protocol_path(path: str) -> bool:
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def render(error: FerryError, request_id: str, path: str) -> Response:
+    body: dict[str, Any]
+    if is_protocol_path(path):
+        # Open Inference Protocol error shape; code and request_id are extra, clients ignore them.
+        body = {"error": error.message, "code": error.code, "request_id": request_id}
+    else:
+        body = {"code": error.code, "message": error.message, "request_id": request_id}
+    if error.details:
+        body["details"] = error.details
+    headers = dict(error.headers)
+    if error.retry_after_s is not None:
+        headers["retry-after"] = str(max(1, round(error.retry_after_s)))
+    return Response(orjson.dumps(body), status_code=error.status, headers=headers, media_type="application/json")

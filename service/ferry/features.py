@@ -1,0 +1,153 @@
+"""Feature schema: request types built from the model card, and conversion of inputs to model rows.
+
+A card-described model gets a typed record (one field per feature, bounded, categories enumerated).
+A model without a card gets the generic numeric schema: a record is a list of finite numbers whose
+length must equal the model's ``n_features_in_``.
+
+The Open Inference Protocol carries numeric tensors only, so there a categorical feature is sent as
+the index of its category in the card (``contract_type`` 0 = ``month_to_month``, ...), and a boolean
+as 0 or 1. ``GET /v2/models/{name}`` documents the encoding.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import ConfigDict, Field, create_model
+
+from ferry.card import Feature
+from ferry.errors import InvalidInput
+
+FiniteNumber = Annotated[float, Field(allow_inf_nan=False)]
+MAX_REPORTED_PROBLEMS = 20
+
+
+def _field(feature: Feature) -> tuple[Any, Any]:
+    kwargs: dict[str, Any] = {"description": feature.description}
+    if feature.type == "categorical":
+        assert feature.categories is not None
+        return Literal[tuple(feature.categories)], Field(..., **kwargs)  # type: ignore[return-value]
+    if feature.type == "boolean":
+        return bool, Field(..., **kwargs)
+    if feature.minimum is not None:
+        kwargs["ge"] = feature.minimum if feature.type == "number" else int(np.ceil(feature.minimum))
+    if feature.maximum is not None:
+        kwargs["le"] = feature.maximum if feature.type == "number" else int(np.floor(feature.maximum))
+    if feature.type == "integer":
+        return int, Field(..., **kwargs)
+    return float, Field(..., allow_inf_nan=False, **kwargs)
+
+
+def _default_example(feature: Feature) -> Any:
+    if feature.type == "categorical":
+        return feature.categories[0]  # type: ignore[index]
+    if feature.type == "boolean":
+        return False
+    low = feature.minimum if feature.minimum is not None else 0.0
+    high = feature.maximum if feature.maximum is not None else max(low, 1.0)
+    middle = (low + high) / 2
+    return int(middle) if feature.type == "integer" else round(middle, 2)
+
+
+class FeatureSchema:
+    """Typed (from a card) or generic numeric record schema of one model."""
+
+    def __init__(self, features: list[Feature] | None, example: dict[str, Any] | None = None) -> None:
+        self.features = features
+        self.names = [f.name for f in features] if features else []
+        self.n_features: int | None = len(features) if features else None
+        if features:
+            fields = {f.name: _field(f) for f in features}
+            self.example: Any = {f.name: _default_example(f) for f in features} | (example or {})
+            self.record_type: Any = create_model(  # type: ignore[call-overload]
+                "Record",
+                __config__=ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [self.example]}),
+                **fields,
+            )
+        else:
+            self.example = [0.0]
+            self.record_type = Annotated[list[FiniteNumber], Field(min_length=1, max_length=100_000)]
+
+    @property
+    def typed(self) -> bool:
+        return self.features is not None
+
+    def set_width(self, n_features: int | None) -> None:
+        """For the generic schema: the width learnt from the loaded model."""
+        if not self.typed and n_features:
+            self.n_features = n_features
+            self.example = [0.0] * n_features
+
+    def rows_from_records(self, records: list[Any]) -> np.ndarray:
+        """Validated records (typed models or number lists) -> a 2-D array in model column order."""
+        if self.typed:
+            names = self.names
+            rows = np.empty((len(records), len(names)), dtype=object)
+            for i, record in enumerate(records):
+                rows[i] = [getattr(record, name) for name in names]
+            return rows
+        matrix = np.asarray(records, dtype=np.float64) if records else np.empty((0, 0))
+        if matrix.ndim != 2:
+            raise InvalidInput(
+                "every record must have the same number of features",
+                details=[{"loc": ["body"], "msg": "ragged records", "type": "ragged"}],
+            )
+        self._check_width(matrix.shape[1], loc=["body"])
+        return matrix
+
+    def _check_width(self, width: int, loc: list[Any]) -> None:
+        if self.n_features is not None and width != self.n_features:
+            raise InvalidInput(
+                f"expected {self.n_features} features per record, got {width}",
+                details=[{"loc": loc, "msg": f"expected {self.n_features} features", "type": "shape"}],
+            )
+
+    def rows_from_tensor(self, matrix: np.ndarray, loc: list[Any]) -> np.ndarray:
+        """A numeric [N, n_features] tensor -> model rows, checking each column against the card."""
+        self._check_width(matrix.shape[1], loc=[*loc, "shape"])
+        if not np.isfinite(matrix).all():
+            raise InvalidInput("tensor holds NaN or Infinity", details=[{"loc": loc, "type": "finite"}])
+        if not self.typed:
+            return matrix
+        problems: list[dict[str, Any]] = []
+        rows = np.empty(matrix.shape, dtype=object)
+        for col, feature in enumerate(self.features or []):
+            values = matrix[:, col]
+            bad = self._bad_rows(feature, values)
+            for row in bad[:MAX_REPORTED_PROBLEMS]:
+                problems.append(
+                    {
+                        "loc": [*loc, "data", int(row), col],
+                        "msg": f"invalid value {values[row]!r} for feature {feature.name!r}",
+                        "type": "value_error",
+                    }
+                )
+            if feature.type == "categorical":
+                codes = np.clip(values, 0, len(feature.categories or []) - 1).astype(int)
+                rows[:, col] = np.array(feature.categories, dtype=object)[codes]
+            elif feature.type == "boolean":
+                rows[:, col] = values == 1.0
+            elif feature.type == "integer":
+                rows[:, col] = values.astype(np.int64)
+            else:
+                rows[:, col] = values
+        if problems:
+            raise InvalidInput("tensor values outside the model's feature schema", details=problems[:50])
+        return rows
+
+    @staticmethod
+    def _bad_rows(feature: Feature, values: np.ndarray) -> np.ndarray:
+        if feature.type == "categorical":
+            ok = (values == np.round(values)) & (values >= 0) & (values < len(feature.categories or []))
+        elif feature.type == "boolean":
+            ok = (values == 0.0) | (values == 1.0)
+        else:
+            ok = np.ones(values.shape, dtype=bool)
+            if feature.type == "integer":
+                ok &= values == np.round(values)
+            if feature.minimum is not None:
+                ok &= values >= feature.minimum
+            if feature.maximum is not None:
+                ok &= values <= feature.maximum
+        return np.flatnonzero(~ok)

@@ -1,0 +1,52 @@
+"""``ferry serve``: prepare the process environment, then become gunicorn.
+
+The same command runs under ``make run`` and as the container entrypoint. It execs gunicorn (no
+wrapper process stays behind), so gunicorn is PID 1 in the container and receives SIGTERM itself.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import ferry
+from ferry.settings import Settings
+
+GUNICORN_CONF = Path(ferry.__file__).resolve().parent.parent / "gunicorn.conf.py"
+# Native thread pools default to one thread per core in *every* worker; pin them to 1 so that
+# workers x inference threads is the whole CPU budget. A value the operator set wins.
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def reset_metrics_dir(path: Path) -> None:
+    """Empty the multiprocess directory: stale files from a previous run would resurrect old counts."""
+    if path.exists():
+        for entry in path.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def prepare_environment(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    reset_metrics_dir(settings.metrics.dir)
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(settings.metrics.dir)
+    for name in THREAD_ENV:
+        env.setdefault(name, "1")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def gunicorn_argv(app: str = "ferry.main:create_app()") -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "--config", str(GUNICORN_CONF), app]
+
+
+def serve() -> None:
+    settings = Settings()  # fail here, before gunicorn, on an invalid FERRY_* variable
+    env = prepare_environment(settings)
+    argv = gunicorn_argv()
+    os.execve(argv[0], argv, env)

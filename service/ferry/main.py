@@ -1,0 +1,128 @@
+"""The app factory. Nothing happens at import; ``create_app`` builds everything from Settings.
+
+gunicorn loads ``ferry.main:create_app()`` in each worker (see service/gunicorn.conf.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from threadpoolctl import threadpool_limits
+
+from ferry import __version__
+from ferry.api.routes import health, models, predict, v2
+from ferry.core import Core
+from ferry.errors import from_status, from_validation
+from ferry.logging import configure_logging, get_logger
+from ferry.metrics import Metrics
+from ferry.middleware import RequestMiddleware
+from ferry.settings import Settings
+
+log = get_logger("ferry.main")
+
+
+DESCRIPTION = """
+Serves one scikit-learn model. Typed single and batch prediction from the model card, model cards,
+Open Inference Protocol v2, Prometheus metrics and Kubernetes probes.
+
+Every error body is `{"code", "message", "request_id", "details"?}` (under `/v2`:
+`{"error", "code", "request_id"}`); every response carries `X-Request-ID`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    configure_logging(settings.logging.level)
+    metrics = Metrics()
+    core = Core(settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # One BLAS/OpenMP thread per inference thread: workers x threads never oversubscribe cores.
+        limits = threadpool_limits(limits=1)
+        await core.start()
+        log.info("worker_started", model=core.holder.name, model_path=str(settings.model.path))
+        try:
+            yield
+        finally:
+            await core.stop()
+            limits.restore_original_limits()
+            log.info("worker_stopped")
+
+    app = FastAPI(
+        title="ferry",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+        # A POST without Content-Type is JSON: Open Inference Protocol clients send none.
+        strict_content_type=False,
+    )
+    app.state.core = core
+    app.state.settings = settings
+
+    max_batch = settings.api.max_batch_size
+
+    # Handlers only translate framework exceptions into FerryErrors; RequestMiddleware renders them.
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> Response:
+        raise from_validation(list(exc.errors()), max_batch) from None
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+        raise from_status(exc.status_code, str(exc.detail)) from None
+
+    routers = (health.router, predict.build_router(core), models.router, v2.router)
+    for router in routers:
+        app.include_router(router)
+    own_routes = [route for router in routers for route in router.routes]
+    app.add_middleware(
+        RequestMiddleware,
+        metrics=metrics,
+        max_body_bytes=settings.api.max_body_bytes,
+        access_log=settings.logging.access_log,
+        routes=own_routes,
+    )
+    _install_openapi(app, core)
+    return app
+
+
+def _install_openapi(app: FastAPI, core: Core) -> None:
+    """OpenAPI with a complete example for every body; regenerated until the model has loaded,
+    because a model without a card learns its width only then."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        width = core.schema.n_features or 1
+        row = [_numeric(value, feature) for value, feature in _example_row(core)]
+        example = {
+            "id": "example-1",
+            "inputs": [{"name": v2.INPUT_NAME, "shape": [1, width], "datatype": "FP64", "data": [row]}],
+        }
+        schema["components"]["schemas"]["InferRequest"]["examples"] = [example]
+        app.openapi_schema = schema if core.holder.ready else None
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _example_row(core: Core) -> list[tuple[Any, Any]]:
+    schema = core.schema
+    if schema.features:
+        return [(schema.example[f.name], f) for f in schema.features]
+    return [(v, None) for v in schema.example]
+
+
+def _numeric(value: Any, feature: Any) -> float:
+    if feature is not None and feature.type == "categorical":
+        return float(feature.categories.index(value))
+    return float(value)

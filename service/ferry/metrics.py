@@ -1,0 +1,177 @@
+"""Every Prometheus metric ferry exports, and the /metrics exposition.
+
+Under gunicorn the launcher exports ``PROMETHEUS_MULTIPROC_DIR`` before any Python process starts,
+so each worker writes its values to files there and any worker can answer a scrape with the sum over
+all of them (``docs/metrics.md``). Without that variable (a single process, e.g. in unit tests) the
+metrics live in this object's own registry.
+
+Labels are bounded: route templates (never raw paths), method, status class, error code, model name,
+and class labels from the model card (capped at ``MAX_CLASS_LABELS``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.process_collector import ProcessCollector
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
+KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+MAX_CLASS_LABELS = 50
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class Metrics:
+    """Metric objects of one process. Create one per app; never at import time."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.http_requests = Counter(
+            "ferry_http_requests_total",
+            "HTTP requests answered, by route template, method and status class.",
+            ["route", "method", "status_class"],
+            registry=r,
+        )
+        self.http_duration = Histogram(
+            "ferry_http_request_duration_seconds",
+            "Time from the first byte of the request to the end of the response.",
+            ["route", "method", "status_class"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.http_in_flight = Gauge(
+            "ferry_http_requests_in_flight",
+            "HTTP requests being served now, summed over live workers.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.errors = Counter("ferry_errors_total", "Error responses by stable error code.", ["code"], registry=r)
+        self.inference_duration = Histogram(
+            "ferry_inference_duration_seconds",
+            "Wall time of one model call (predict_proba or predict) in the inference thread.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "ferry_inference_batch_size",
+            "Rows per model call.",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.rows_predicted = Counter("ferry_predicted_rows_total", "Rows the model has scored.", ["model"], registry=r)
+        self.predicted_classes = Counter(
+            "ferry_predicted_class_total",
+            "Predicted class of each scored row (classifiers only).",
+            ["model", "class"],
+            registry=r,
+        )
+        self.inference_in_flight = Gauge(
+            "ferry_inference_in_flight",
+            "Model calls running or waiting for an inference thread, summed over live workers.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.inference_capacity = Gauge(
+            "ferry_inference_capacity",
+            "Model calls the live workers accept at once (threads + queue), summed.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "ferry_model_info",
+            "Always 1; labels name the served model.",
+            ["model", "version", "sha256"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.model_ready = Gauge(
+            "ferry_model_ready",
+            "1 when every live worker has its model loaded and verified, else 0.",
+            multiprocess_mode="livemin",
+            registry=r,
+        )
+        self.workers = Gauge("ferry_workers", "Live gunicorn workers.", multiprocess_mode="livesum", registry=r)
+        self.worker_starts = Counter(
+            "ferry_worker_starts_total",
+            "Worker processes started since the pod started (restarts and recycling included).",
+            registry=r,
+        )
+        # Multiprocess mode drops the default process collector; these replace it, per worker,
+        # summed over live workers (memory, fds) or over all workers that ever ran (cpu).
+        self.process_cpu = Counter("ferry_process_cpu_seconds_total", "CPU time used by workers.", registry=r)
+        self.process_memory = Gauge(
+            "ferry_process_resident_memory_bytes",
+            "Resident memory of live workers, summed.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.process_fds = Gauge(
+            "ferry_process_open_fds",
+            "Open file descriptors of live workers, summed.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self._cpu_seen = 0.0
+        self._process = ProcessCollector(registry=None)
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        method = method if method in KNOWN_METHODS else "OTHER"
+        status_class = f"{status // 100}xx"
+        self.http_requests.labels(route, method, status_class).inc()
+        self.http_duration.labels(route, method, status_class).observe(seconds)
+
+    def observe_inference(self, model: str, rows: int, seconds: float) -> None:
+        self.inference_duration.labels(model).observe(seconds)
+        self.batch_size.labels(model).observe(rows)
+        self.rows_predicted.labels(model).inc(rows)
+
+    def count_classes(self, model: str, counts: Iterable[tuple[str, int]]) -> None:
+        for label, n in counts:
+            if n:
+                self.predicted_classes.labels(model, label).inc(n)
+
+    def refresh_process(self) -> None:
+        """Copy this worker's /proc figures into the multiprocess-safe process metrics."""
+        for family in self._process.collect():
+            for sample in family.samples:
+                if sample.name == "process_cpu_seconds_total":
+                    delta = sample.value - self._cpu_seen
+                    if delta > 0:
+                        self.process_cpu.inc(delta)
+                        self._cpu_seen = sample.value
+                elif sample.name == "process_resident_memory_bytes":
+                    self.process_memory.set(sample.value)
+                elif sample.name == "process_open_fds":
+                    self.process_fds.set(sample.value)
+
+    def exposition(self) -> tuple[bytes, str]:
+        path = multiprocess_dir()
+        if path:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=path)
+        else:
+            registry = self.registry
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def mark_worker_dead(pid: int) -> None:
+    """gunicorn ``child_exit`` hook: drop the dead worker's live gauges."""
+    if multiprocess_dir():
+        multiprocess.mark_process_dead(pid)

@@ -1,0 +1,194 @@
+"""The one ASGI middleware every HTTP request passes through.
+
+It assigns the request id and trace id, enforces the body limit and content type before the body is
+read, turns any exception that escaped the app into a rendered error, and on the way out writes the
+single access log line and the HTTP metrics (labelled with the matched route template).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ferry.errors import FerryError, PayloadTooLarge, UnsupportedMediaType, render
+from ferry.logging import get_logger
+from ferry.metrics import Metrics
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+UNMATCHED_ROUTE = "unmatched"
+
+access_log = get_logger("ferry.access")
+log = get_logger("ferry.http")
+
+
+def request_id_from(header: str | None) -> str:
+    """The caller's X-Request-ID if it is safe to log and echo, else a fresh one."""
+    if header and _REQUEST_ID.match(header):
+        return header
+    return secrets.token_hex(16)
+
+
+def trace_id_from(traceparent: str | None) -> str:
+    """The trace id of a valid W3C traceparent, else a fresh one."""
+    if traceparent:
+        match = _TRACEPARENT.match(traceparent.strip().lower())
+        if match and match.group(1) != "ff" and match.group(2) != "0" * 32 and match.group(3) != "0" * 16:
+            return match.group(2)
+    return secrets.token_hex(16)
+
+
+def is_json_content_type(value: str | None) -> bool:
+    """Missing counts as JSON: Open Inference Protocol clients send none."""
+    if not value:
+        return True
+    media = value.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+class RequestMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        max_body_bytes: int,
+        access_log: bool,
+        routes: Sequence[BaseRoute],
+    ) -> None:
+        self.app = app
+        self.routes = routes
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers: dict[bytes, bytes] = dict(scope["headers"])
+        request_id = request_id_from(_text(headers.get(b"x-request-id")))
+        trace_id = trace_id_from(_text(headers.get(b"traceparent")))
+        scope.setdefault("state", {})["request_id"] = request_id
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id, trace_id=trace_id)
+        status = 0
+        id_header = (b"x-request-id", request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), id_header]
+            await send(message)
+
+        self.metrics.http_in_flight.inc()
+        try:
+            receive = await self._guard_body(scope, headers, receive)
+            await self.app(scope, receive, send_with_id)
+        except FerryError as error:
+            if status:  # response already started: nothing more can be sent
+                raise
+            await self._send_error(error, scope, request_id, send_with_id)
+        except Exception:
+            log.error("unhandled_error", path=scope.get("path"), exc_info=True)
+            if not status:
+                await self._send_error(FerryError(), scope, request_id, send_with_id)
+            status = 500
+        finally:
+            self.metrics.http_in_flight.dec()
+            self._finish(scope, status or 500, started, request_id, trace_id)
+
+    async def _guard_body(self, scope: Scope, headers: dict[bytes, bytes], receive: Receive) -> Receive:
+        """413 from Content-Length alone, 415 from Content-Type alone; buffer only chunked bodies."""
+        if scope["method"].encode() not in _BODY_METHODS:
+            return receive
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+            raise PayloadTooLarge(f"request body exceeds {self.max_body_bytes} bytes", headers={"connection": "close"})
+        if not is_json_content_type(_text(headers.get(b"content-type"))):
+            raise UnsupportedMediaType()
+        if length is not None:
+            return receive  # the server enforces Content-Length; the body cannot grow past it
+        # Chunked body: read it here, up to the limit, then replay it to the app.
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return _replay([message], receive)
+            size += len(message.get("body", b""))
+            if size > self.max_body_bytes:
+                raise PayloadTooLarge(
+                    f"request body exceeds {self.max_body_bytes} bytes", headers={"connection": "close"}
+                )
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                body = b"".join(chunks)
+                return _replay([{"type": "http.request", "body": body, "more_body": False}], receive)
+
+    async def _send_error(self, error: FerryError, scope: Scope, request_id: str, send: Send) -> None:
+        """The one place an error becomes a response: routes and handlers raise, this renders."""
+        self.metrics.errors.labels(error.code).inc()
+        response = render(error, request_id, scope.get("path", ""))
+        await response({"type": "http"}, _no_receive, send)
+
+    def _finish(self, scope: Scope, status: int, started: float, request_id: str, trace_id: str) -> None:
+        seconds = time.perf_counter() - started
+        template = self._route_template(scope)
+        self.metrics.observe_request(template, scope["method"], status, seconds)
+        if self.access_log:
+            client = scope.get("client")
+            access_log.info(
+                "request",
+                method=scope["method"],
+                path=scope.get("path"),
+                route=template,
+                status=status,
+                duration_ms=round(seconds * 1000, 3),
+                request_id=request_id,
+                trace_id=trace_id,
+                client=f"{client[0]}:{client[1]}" if client else None,
+            )
+        structlog.contextvars.clear_contextvars()
+
+
+    def _route_template(self, scope: Scope) -> str:
+        """The matched route's template; for requests refused before routing, the route they targeted."""
+        route = scope.get("route")
+        if route is None:
+            for candidate in self.routes:
+                match, _ = candidate.matches(scope)
+                if match is not Match.NONE:
+                    route = candidate
+                    break
+        return getattr(route, "path", None) or UNMATCHED_ROUTE
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode("latin-1") if value is not None else None
+
+
+def _replay(messages: list[Message], then: Receive) -> Receive:
+    """Hand the buffered messages to the app first, then the live channel (to see disconnects)."""
+    pending = list(messages)
+
+    async def receive() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await then()
+
+    return receive
+
+
+async def _no_receive() -> Any:  # pragma: no cover - responses do not read
+    return {"type": "http.disconnect"}

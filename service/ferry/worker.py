@@ -1,0 +1,44 @@
+"""The gunicorn worker class: uvicorn_worker.UvicornWorker tuned for ferry."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from gunicorn.arbiter import Arbiter
+from uvicorn.server import Server
+from uvicorn_worker import UvicornWorker
+
+from ferry.lifecycle import start_draining
+
+
+class DrainingServer(Server):
+    """uvicorn server that flags the process as draining the moment a stop signal arrives."""
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        start_draining()
+        super().handle_exit(sig, frame)
+
+
+class FerryWorker(UvicornWorker):
+    CONFIG_KWARGS: dict[str, Any] = {  # noqa: RUF012 - overrides the parent's class attribute
+        "loop": "uvloop",
+        "http": "httptools",
+        "access_log": False,  # ferry's middleware writes exactly one access line per request
+        "server_header": False,
+        "proxy_headers": True,
+    }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # UvicornWorker ignores gunicorn's graceful_timeout; finish draining one second before
+        # the master would SIGKILL us, so in-flight requests complete or are cancelled cleanly.
+        self.config.timeout_graceful_shutdown = max(1, self.cfg.graceful_timeout - 1)
+
+    async def _serve(self) -> None:
+        self.config.app = self.wsgi
+        server = DrainingServer(config=self.config)
+        self._install_sigquit_handler()
+        await server.serve(sockets=self.sockets)
+        if not server.started:
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)

@@ -10,6 +10,7 @@ import numpy as np
 
 from ferry.errors import BatchTooLarge, ModelNotReady
 from ferry.inference import Prediction, Predictor
+from ferry.lifecycle import heartbeat
 from ferry.logging import get_logger
 from ferry.metrics import Metrics
 from ferry.model import ModelHolder
@@ -32,14 +33,19 @@ class Core:
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
-        """Begin loading the model in a thread and refreshing process metrics; return at once."""
+        """Load the model in a thread; wait for it up to ``model.load_wait_s``, then let it finish
+        in the background. Keeps the gunicorn heartbeat alive while waiting."""
         self.metrics.workers.set(1)
         self.metrics.worker_starts.inc()
         self.metrics.model_ready.set(0)
-        self._tasks = [
-            asyncio.create_task(self._load_model(), name="ferry-load-model"),
-            asyncio.create_task(self._refresh_process_metrics(), name="ferry-process-metrics"),
-        ]
+        load = asyncio.create_task(self._load_model(), name="ferry-load-model")
+        self._tasks = [load, asyncio.create_task(self._refresh_process_metrics(), name="ferry-process-metrics")]
+        deadline = asyncio.get_running_loop().time() + self.settings.model.load_wait_s
+        while not load.done() and asyncio.get_running_loop().time() < deadline:
+            heartbeat()
+            await asyncio.wait({load}, timeout=min(1.0, max(0.0, deadline - asyncio.get_running_loop().time())))
+        if not load.done():
+            log.warning("model_still_loading", waited_s=self.settings.model.load_wait_s)
 
     async def stop(self) -> None:
         for task in self._tasks:

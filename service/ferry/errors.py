@@ -111,9 +111,12 @@ def is_protocol_path(path: str) -> bool:
 
 def render(error: FerryError, request_id: str, path: str) -> Response:
     body: dict[str, Any]
+    status = error.status
     if is_protocol_path(path):
-        # Open Inference Protocol error shape; code and request_id are extra, clients ignore them.
+        # Open Inference Protocol error shape (code and request_id are extra, clients ignore them);
+        # the protocol reports invalid requests as 400.
         body = {"error": error.message, "code": error.code, "request_id": request_id}
+        status = 400 if status == 422 else status
     else:
         body = {"code": error.code, "message": error.message, "request_id": request_id}
     if error.details:
@@ -121,4 +124,4 @@ def render(error: FerryError, request_id: str, path: str) -> Response:
     headers = dict(error.headers)
     if error.retry_after_s is not None:
         headers["retry-after"] = str(max(1, round(error.retry_after_s)))
-    return Response(orjson.dumps(body), status_code=error.status, headers=headers, media_type="application/json")
+    return Response(orjson.dumps(body), status_code=status, headers=headers, media_type="application/json")

@@ -11,8 +11,11 @@ import shutil
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
 import ferry
-from ferry.settings import Settings
+from ferry.logging import configure_logging, get_logger
+from ferry.settings import Settings, unknown_variables
 
 GUNICORN_CONF = Path(ferry.__file__).resolve().parent.parent / "gunicorn.conf.py"
 # Native thread pools default to one thread per core in *every* worker; pin them to 1 so that
@@ -45,8 +48,27 @@ def gunicorn_argv(app: str = "ferry.main:create_app()") -> list[str]:
     return [sys.executable, "-m", "gunicorn", "--config", str(GUNICORN_CONF), app]
 
 
+def load_settings() -> Settings:
+    """Settings from the environment; a bad or unknown FERRY_* variable stops the launch here,
+    with one JSON log line naming it, and exit status 2."""
+    unknown = unknown_variables(dict(os.environ))
+    problem: dict[str, object] | None = None
+    if unknown:
+        problem = {"unknown": unknown, "hint": "see docs/configuration.md"}
+    else:
+        try:
+            return Settings()
+        except ValidationError as exc:
+            problem = {
+                "errors": [{"setting": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
+            }
+    configure_logging()
+    get_logger("ferry.launcher").critical("invalid_settings", **problem)
+    raise SystemExit(2)
+
+
 def serve() -> None:
-    settings = Settings()  # fail here, before gunicorn, on an invalid FERRY_* variable
+    settings = load_settings()
     env = prepare_environment(settings)
     argv = gunicorn_argv()
     os.execve(argv[0], argv, env)

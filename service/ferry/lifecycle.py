@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 _draining = threading.Event()
+_heartbeat: Callable[[], None] = lambda: None  # noqa: E731
+
+
+def set_heartbeat(callback: Callable[[], None]) -> None:
+    """The gunicorn worker registers its notify(): the master kills workers that stay silent."""
+    global _heartbeat
+    _heartbeat = callback
+
+
+def heartbeat() -> None:
+    """Tell the master this worker is alive (for long work before the server loop runs)."""
+    _heartbeat()
 
 
 def start_draining() -> None:

@@ -49,6 +49,10 @@ class JsonLineHandler(logging.Handler):
 
 def _add_pid(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     event.setdefault("pid", os.getpid())
+    return event
+
+
+def _drop_noise(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     event.pop("color_message", None)  # uvicorn's ANSI-coloured duplicate of the message
     return event
 
@@ -77,6 +81,7 @@ def json_formatter() -> structlog.stdlib.ProcessorFormatter:
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
+            _drop_noise,
             _render_json,
         ],
     )

@@ -161,7 +161,6 @@ class RequestMiddleware:
             )
         structlog.contextvars.clear_contextvars()
 
-
     def _route_template(self, scope: Scope) -> str:
         """The matched route's template; for requests refused before routing, the route they targeted."""
         route = scope.get("route")

@@ -86,6 +86,14 @@ class ModelSettings(_Group):
         description="Expected sha256 of the model file, pinned by the deployment. Checked in addition "
         "to the card's hash, before unpickling.",
     )
+    load_wait_s: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="A worker waits up to this long for its model before it accepts connections, so a "
+        "recycled or restarted worker never answers 503 beside ready siblings. A slower load continues in "
+        "the background, with /readyz at 503 until it is done.",
+    )
     require_card: bool = Field(
         False,
         description="Refuse to serve a model that has no card (and hence no verified hash).",
@@ -166,3 +174,16 @@ class Settings(BaseSettings):
     inference: InferenceSettings = Field(default_factory=InferenceSettings, description=InferenceSettings.__doc__)
     logging: LoggingSettings = Field(default_factory=LoggingSettings, description=LoggingSettings.__doc__)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings, description=MetricsSettings.__doc__)
+
+
+def unknown_variables(environ: dict[str, str]) -> list[str]:
+    """``FERRY_*`` variables that name no setting (typos would otherwise be ignored silently)."""
+    known = set()
+    for name, field in Settings.model_fields.items():
+        group = field.annotation
+        if isinstance(group, type) and issubclass(group, BaseModel):
+            known.add(f"FERRY_{name.upper()}")  # a whole group as JSON
+            known.update(f"FERRY_{name.upper()}__{sub.upper()}" for sub in group.model_fields)
+        else:
+            known.add(f"FERRY_{name.upper()}")
+    return sorted(key for key in environ if key.upper().startswith("FERRY_") and key.upper() not in known)

@@ -9,7 +9,7 @@ from gunicorn.arbiter import Arbiter
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
-from ferry.lifecycle import start_draining
+from ferry.lifecycle import set_heartbeat, start_draining
 
 
 class DrainingServer(Server):
@@ -34,6 +34,8 @@ class FerryWorker(UvicornWorker):
         # UvicornWorker ignores gunicorn's graceful_timeout; finish draining one second before
         # the master would SIGKILL us, so in-flight requests complete or are cancelled cleanly.
         self.config.timeout_graceful_shutdown = max(1, self.cfg.graceful_timeout - 1)
+        # The app waits for its model before serving; it keeps the master's heartbeat alive meanwhile.
+        set_heartbeat(self.notify)
 
     async def _serve(self) -> None:
         self.config.app = self.wsgi

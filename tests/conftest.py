@@ -1,0 +1,31 @@
+"""Shared fixtures. Tier markers come from the directory: tests/<tier>/... gets @pytest.mark.<tier>."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+TIERS = ("unit", "integration", "deploy", "alerts")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(ROOT / "tests").parts
+        tier = parts[0] if parts else ""
+        if tier not in TIERS:
+            raise pytest.UsageError(f"{item.nodeid}: tests live in tests/<tier>/ with tier in {TIERS}")
+        item.add_marker(getattr(pytest.mark, tier))
+
+
+@pytest.fixture(scope="session")
+def churn_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default churn model and card, built once per test session."""
+    from ferry.train import train
+
+    out = tmp_path_factory.mktemp("churn")
+    train(out)
+    return out / "model.joblib"

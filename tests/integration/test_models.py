@@ -1,0 +1,194 @@
+"""Serving any model: verification, card-less models, slow and failing models, and OIP v2 clients."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import joblib
+import numpy as np
+import pytest
+
+from support.models import ExplodingModel, SlowModel
+from support.server import Server
+
+
+def test_tampered_model_never_becomes_ready(churn_model: Path, tmp_path: Path) -> None:
+    model_dir = tmp_path / "tampered"
+    shutil.copytree(churn_model.parent, model_dir)
+    path = model_dir / "model.joblib"
+    blob = bytearray(path.read_bytes())
+    blob[-10] ^= 0xFF  # one flipped byte
+    path.write_bytes(bytes(blob))
+    with Server(tmp_path, path).start(wait_ready=False) as server:
+        time.sleep(1.5)
+        ready = httpx.get(server.url + "/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["status"] == "failed"
+        assert "sha256 mismatch" in ready.json()["reason"]
+        assert httpx.get(server.url + "/livez").status_code == 200
+        assert httpx.get(server.url + "/v2/health/ready").status_code == 503
+        r = httpx.post(
+            server.url + "/api/v1/predict",
+            json={"record": json.loads(path.with_name("model.card.json").read_text())["example"]},
+        )
+        assert (r.status_code, r.json()["code"]) == (503, "model_not_ready")
+    failures = [r for r in server.records() if r.get("event") == "model_load_failed"]
+    assert len(failures) == 2  # one per worker, each saying why
+    assert all("sha256 mismatch" in f["reason"] and f["level"] == "error" for f in failures)
+    assert not [r for r in server.records() if r.get("event") == "model_loaded"]
+
+
+def test_pinned_hash_must_match(churn_model: Path, tmp_path: Path) -> None:
+    with Server(tmp_path, churn_model, env={"FERRY_MODEL__SHA256": "0" * 64}).start(wait_ready=False) as server:
+        time.sleep(1)
+        assert httpx.get(server.url + "/readyz").json()["status"] == "failed"
+
+
+@pytest.fixture
+def slow_model(tmp_path: Path) -> Path:
+    path = tmp_path / "slowpoke.joblib"
+    joblib.dump(SlowModel(delay_s=1.5), path)
+    return path
+
+
+def test_card_less_model_generic_schema(slow_model: Path, tmp_path: Path) -> None:
+    joblib.dump(SlowModel(delay_s=0.0), slow_model)
+    with Server(tmp_path, slow_model).start() as server:
+        listing = httpx.get(server.url + "/api/v1/models").json()["models"][0]
+        assert listing["name"] == "slowpoke"  # the file stem
+        card = httpx.get(server.url + "/api/v1/models/slowpoke").json()
+        assert [f["name"] for f in card["features"]] == ["x0", "x1", "x2"]
+        r = httpx.post(server.url + "/api/v1/predict", json={"record": [0.5, 1.0, -2.0]})
+        assert r.status_code == 200, r.text
+        assert r.json()["model"] == {"name": "slowpoke", "version": "unversioned"}
+        wrong_width = httpx.post(server.url + "/api/v1/predict", json={"record": [0.5]})
+        assert (wrong_width.status_code, wrong_width.json()["code"]) == (422, "validation_error")
+        spec = httpx.get(server.url + "/openapi.json").json()
+        assert spec["components"]["schemas"]["PredictRequest"]["examples"] == [{"record": [0.0, 0.0, 0.0]}]
+    warnings = [r for r in server.records() if r.get("event") == "model_unverified"]
+    assert warnings and warnings[0]["level"] == "warning"
+
+
+def test_model_name_setting_and_require_card(slow_model: Path, tmp_path: Path) -> None:
+    with Server(tmp_path, slow_model, env={"FERRY_MODEL__NAME": "named", "FERRY_MODEL__LOAD_WAIT_S": "0"}) as server:
+        assert httpx.get(server.url + "/api/v1/models").json()["models"][0]["name"] == "named"
+    with Server(tmp_path, slow_model, env={"FERRY_MODEL__REQUIRE_CARD": "true"}).start(wait_ready=False) as server:
+        time.sleep(1)
+        assert "no model card" in httpx.get(server.url + "/readyz").json()["reason"]
+
+
+def test_livez_answers_while_the_model_is_busy(slow_model: Path, tmp_path: Path) -> None:
+    with Server(tmp_path, slow_model).start() as server:
+        busy = [
+            threading.Thread(
+                target=httpx.post,
+                args=(server.url + "/api/v1/predict",),
+                kwargs={"json": {"record": [1.0, 2.0, 3.0]}, "timeout": 30},
+            )
+            for _ in range(6)
+        ]
+        for t in busy:
+            t.start()
+        time.sleep(0.3)  # both workers are now inside 1.5 s model calls
+        assert httpx.get(server.url + "/metrics").text.count("ferry_inference_in_flight") >= 1
+        worst = 0.0
+        for _ in range(20):
+            started = time.perf_counter()
+            assert httpx.get(server.url + "/livez", timeout=1).status_code == 200
+            worst = max(worst, time.perf_counter() - started)
+        for t in busy:
+            t.join()
+        assert worst < 0.1, f"/livez took {worst * 1000:.0f} ms while the model was busy"
+
+
+def test_model_failure_is_500_model_error(tmp_path: Path) -> None:
+    path = tmp_path / "exploding.joblib"
+    joblib.dump(ExplodingModel(delay_s=0), path)
+    with Server(tmp_path, path).start() as server:
+        r = httpx.post(server.url + "/api/v1/predict", json={"record": [1.0, 2.0, 3.0]})
+        assert (r.status_code, r.json()["code"]) == (500, "model_error")
+        assert "boom" not in r.text and "Traceback" not in r.text
+        assert httpx.get(server.url + "/readyz").status_code == 200
+    logged = [r for r in server.records() if r.get("event") == "model_error"]
+    assert logged and "RuntimeError: boom" in logged[0]["exception"]
+
+
+def test_oip_v2_with_unmodified_triton_client(server: Server, churn_model: Path, card: dict) -> None:
+    """tritonclient[http], as shipped, against ferry; results equal in-process predict_proba."""
+    import tritonclient.http as triton
+
+    client = triton.InferenceServerClient(url=server.url.removeprefix("http://"))
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready("churn")
+    meta = client.get_model_metadata("churn")
+    assert meta["inputs"][0]["shape"] == [-1, 8]
+    assert client.get_server_metadata()["name"] == "ferry"
+
+    rng = np.random.default_rng(7)
+    n = 64
+    features = card["features"]
+    matrix = np.empty((n, len(features)))
+    for col, f in enumerate(features):
+        if f["type"] == "categorical":
+            matrix[:, col] = rng.integers(0, len(f["categories"]), n)
+        elif f["type"] == "boolean":
+            matrix[:, col] = rng.integers(0, 2, n)
+        elif f["type"] == "integer":
+            matrix[:, col] = rng.integers(f["minimum"], f["maximum"] + 1, n)
+        else:
+            matrix[:, col] = np.round(rng.uniform(f["minimum"], f["maximum"] / 10, n), 2)
+    tensor = triton.InferInput("input-0", list(matrix.shape), "FP64")
+    tensor.set_data_from_numpy(matrix, binary_data=False)
+    outputs = [triton.InferRequestedOutput(name, binary_data=False) for name in ("predict", "predict_proba")]
+    result = client.infer("churn", [tensor], outputs=outputs, request_id="oip-1")
+    proba = result.as_numpy("predict_proba")
+    labels = result.as_numpy("predict")
+    assert result.get_response()["id"] == "oip-1"
+
+    estimator = joblib.load(churn_model)
+    rows = np.empty(matrix.shape, dtype=object)
+    for col, f in enumerate(features):
+        values = matrix[:, col]
+        if f["type"] == "categorical":
+            rows[:, col] = np.array(f["categories"], dtype=object)[values.astype(int)]
+        elif f["type"] == "boolean":
+            rows[:, col] = values == 1
+        elif f["type"] == "integer":
+            rows[:, col] = values.astype(int)
+        else:
+            rows[:, col] = values
+    expected = estimator.predict_proba(rows)
+    np.testing.assert_allclose(proba, expected, rtol=0, atol=1e-9)
+    assert [x.decode() if isinstance(x, bytes) else x for x in labels] == list(estimator.predict(rows))
+
+    with pytest.raises(triton.InferenceServerException) as bad:
+        wrong = triton.InferInput("input-0", [1, 3], "FP64")
+        wrong.set_data_from_numpy(np.zeros((1, 3)), binary_data=False)
+        client.infer("churn", [wrong], outputs=outputs)
+    assert "expected 8 features" in str(bad.value)
+
+
+def test_oip_errors_use_protocol_shape(server: Server) -> None:
+    base = server.url + "/v2/models/churn/infer"
+    cases = [
+        ({"inputs": [{"name": "x", "shape": [1, 8], "datatype": "BYTES", "data": ["a"] * 8}]}, "not supported"),
+        ({"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP64", "data": [0] * 7}]}, "do not fill"),
+        (
+            {"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP64", "data": [-1, 0, 0, 1, 0, 0, 0, 0]}]},
+            "outside",
+        ),
+        ({"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP64", "data": [1, 1, 1, 1, 0, 0, 7, 0]}]}, "outside"),
+        ({"inputs": []}, "validation"),
+    ]
+    for body, text in cases:
+        r = httpx.post(base, json=body)
+        assert r.status_code == 400, (body, r.text)
+        assert text in r.json()["error"] or text in json.dumps(r.json()), r.json()
+    assert httpx.post(server.url + "/v2/models/nope/infer", json=cases[0][0]).status_code == 404
+    assert httpx.get(server.url + "/v2/models/nope").json()["error"].startswith("no model")

@@ -1,0 +1,135 @@
+"""The process model: multiprocess metrics, JSON logs, restarts, recycling and SIGTERM."""
+
+from __future__ import annotations
+
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+from support.server import Server
+
+
+def counter(metrics_text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for line in metrics_text.splitlines():
+        match = re.match(rf"^{name}(?:\{{(.*)\}})? (\S+)$", line)
+        if not match:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1) or ""))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(match.group(2))
+    return total
+
+
+def spread_requests(server: Server, record: dict, n: int) -> None:
+    """n predictions on fresh connections from 8 threads, so both workers take some."""
+
+    def one(_: int) -> int:
+        return httpx.post(server.url + "/api/v1/predict", json={"record": record}, timeout=10).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(one, range(n))) == {200}
+
+
+def scrape(server: Server) -> str:
+    return httpx.get(server.url + "/metrics", timeout=10).text
+
+
+PREDICT = {"route": "/api/v1/predict", "method": "POST", "status_class": "2xx"}
+
+
+def test_counters_are_exact_across_workers_and_restart(churn_model: Path, record: dict, tmp_path: Path) -> None:
+    n = 120
+    server = Server(tmp_path, churn_model).start()
+    try:
+        spread_requests(server, record, n)
+        pids = {r["pid"] for r in server.records() if r.get("event") == "request" and r["route"] == "/api/v1/predict"}
+        assert pids == set(server.worker_pids()), "both workers must have served requests"
+        for _ in range(6):  # whichever worker answers the scrape, the total is the same
+            text = scrape(server)
+            assert counter(text, "ferry_http_requests_total", **PREDICT) == n
+            assert counter(text, "ferry_predicted_rows_total", model="churn") == n
+            assert counter(text, "ferry_http_request_duration_seconds_count", **PREDICT) == n
+        assert counter(text, "ferry_workers") == 2
+        assert counter(text, "ferry_model_ready") == 1
+        assert counter(text, "ferry_process_resident_memory_bytes") > 10e6
+        classes = counter(text, "ferry_predicted_class_total", model="churn")
+        assert classes == n
+    finally:
+        assert server.stop() == 0
+    # Same metrics directory, new master: the launcher wiped it, so counting starts at zero.
+    server = Server(tmp_path, churn_model).start()
+    try:
+        text = scrape(server)
+        assert counter(text, "ferry_http_requests_total", **PREDICT) == 0
+        assert counter(text, "ferry_worker_starts_total") == 2
+    finally:
+        assert server.stop() == 0
+
+
+def test_recycled_workers_keep_totals(churn_model: Path, record: dict, tmp_path: Path) -> None:
+    """max_requests recycles workers; their counts survive, their live gauges do not."""
+    server = Server(tmp_path, churn_model, env={"FERRY_SERVER__MAX_REQUESTS": "20"}).start()
+    try:
+        before = set(server.worker_pids())
+        n = 100
+        spread_requests(server, record, n)
+        server.wait_for("/readyz", 200, 30)
+        text = scrape(server)
+        assert counter(text, "ferry_http_requests_total", **PREDICT) == n
+        assert counter(text, "ferry_worker_starts_total") > 2
+        assert set(server.worker_pids()) != before
+        deadline = time.monotonic() + 10
+        while counter(scrape(server), "ferry_workers") != 2:  # dead workers' live gauges are removed
+            assert time.monotonic() < deadline, scrape(server)
+            time.sleep(0.2)
+    finally:
+        assert server.stop() == 0
+
+
+def test_every_line_is_json_and_one_access_line_per_request(churn_model: Path, record: dict, tmp_path: Path) -> None:
+    server = Server(tmp_path, churn_model).start()
+    ids = [f"line-test-{i}" for i in range(40)]
+    try:
+        for i, rid in enumerate(ids):
+            body = {"record": record} if i % 4 else {"record": {"bad": 1}}  # errors log one line too
+            httpx.post(server.url + "/api/v1/predict", json=body, headers={"X-Request-ID": rid})
+        httpx.get(server.url + "/nope", headers={"X-Request-ID": "line-test-404"})
+    finally:
+        assert server.stop() == 0
+    records = server.records()  # raises on the first line that is not JSON
+    assert records[0]["event"].startswith("Starting gunicorn")
+    access = [r for r in records if r.get("logger") == "ferry.access"]
+    for rid in [*ids, "line-test-404"]:
+        lines = [r for r in access if r["request_id"] == rid]
+        assert len(lines) == 1, (rid, lines)
+        line = lines[0]
+        assert {"method", "route", "status", "duration_ms", "trace_id", "client", "ts", "level"} <= set(line)
+    assert {r["status"] for r in access if r["request_id"] in ids} == {200, 422}
+    assert [r for r in access if r["request_id"] == "line-test-404"][0]["route"] == "unmatched"
+
+
+def test_traceparent_is_honoured(server: Server, record: dict) -> None:
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    httpx.post(
+        server.url + "/api/v1/predict",
+        json={"record": record},
+        headers={"traceparent": f"00-{trace}-00f067aa0ba902b7-01", "X-Request-ID": "trace-test"},
+    )
+    time.sleep(0.2)
+    line = [r for r in server.records() if r.get("request_id") == "trace-test" and r.get("event") == "request"]
+    assert line[0]["trace_id"] == trace
+
+
+def test_sigterm_exits_zero_within_graceful_timeout(churn_model: Path, record: dict, tmp_path: Path) -> None:
+    server = Server(tmp_path, churn_model, env={"FERRY_SERVER__GRACEFUL_TIMEOUT_S": "5"}).start()
+    spread_requests(server, record, 10)
+    started = time.monotonic()
+    assert server.stop(timeout=5) == 0
+    assert time.monotonic() - started < 5
+    events = [r["event"] for r in server.records()]
+    assert "Shutting down: Master" in events

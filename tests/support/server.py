@@ -1,0 +1,116 @@
+"""Start the real service (``python -m ferry serve`` -> gunicorn) on 127.0.0.1 for a test."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+SUPPORT = Path(__file__).resolve().parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """One gunicorn master with its workers; output captured to a file for assertions."""
+
+    def __init__(self, workdir: Path, model_path: Path, env: dict[str, str] | None = None, workers: int = 2):
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / f"server-{self.port}.log"
+        base = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
+        self.env = {
+            **base,
+            "FERRY_HOST": "127.0.0.1",
+            "FERRY_PORT": str(self.port),
+            "FERRY_WORKERS": str(workers),
+            "FERRY_MODEL__PATH": str(model_path),
+            "FERRY_METRICS__DIR": str(workdir / "metrics"),
+            "FERRY_SERVER__GRACEFUL_TIMEOUT_S": "10",
+            # test-only model classes (tests/support/models.py) must be importable to unpickle
+            "PYTHONPATH": os.pathsep.join([str(SUPPORT.parent), str(REPO / "service")]),
+            **(env or {}),
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait_ready: bool = True, timeout: float = 30.0) -> Server:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ferry", "serve"], env=self.env, cwd=self.workdir, stdout=log, stderr=log
+        )
+        log.close()
+        try:
+            self.wait_for("/livez", 200, timeout)
+            if wait_ready:
+                self.wait_for("/readyz", 200, timeout)
+        except BaseException:
+            self.process.kill()
+            self.process.wait()
+            raise
+        return self
+
+    def wait_for(self, path: str, status: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.output()[-3000:]}")
+            try:
+                last = httpx.get(self.url + path, timeout=2).status_code
+                if last == status:
+                    return
+            except httpx.HTTPError as exc:
+                last = exc
+            time.sleep(0.1)
+        raise TimeoutError(f"{path} never answered {status} (last: {last}):\n{self.output()[-3000:]}")
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM the master; return its exit status (raises if it does not exit in time)."""
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise
+        return self.process.returncode
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def records(self) -> list[dict]:
+        """Every output line parsed as JSON (raises on the first line that is not)."""
+        return [json.loads(line) for line in self.output().splitlines() if line]
+
+    def worker_pids(self) -> list[int]:
+        assert self.process is not None
+        out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True, check=False).stdout
+        return [int(p) for p in out.split()]
+
+    def __enter__(self) -> Server:
+        return self if self.process is not None else self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.stop()

@@ -14,12 +14,22 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import ConfigDict, Field, create_model
+from pydantic import BeforeValidator, ConfigDict, Field, create_model
 
 from ferry.card import Feature
 from ferry.errors import InvalidInput
 
 FiniteNumber = Annotated[float, Field(allow_inf_nan=False)]
+
+
+def _numbers_only(value: Any) -> Any:
+    # Records are strict (no "12" for 12, no true for 1), except that an integral float such as
+    # 12.0 is an integer, as JSON Schema's "integer" says.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 MAX_REPORTED_PROBLEMS = 20
 
 
@@ -35,7 +45,7 @@ def _field(feature: Feature) -> tuple[Any, Any]:
     if feature.maximum is not None:
         kwargs["le"] = feature.maximum if feature.type == "number" else int(np.floor(feature.maximum))
     if feature.type == "integer":
-        return int, Field(..., **kwargs)
+        return Annotated[int, BeforeValidator(_numbers_only)], Field(..., **kwargs)
     return float, Field(..., allow_inf_nan=False, **kwargs)
 
 

@@ -109,10 +109,20 @@ def _install_openapi(app: FastAPI, core: Core) -> None:
             "inputs": [{"name": v2.INPUT_NAME, "shape": [1, width], "datatype": "FP64", "data": [row]}],
         }
         schema["components"]["schemas"]["InferRequest"]["examples"] = [example]
+        _enumerate_path_parameters(schema, {"name": core.holder.name, "version": core.holder.version})
         app.openapi_schema = schema if core.holder.ready else None
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _enumerate_path_parameters(schema: dict[str, Any], values: dict[str, str]) -> None:
+    """Publish the only valid model name and version as enums, so clients and fuzzers see them."""
+    for item in schema["paths"].values():
+        for operation in item.values():
+            for parameter in operation.get("parameters", []):
+                if parameter.get("in") == "path" and parameter["name"] in values:
+                    parameter["schema"]["enum"] = [values[parameter["name"]]]
 
 
 def _example_row(core: Core) -> list[tuple[Any, Any]]:

@@ -110,7 +110,7 @@ def test_every_line_is_json_and_one_access_line_per_request(churn_model: Path, r
         line = lines[0]
         assert {"method", "route", "status", "duration_ms", "trace_id", "client", "ts", "level"} <= set(line)
     assert {r["status"] for r in access if r["request_id"] in ids} == {200, 422}
-    assert [r for r in access if r["request_id"] == "line-test-404"][0]["route"] == "unmatched"
+    assert next(r for r in access if r["request_id"] == "line-test-404")["route"] == "unmatched"
 
 
 def test_traceparent_is_honoured(server: Server, record: dict) -> None:

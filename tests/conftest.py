@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -29,3 +30,14 @@ def churn_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("churn")
     train(out)
     return out / "model.joblib"
+
+
+@pytest.fixture(scope="session")
+def card(churn_model: Path) -> dict:
+    return json.loads(churn_model.with_name("model.card.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def record(card: dict) -> dict:
+    """A valid record for the default model (the card's example)."""
+    return dict(card["example"])

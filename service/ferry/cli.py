@@ -1,4 +1,4 @@
-"""``ferry`` command line: serve, train."""
+"""``ferry`` command line: serve, train, healthcheck."""
 
 from __future__ import annotations
 
@@ -33,6 +33,21 @@ def _serve(_: argparse.Namespace) -> int:
     return 1
 
 
+def _healthcheck(args: argparse.Namespace) -> int:
+    """Exit 0 when this host's service answers /readyz with 200 (container HEALTHCHECK)."""
+    import httpx
+
+    from ferry.settings import Settings
+
+    port = Settings().port
+    try:
+        status = httpx.get(f"http://127.0.0.1:{port}{args.path}", timeout=args.timeout).status_code
+    except httpx.HTTPError as exc:
+        print(f"unhealthy: {exc}", file=sys.stderr)
+        return 1
+    return 0 if status == 200 else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ferry", description="Serve a scikit-learn model in production.")
     parser.add_argument("--version", action="version", version=f"ferry {__version__}")
@@ -42,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     train = commands.add_parser("train", help="build the default churn model and its card")
     train.add_argument("--out", default="models/churn", help="output directory (default: models/churn)")
     train.set_defaults(func=_train)
+    health = commands.add_parser("healthcheck", help="exit 0 if the local service is ready (for HEALTHCHECK)")
+    health.add_argument("--path", default="/readyz")
+    health.add_argument("--timeout", type=float, default=2.0)
+    health.set_defaults(func=_healthcheck)
     args = parser.parse_args(argv)
     return args.func(args)
 

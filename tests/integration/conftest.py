@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -14,13 +13,3 @@ def server(churn_model: Path, tmp_path_factory: pytest.TempPathFactory):
     srv = Server(tmp_path_factory.mktemp("srv"), churn_model).start()
     yield srv
     assert srv.stop() == 0, srv.output()[-2000:]
-
-
-@pytest.fixture(scope="session")
-def card(churn_model: Path) -> dict:
-    return json.loads(churn_model.with_name("model.card.json").read_text())
-
-
-@pytest.fixture(scope="session")
-def record(card: dict) -> dict:
-    return dict(card["example"])

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from ferry.settings import Settings, unknown_variables
+
+
+def test_defaults_and_nested_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FERRY_PORT", "9001")
+    monkeypatch.setenv("FERRY_MODEL__PATH", "/models/x.joblib")
+    monkeypatch.setenv("FERRY_API__MAX_BATCH_SIZE", "50")
+    s = Settings()
+    assert (s.port, s.host, s.workers) == (9001, "0.0.0.0", 2)
+    assert s.model.path == Path("/models/x.joblib")
+    assert s.api.max_batch_size == 50
+    assert s.server.keepalive_s > 60  # above common LB idle timeouts
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("FERRY_PORT", "0"),
+        ("FERRY_WORKERS", "abc"),
+        ("FERRY_MODEL__SHA256", "xyz"),
+        ("FERRY_MODEL__PAHT", "x"),
+        ("FERRY_LOGGING__LEVEL", "LOUD"),
+        ("FERRY_API__MAX_BODY_BYTES", "10"),
+    ],
+)
+def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_unknown_top_level_names_are_reported() -> None:
+    env = {"FERRY_PROT": "1", "FERRY_PORT": "1", "FERRY_MODEL__PATH": "x", "FERRY_MODEL__PAHT": "y", "HOME": "/"}
+    assert unknown_variables(env) == ["FERRY_MODEL__PAHT", "FERRY_PROT"]
+
+
+def test_every_setting_is_documented() -> None:
+    from pydantic import BaseModel
+
+    for name, field in Settings.model_fields.items():
+        assert field.description, name
+        group = field.annotation
+        if isinstance(group, type) and issubclass(group, BaseModel):
+            for sub, subfield in group.model_fields.items():
+                assert subfield.description, f"{name}.{sub}"

@@ -90,8 +90,42 @@ def configuration_md() -> str:
     return "\n".join(out) + "\n"
 
 
+def metrics_md() -> str:
+    from ferry.metrics import LATENCY_BUCKETS, Metrics
+
+    metrics = Metrics()
+    out = [HEADER.format(source="ferry.metrics.Metrics"), "# Metrics\n"]
+    out.append(
+        "Served at `GET /metrics` in the Prometheus text format. gunicorn runs several worker processes; "
+        "prometheus-client's multiprocess mode makes every scrape, whichever worker answers it, report "
+        "the sum over all workers (counters and histograms) or the aggregation named below (gauges). "
+        "The launcher wipes the multiprocess directory (`FERRY_METRICS__DIR`) before gunicorn starts, so "
+        "counters restart at zero with the pod, as Prometheus expects; gunicorn's `child_exit` hook "
+        "removes a dead worker's live gauges.\n"
+    )
+    out.append(f"Latency histograms use the buckets {', '.join(str(b) for b in LATENCY_BUCKETS)} seconds "
+               "(0.3 s is a bucket edge so the latency SLO is exact).\n")
+    out.append("| Metric | Type | Labels | Aggregation over workers | Meaning |\n|---|---|---|---|---|")
+    for metric in vars(metrics).values():
+        if not hasattr(metric, "_type"):
+            continue
+        name = metric._name + ("_total" if metric._type == "counter" else "")
+        labels = ", ".join(f"`{label}`" for label in metric._labelnames) or "—"
+        mode = getattr(metric, "_multiprocess_mode", None)
+        aggregation = {"counter": "sum", "histogram": "sum"}.get(metric._type, mode)
+        out.append(f"| `{name}` | {metric._type} | {labels} | {aggregation} | {metric._documentation} |")
+    out.append(
+        "\nLabel values are bounded: `route` is the route template (`/v2/models/{name}/infer`, never a raw "
+        "path; `unmatched` for unknown paths), `method` one of the standard methods or `OTHER`, "
+        "`status_class` `2xx`..`5xx`, `code` a stable error code (see the API errors in the README), "
+        "`model` the served model's name, `class` one of the card's classes (at most 50)."
+    )
+    return "\n".join(out) + "\n"
+
+
 GENERATORS: dict[str, Callable[[], str]] = {
     "docs/configuration.md": configuration_md,
+    "docs/metrics.md": metrics_md,
 }
 
 

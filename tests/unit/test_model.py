@@ -82,7 +82,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_training_is_deterministic(tmp_path: Path) -> None:
-    params = TrainParams(n_samples=3000, max_iter=30)
+    params = TrainParams(n_samples=3000, n_estimators=30)
     a = train(tmp_path / "a", params)
     b = train(tmp_path / "b", params)
     assert a["sha256"] == b["sha256"]

@@ -103,8 +103,10 @@ def metrics_md() -> str:
         "counters restart at zero with the pod, as Prometheus expects; gunicorn's `child_exit` hook "
         "removes a dead worker's live gauges.\n"
     )
-    out.append(f"Latency histograms use the buckets {', '.join(str(b) for b in LATENCY_BUCKETS)} seconds "
-               "(0.3 s is a bucket edge so the latency SLO is exact).\n")
+    out.append(
+        f"Latency histograms use the buckets {', '.join(str(b) for b in LATENCY_BUCKETS)} seconds "
+        "(0.3 s is a bucket edge so the latency SLO is exact).\n"
+    )
     out.append("| Metric | Type | Labels | Aggregation over workers | Meaning |\n|---|---|---|---|---|")
     for metric in vars(metrics).values():
         if not hasattr(metric, "_type"):

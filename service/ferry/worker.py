@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import sys
 from typing import Any
 
@@ -11,13 +13,30 @@ from uvicorn_worker import UvicornWorker
 
 from ferry.lifecycle import set_heartbeat, start_draining
 
+# How long a stopping worker lets connections it has already accepted deliver their request
+# before it closes the ones that are still idle.
+ACCEPTED_CONNECTION_GRACE_S = 0.25
+
 
 class DrainingServer(Server):
-    """uvicorn server that flags the process as draining the moment a stop signal arrives."""
+    """uvicorn server that flags the process as draining the moment a stop signal arrives, and
+    does not drop connections it accepted just before stopping."""
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         start_draining()
         super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn closes every connection without a request in progress at once, including one
+        # accepted a moment ago whose request bytes are in flight: its client sees a reset (found
+        # by the max_requests recycling test). Stop accepting first, wait briefly, then proceed.
+        start_draining()
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        await asyncio.sleep(ACCEPTED_CONNECTION_GRACE_S)
+        await super().shutdown(sockets=None)
 
 
 class FerryWorker(UvicornWorker):

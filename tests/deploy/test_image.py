@@ -80,23 +80,17 @@ def test_image_entrypoint_serves_and_exits_zero_on_sigterm(tmp_path: Path) -> No
     subprocess.run(command, env={**os.environ, **assignments}, check=True, capture_output=True, timeout=120)
 
     runtime = dict(instructions("runtime"))
+    env = runtime_env(app)
+    # /opt/venv/bin is this test's virtualenv; $PATH is the caller's.
+    env["PATH"] = env["PATH"].replace("/opt/venv/bin", str(Path(sys.executable).parent))
+    env["PATH"] = env["PATH"].replace("$PATH", os.environ["PATH"])
     port = free_port()
-    env = {
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-        **runtime_env(app),
-        "FERRY_PORT": str(port),
-        "FERRY_SERVER__GRACEFUL_TIMEOUT_S": "10",
-    }
+    env.update(FERRY_PORT=str(port), FERRY_SERVER__GRACEFUL_TIMEOUT_S="10")
     entrypoint = json.loads(runtime["ENTRYPOINT"])
     healthcheck = json.loads(runtime["HEALTHCHECK"].split("CMD", 1)[1])
-    log = (tmp_path / "image.log").open("wb")
-    proc = subprocess.Popen(
-        entrypoint,
-        env=env,
-        cwd=runtime.get("WORKDIR", "/").replace("/app", str(app)),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    workdir = runtime.get("WORKDIR", "/").replace("/app", str(app))
+    with (tmp_path / "image.log").open("wb") as log:
+        proc = subprocess.Popen(entrypoint, env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30
         while subprocess.run(healthcheck, env=env, capture_output=True, check=False).returncode != 0:
@@ -117,7 +111,6 @@ def test_image_entrypoint_serves_and_exits_zero_on_sigterm(tmp_path: Path) -> No
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        log.close()
     for line in (tmp_path / "image.log").read_text().splitlines():
         json.loads(line)
 

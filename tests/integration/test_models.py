@@ -106,6 +106,21 @@ def test_livez_answers_while_the_model_is_busy(slow_model: Path, tmp_path: Path)
         assert worst < 0.1, f"/livez took {worst * 1000:.0f} ms while the model was busy"
 
 
+def test_sigterm_lets_in_flight_requests_finish(slow_model: Path, tmp_path: Path) -> None:
+    server = Server(tmp_path, slow_model).start()
+    result: dict[str, httpx.Response] = {}
+
+    def call() -> None:
+        result["r"] = httpx.post(server.url + "/api/v1/predict", json={"record": [1.0, 2.0, 3.0]}, timeout=30)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    time.sleep(0.4)  # the request is inside its 1.5 s model call
+    assert server.stop(timeout=15) == 0
+    caller.join()
+    assert result["r"].status_code == 200
+
+
 def test_model_failure_is_500_model_error(tmp_path: Path) -> None:
     path = tmp_path / "exploding.joblib"
     joblib.dump(ExplodingModel(delay_s=0), path)

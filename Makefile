@@ -25,6 +25,7 @@ help: ## Show this help
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -c 'import sysconfig, pathlib; pathlib.Path(sysconfig.get_paths()["purelib"], "ferry-src.pth").write_text(str(pathlib.Path("service").resolve()) + "\n")'
+	printf '#!/bin/sh\nexec "$$(dirname "$$0")/python" -m ferry "$$@"\n' > $(VENV)/bin/ferry && chmod +x $(VENV)/bin/ferry
 	touch $@
 
 $(VENV)/.service: requirements/service.lock $(VENV)/.created

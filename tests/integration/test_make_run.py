@@ -78,6 +78,8 @@ def test_make_run_from_a_fresh_clone(tmp_path: Path) -> None:
         )
         answer = json.loads(curl.stdout)
         assert answer["prediction"] in card["classes"], curl.stdout
+        version = subprocess.run([repo / ".venv/bin/ferry", "--version"], capture_output=True, text=True, check=True)
+        assert version.stdout.startswith("ferry ")
         # make's recipe execs the launcher, which execs gunicorn: make's child is the master.
         master = int(subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()[0])
         assert b"gunicorn" in Path(f"/proc/{master}/cmdline").read_bytes()

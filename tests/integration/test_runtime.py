@@ -133,3 +133,26 @@ def test_sigterm_exits_zero_within_graceful_timeout(churn_model: Path, record: d
     assert time.monotonic() - started < 5
     events = [r["event"] for r in server.records()]
     assert "Shutting down: Master" in events
+
+
+def test_workers_do_not_oversubscribe_cores(server: Server) -> None:
+    """Native thread pools are pinned to one thread in every worker (set by the launcher)."""
+    for pid in server.worker_pids():
+        environ = dict(
+            item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item
+        )
+        for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            assert environ.get(name) == "1", name
+        assert environ["PROMETHEUS_MULTIPROC_DIR"]
+        threads = int(re.search(r"^Threads:\s+(\d+)", Path(f"/proc/{pid}/status").read_text(), re.M).group(1))
+        assert threads <= 8, f"worker {pid} runs {threads} threads"
+
+
+def test_every_documented_metric_is_exported(server: Server, record: dict) -> None:
+    httpx.post(server.url + "/api/v1/predict", json={"record": record})
+    httpx.post(server.url + "/api/v1/predict", json={"record": {}})  # an error, for ferry_errors_total
+    documented = re.findall(r"^\| `(ferry_\w+)`", (Path(__file__).parents[2] / "docs/metrics.md").read_text(), re.M)
+    assert len(documented) >= 15
+    text = scrape(server)
+    for name in documented:
+        assert re.search(rf"^{name}(_bucket|_count|_sum)?[{{ ]", text, re.M), name

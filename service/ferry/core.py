@@ -14,6 +14,7 @@ from ferry.lifecycle import heartbeat
 from ferry.logging import get_logger
 from ferry.metrics import Metrics
 from ferry.model import ModelHolder
+from ferry.resilience.deadline import Deadline
 from ferry.settings import Settings
 
 log = get_logger("ferry.core")
@@ -24,7 +25,7 @@ class Core:
         self.settings = settings
         self.metrics = metrics
         self.holder = ModelHolder(settings.model)
-        self.predictor = Predictor(self.holder, settings.inference, metrics)
+        self.predictor = Predictor(self.holder, settings, metrics)
         self._tasks: list[asyncio.Task[Any]] = []
 
     @property
@@ -39,7 +40,14 @@ class Core:
         self.metrics.worker_starts.inc()
         self.metrics.model_ready.set(0)
         load = asyncio.create_task(self._load_model(), name="ferry-load-model")
-        self._tasks = [load, asyncio.create_task(self._refresh_process_metrics(), name="ferry-process-metrics")]
+        self._tasks = [
+            load,
+            asyncio.create_task(self._refresh_process_metrics(), name="ferry-process-metrics"),
+            asyncio.create_task(self.predictor.run(), name="ferry-dispatcher"),
+        ]
+        if self.predictor.faults.enabled:
+            self.predictor.faults.refresh()
+            self._tasks.append(asyncio.create_task(self.predictor.faults.watch(), name="ferry-faults"))
         deadline = asyncio.get_running_loop().time() + self.settings.model.load_wait_s
         while not load.done() and asyncio.get_running_loop().time() < deadline:
             heartbeat()
@@ -72,16 +80,16 @@ class Core:
         if rows > self.settings.api.max_batch_size:
             raise BatchTooLarge(f"at most {self.settings.api.max_batch_size} records per request")
 
-    async def predict_records(self, records: list[Any]) -> Prediction:
+    async def predict_records(self, records: list[Any], deadline: Deadline) -> Prediction:
         """Records already validated against the schema's record type."""
         if not self.holder.ready:
             raise ModelNotReady(retry_after_s=1)
         self._check_batch(len(records))
-        return await self.predictor.predict(self.schema.rows_from_records(records))
+        return await self.predictor.predict(self.schema.rows_from_records(records), deadline)
 
-    async def predict_tensor(self, matrix: np.ndarray, loc: list[Any]) -> Prediction:
+    async def predict_tensor(self, matrix: np.ndarray, loc: list[Any], deadline: Deadline) -> Prediction:
         """A numeric [rows, features] tensor (Open Inference Protocol)."""
         if not self.holder.ready:
             raise ModelNotReady(retry_after_s=1)
         self._check_batch(matrix.shape[0])
-        return await self.predictor.predict(self.schema.rows_from_tensor(matrix, loc))
+        return await self.predictor.predict(self.schema.rows_from_tensor(matrix, loc), deadline)

@@ -73,6 +73,14 @@ class ModelError(FerryError):
     status, code, default_message = 500, "model_error", "the model failed on this input"
 
 
+class CircuitOpen(FerryError):
+    status, code, default_message = 503, "circuit_open", "the model is failing; the circuit breaker is open"
+
+
+class DeadlineExceeded(FerryError):
+    status, code, default_message = 504, "deadline_exceeded", "the request's deadline passed before it was answered"
+
+
 class Overloaded(FerryError):
     status, code, default_message = 503, "overloaded", "too many requests in flight; retry later"
 

@@ -1,25 +1,39 @@
-"""Running the model: off the event loop, in a bounded executor, with its metrics.
+"""Running the model: admission, micro-batching, deadlines, breaker and faults, off the event loop.
 
-Knows nothing of HTTP. ``Predictor.predict`` takes model rows and returns a ``Prediction`` or raises
-a ``FerryError`` (not ready, overloaded, model failure).
+Knows nothing of HTTP. ``Predictor.predict(rows, deadline)`` returns a ``Prediction`` or raises a
+``FerryError``:
+
+- ``model_not_ready`` / ``circuit_open`` / ``deadline_exceeded`` / ``overloaded`` are decided on the
+  event loop, before anything is queued, so they cost microseconds;
+- admitted requests wait in a bounded queue; a dispatcher task starts a model call whenever one of
+  the ``threads`` inference threads is free, taking every waiting request it can merge (up to
+  ``batching.max_batch_size`` rows) into one ``predict_proba`` call, and hands each caller its rows;
+- a call's thread slot is released when the call *returns*, not when its callers give up, so the
+  number of running model calls never exceeds ``threads``, whatever the model does;
+- a request whose deadline passes while queued is dropped without running; one whose deadline
+  passes while its call runs gets 504 at its deadline and the call's result is discarded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import time
 from collections import Counter as Tally
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from ferry.errors import ModelError, ModelNotReady, Overloaded
+from ferry.errors import DeadlineExceeded, FerryError, ModelError, ModelNotReady, Overloaded
 from ferry.logging import get_logger
 from ferry.metrics import MAX_CLASS_LABELS, Metrics
 from ferry.model import LoadedModel, ModelHolder
-from ferry.settings import InferenceSettings
+from ferry.resilience.breaker import Breaker
+from ferry.resilience.deadline import Deadline
+from ferry.resilience.faults import FaultInjector
+from ferry.settings import Settings
 
 log = get_logger("ferry.inference")
 
@@ -31,13 +45,23 @@ class Prediction:
     classes: list[str] | None
 
 
+@dataclass(eq=False)
+class _Request:
+    rows: np.ndarray
+    deadline: Deadline
+    future: asyncio.Future[tuple[list, np.ndarray | None]]
+    enqueued: float = field(default_factory=time.perf_counter)
+    started: bool = False
+
+
 def _call_model(model: LoadedModel, rows: np.ndarray) -> tuple[list, np.ndarray | None]:
     estimator = model.estimator
     if model.has_proba:
         proba = np.asarray(estimator.predict_proba(rows), dtype=np.float64)
         # predict() of a classifier is classes_[argmax(predict_proba)]; reuse it instead of a second call.
-        labels = [model.classes[i] for i in proba.argmax(axis=1)]  # type: ignore[index]
-        return labels, proba
+        classes = model.classes
+        assert classes is not None
+        return [classes[i] for i in proba.argmax(axis=1)], proba
     predicted = np.asarray(estimator.predict(rows))
     return [v.item() if isinstance(v, np.generic) else v for v in predicted.tolist()], None
 
@@ -51,52 +75,153 @@ def _prepare_thread() -> None:
 
 
 class Predictor:
-    """Per-worker executor: ``threads`` model calls at once, ``max_queue`` more waiting, the rest shed."""
-
-    def __init__(self, holder: ModelHolder, settings: InferenceSettings, metrics: Metrics) -> None:
+    def __init__(self, holder: ModelHolder, settings: Settings, metrics: Metrics) -> None:
         self.holder = holder
         self.metrics = metrics
-        self.capacity = settings.threads + settings.max_queue
-        self._pending = 0  # touched only on the event loop thread, so no lock
-        self._executor = ThreadPoolExecutor(
-            max_workers=settings.threads, thread_name_prefix="ferry-model", initializer=_prepare_thread
-        )
-        metrics.inference_capacity.set(self.capacity)
+        self.threads = settings.inference.threads
+        self.max_queue = settings.inference.max_queue
+        self.batching = settings.batching
+        self.max_rows = settings.batching.max_batch_size if settings.batching.enabled else 1
+        self.breaker = Breaker(settings.breaker, metrics, holder.name)
+        self.faults = FaultInjector(settings.faults, metrics)
+        self._queue: collections.deque[_Request] = collections.deque()
+        self._free = self.threads  # inference threads not running a model call
+        self._admitted = 0  # requests between admission and answer
+        self._wakeup: asyncio.Event | None = None
+        self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="ferry-model", initializer=_prepare_thread)
+        metrics.inference_capacity.set(self.threads + self.max_queue)
 
-    async def predict(self, rows: np.ndarray) -> Prediction:
+    # -- event loop side ---------------------------------------------------------------------
+    async def run(self) -> None:
+        """The dispatcher: start a model call whenever a thread is free and requests wait."""
+        self._wakeup = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue or not self._free:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch = self._take()
+            if batch and len(batch) < self._admitted and self.batching.enabled and self.batching.max_wait_ms:
+                # Others are in flight (being parsed or validated): give them a moment to join.
+                await asyncio.sleep(self.batching.max_wait_ms / 1000)
+                batch += self._take(sum(len(r.rows) for r in batch))
+            if not batch:
+                continue
+            model = self.holder.loaded
+            assert model is not None
+            self._free -= 1
+            self.metrics.model_calls_in_flight.inc()
+            started = time.perf_counter()
+            for request in batch:
+                request.started = True
+                self.metrics.queue_wait.observe(started - request.enqueued)
+            context = contextvars.copy_context()
+            call = loop.run_in_executor(self._executor, context.run, self._call, model, batch)
+            call.add_done_callback(lambda done, batch=batch: self._finish(done, batch))
+
+    def _take(self, rows: int = 0) -> list[_Request]:
+        """Waiting requests for one model call, oldest first; expired ones are answered 504 here."""
+        batch: list[_Request] = []
+        while self._queue and rows < self.max_rows:
+            request = self._queue[0]
+            if request.future.done():  # its caller already has its answer (deadline)
+                self._queue.popleft()
+                continue
+            if request.deadline.expired():
+                self._queue.popleft()
+                self._expire(request, "queued")
+                continue
+            if rows and rows + len(request.rows) > self.max_rows:
+                break
+            self._queue.popleft()
+            batch.append(request)
+            rows += len(request.rows)
+        self.metrics.queue_depth.set(len(self._queue))
+        return batch
+
+    def _expire(self, request: _Request, stage: str) -> None:
+        if not request.future.done():
+            request.future.set_exception(DeadlineExceeded())
+        self.metrics.deadline_exceeded.labels(stage).inc()
+
+    def _finish(self, done: asyncio.Future, batch: list[_Request]) -> None:
+        self._free += 1
+        self.metrics.model_calls_in_flight.dec()
+        assert self._wakeup is not None
+        self._wakeup.set()
+        error = done.exception()
+        if error is not None:
+            for request in batch:
+                if not request.future.done():
+                    request.future.set_exception(error)
+            return
+        labels, proba = done.result()
+        offset = 0
+        for request in batch:
+            end = offset + len(request.rows)
+            if not request.future.done():
+                request.future.set_result((labels[offset:end], None if proba is None else proba[offset:end]))
+            offset = end
+
+    async def predict(self, rows: np.ndarray, deadline: Deadline) -> Prediction:
         model = self.holder.loaded
         if model is None or not self.holder.ready:
             raise ModelNotReady(retry_after_s=1)
-        if self._pending >= self.capacity:
+        self.breaker.check()
+        if deadline.expired():
+            self.metrics.deadline_exceeded.labels("queued").inc()
+            raise DeadlineExceeded()
+        if not self._free and len(self._queue) >= self.max_queue:
             raise Overloaded(retry_after_s=1)
-        self._pending += 1
+        request = _Request(rows, deadline, asyncio.get_running_loop().create_future())
+        self._queue.append(request)
+        self.metrics.queue_depth.set(len(self._queue))
+        assert self._wakeup is not None, "Predictor.run() is not running"
+        self._wakeup.set()
+        self._admitted += 1
         self.metrics.inference_in_flight.inc()
         try:
-            loop = asyncio.get_running_loop()
-            context = contextvars.copy_context()  # keep request_id/trace_id on logs from the thread
-            labels, proba, seconds = await loop.run_in_executor(
-                self._executor, context.run, self._timed_call, model, rows
-            )
+            labels, proba = await asyncio.wait_for(asyncio.shield(request.future), deadline.remaining())
+        except TimeoutError:
+            if request.started:
+                self.metrics.deadline_exceeded.labels("running").inc()
+            else:
+                self._expire(request, "queued")
+            request.future.cancel()  # a late result is dropped; a queued request is skipped
+            raise DeadlineExceeded() from None
         finally:
-            self._pending -= 1
+            self._admitted -= 1
             self.metrics.inference_in_flight.dec()
-        self._record(model, labels, len(rows), seconds)
         return Prediction(labels=labels, probabilities=proba, classes=model.classes)
 
-    def _timed_call(self, model: LoadedModel, rows: np.ndarray) -> tuple[list, np.ndarray | None, float]:
+    # -- inference thread side -----------------------------------------------------------------
+    def _call(self, model: LoadedModel, batch: list[_Request]) -> tuple[list, np.ndarray | None]:
+        rows = batch[0].rows if len(batch) == 1 else np.concatenate([r.rows for r in batch])
         started = time.perf_counter()
         try:
-            labels, proba = _call_model(model, rows)
+            with self.breaker.guard():
+                if self.faults.enabled:
+                    self.faults.apply()
+                labels, proba = _call_model(model, rows)
+        except FerryError:
+            raise
         except Exception as exc:
-            log.error("model_error", model=self.holder.name, rows=len(rows), exc_info=True)
+            self.metrics.model_calls.labels("error").inc()
+            log.error("model_error", model=self.holder.name, rows=len(rows), requests=len(batch), exc_info=True)
             raise ModelError(f"the model failed on this input ({type(exc).__name__})") from exc
-        return labels, proba, time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        self.metrics.model_calls.labels("ok").inc()
+        self._record(model, labels, len(rows), len(batch), seconds)
+        return labels, proba
 
-    def _record(self, model: LoadedModel, labels: list, rows: int, seconds: float) -> None:
+    def _record(self, model: LoadedModel, labels: list, rows: int, requests: int, seconds: float) -> None:
         name = self.holder.name
         self.metrics.observe_inference(name, rows, seconds)
+        self.metrics.batch_requests.observe(requests)
         if model.classes is not None and len(model.classes) <= MAX_CLASS_LABELS:
             self.metrics.count_classes(name, Tally(labels).items())
 
     def shutdown(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=False)
+        # Do not wait: a hung model call must not keep the worker from exiting.
+        self._executor.shutdown(wait=False, cancel_futures=True)

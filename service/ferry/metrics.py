@@ -31,6 +31,17 @@ KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPT
 MAX_CLASS_LABELS = 50
 
 
+def _error_codes() -> set[str]:
+    from ferry.errors import FerryError
+
+    codes, pending = set(), [FerryError]
+    while pending:
+        cls = pending.pop()
+        codes.add(cls.code)
+        pending.extend(cls.__subclasses__())
+    return codes
+
+
 def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
@@ -94,6 +105,60 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=r,
         )
+        self.model_calls_in_flight = Gauge(
+            "ferry_model_calls_in_flight",
+            "Model calls running in inference threads now (never above threads per worker), summed.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.model_calls = Counter(
+            "ferry_model_calls_total",
+            "Model calls by outcome (ok, error); calls refused by the breaker are not model calls.",
+            ["outcome"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "ferry_inference_queue_depth",
+            "Requests waiting for an inference thread, summed over live workers.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "ferry_inference_queue_wait_seconds",
+            "Time a request waited between admission and the start of its model call.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_requests = Histogram(
+            "ferry_inference_batch_requests",
+            "Requests merged into one model call (micro-batching).",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.deadline_exceeded = Counter(
+            "ferry_deadline_exceeded_total",
+            "Requests whose deadline passed, by where: queued (never started) or running.",
+            ["stage"],
+            registry=r,
+        )
+        self.breaker_state = Gauge(
+            "ferry_breaker_state",
+            "Circuit breaker state, worst over live workers: 0 closed, 1 half-open, 2 open.",
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.breaker_transitions = Counter(
+            "ferry_breaker_transitions_total",
+            "Circuit breaker transitions, by the state entered.",
+            ["state"],
+            registry=r,
+        )
+        self.faults_active = Gauge(
+            "ferry_faults_active",
+            "1 while fault injection is active in any live worker.",
+            multiprocess_mode="livemax",
+            registry=r,
+        )
         self.model_info = Gauge(
             "ferry_model_info",
             "Always 1; labels name the served model.",
@@ -128,6 +193,15 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=r,
         )
+        # Known label values start at 0, so rate() and alerts see the series before the first event.
+        for code in sorted(_error_codes()):
+            self.errors.labels(code)
+        for stage in ("queued", "running"):
+            self.deadline_exceeded.labels(stage)
+        for state in ("closed", "half-open", "open"):
+            self.breaker_transitions.labels(state)
+        for outcome in ("ok", "error"):
+            self.model_calls.labels(outcome)
         self._cpu_seen = 0.0
         self._process = ProcessCollector(registry=None)
 

@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ferry.errors import FerryError, PayloadTooLarge, UnsupportedMediaType, render
+from ferry.lifecycle import is_draining
 from ferry.logging import get_logger
 from ferry.metrics import Metrics
 
@@ -25,6 +26,9 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 UNMATCHED_ROUTE = "unmatched"
+# While draining, every response asks the client to close its keep-alive connection (uvicorn then
+# closes it after the response), so no request is sent on a connection about to be closed.
+_CONNECTION_CLOSE = (b"connection", b"close")
 
 access_log = get_logger("ferry.access")
 log = get_logger("ferry.http")
@@ -76,9 +80,11 @@ class RequestMiddleware:
             return
         started = time.perf_counter()
         headers: dict[bytes, bytes] = dict(scope["headers"])
+        state = scope.setdefault("state", {})
+        state["started_monotonic"] = time.monotonic()
         request_id = request_id_from(_text(headers.get(b"x-request-id")))
         trace_id = trace_id_from(_text(headers.get(b"traceparent")))
-        scope.setdefault("state", {})["request_id"] = request_id
+        state["request_id"] = request_id
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id, trace_id=trace_id)
         status = 0
@@ -88,7 +94,8 @@ class RequestMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), id_header]
+                extra = [id_header, _CONNECTION_CLOSE] if is_draining() else [id_header]
+                message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
         self.metrics.http_in_flight.inc()

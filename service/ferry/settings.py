@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_PATH = Path("models/churn/model.joblib")
@@ -58,6 +58,13 @@ class ServerSettings(_Group):
         "127.0.0.1",
         description="Comma-separated proxy addresses trusted for X-Forwarded-For / -Proto "
         "(use '*' behind a trusted ingress only).",
+    )
+    drain_grace_s: float = Field(
+        2.0,
+        ge=0,
+        le=60,
+        description="After SIGTERM, how long idle keep-alive connections stay open so a request already on "
+        "its way is answered (with Connection: close) instead of meeting a closed socket.",
     )
     worker_tmp_dir: str | None = Field(
         None,
@@ -134,6 +141,74 @@ class InferenceSettings(_Group):
     )
 
 
+class BreakerSettings(_Group):
+    """Circuit breaker around model execution (one per worker)."""
+
+    enabled: bool = Field(True, description="Guard model calls with a circuit breaker.")
+    fail_max: int = Field(
+        5, ge=1, le=10_000, description="Consecutive model failures that open the breaker (per worker)."
+    )
+    reset_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Seconds an open breaker fails fast (503 'circuit_open', Retry-After) before it lets "
+        "one trial call through (half-open). A success closes it, a failure re-opens it.",
+    )
+
+
+class DeadlineSettings(_Group):
+    """Per-request deadlines: queue wait plus model time."""
+
+    default_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="Deadline of a request that names none. Past it the request ends with 504 "
+        "'deadline_exceeded'; work whose deadline passed while queued is never started.",
+    )
+    max_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Largest deadline a client may ask for with X-Request-Timeout (seconds) or the Open "
+        "Inference Protocol 'timeout' parameter (microseconds); larger values are clamped to it. Keep "
+        "it below the ingress timeout.",
+    )
+
+
+class BatchingSettings(_Group):
+    """Micro-batching: concurrent requests merged into one model call."""
+
+    enabled: bool = Field(
+        True,
+        description="Merge requests that wait for the model into one predict_proba call. A request that "
+        "finds the model idle is never delayed. Disable for a model whose output for a row depends "
+        "on the other rows of the call.",
+    )
+    max_batch_size: int = Field(
+        128, ge=1, le=100_000, description="Most rows merged into one model call (a larger request runs alone)."
+    )
+    max_wait_ms: float = Field(
+        1.0,
+        ge=0,
+        le=1000,
+        description="When other requests are in flight, how long a batch may wait for them to join before "
+        "it starts. Never applies to a lone request.",
+    )
+
+
+class FaultSettings(_Group):
+    """Fault injection for tests and game days. Off by default."""
+
+    enabled: bool = Field(False, description="Read fault settings from FERRY_FAULTS__FILE (logs loudly while active).")
+    file: Path | None = Field(
+        None,
+        description="JSON file {'error_rate': 0..1, 'latency_ms': >=0, 'hang': bool}, re-read within a second "
+        "of a change by every worker. Missing or invalid: no faults, one warning.",
+    )
+
+
 class LoggingSettings(_Group):
     """Structured JSON logs on stdout."""
 
@@ -172,8 +247,20 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings, description=ModelSettings.__doc__)
     api: ApiSettings = Field(default_factory=ApiSettings, description=ApiSettings.__doc__)
     inference: InferenceSettings = Field(default_factory=InferenceSettings, description=InferenceSettings.__doc__)
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings, description=BreakerSettings.__doc__)
+    deadline: DeadlineSettings = Field(default_factory=DeadlineSettings, description=DeadlineSettings.__doc__)
+    batching: BatchingSettings = Field(default_factory=BatchingSettings, description=BatchingSettings.__doc__)
+    faults: FaultSettings = Field(default_factory=FaultSettings, description=FaultSettings.__doc__)
     logging: LoggingSettings = Field(default_factory=LoggingSettings, description=LoggingSettings.__doc__)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings, description=MetricsSettings.__doc__)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.deadline.default_s > self.deadline.max_s:
+            raise ValueError("deadline.default_s must not exceed deadline.max_s")
+        if self.server.drain_grace_s >= self.server.graceful_timeout_s:
+            raise ValueError("server.drain_grace_s must be below server.graceful_timeout_s")
+        return self
 
 
 def unknown_variables(environ: dict[str, str]) -> list[str]:

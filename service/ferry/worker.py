@@ -12,6 +12,7 @@ from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
 from ferry.lifecycle import set_heartbeat, start_draining
+from ferry.settings import Settings
 
 # How long a stopping worker lets connections it has already accepted deliver their request
 # before it closes the ones that are still idle.
@@ -20,22 +21,30 @@ ACCEPTED_CONNECTION_GRACE_S = 0.25
 
 class DrainingServer(Server):
     """uvicorn server that flags the process as draining the moment a stop signal arrives, and
-    does not drop connections it accepted just before stopping."""
+    does not drop requests that were already on their way when it stopped."""
+
+    drain_grace_s = 2.0
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         start_draining()
         super().handle_exit(sig, frame)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        # uvicorn closes every connection without a request in progress at once, including one
-        # accepted a moment ago whose request bytes are in flight: its client sees a reset (found
-        # by the max_requests recycling test). Stop accepting first, wait briefly, then proceed.
+        # uvicorn closes every connection without a request in progress at once: a request already
+        # on its way over an idle keep-alive connection, or on a connection accepted a moment ago,
+        # meets a reset. Instead: stop accepting, then keep connections open while their clients
+        # send one more request, which is answered with Connection: close (RequestMiddleware adds it
+        # while draining); only then let uvicorn close what is left and wait for in-flight work.
         start_draining()
         for server in self.servers:
             server.close()
         for sock in sockets or []:
             sock.close()
-        await asyncio.sleep(ACCEPTED_CONNECTION_GRACE_S)
+        loop = asyncio.get_running_loop()
+        grace_ends = loop.time() + max(self.drain_grace_s, ACCEPTED_CONNECTION_GRACE_S)
+        minimum_ends = loop.time() + ACCEPTED_CONNECTION_GRACE_S
+        while loop.time() < grace_ends and (self.server_state.connections or loop.time() < minimum_ends):
+            await asyncio.sleep(0.02)
         await super().shutdown(sockets=None)
 
 
@@ -59,6 +68,7 @@ class FerryWorker(UvicornWorker):
     async def _serve(self) -> None:
         self.config.app = self.wsgi
         server = DrainingServer(config=self.config)
+        server.drain_grace_s = Settings().server.drain_grace_s
         self._install_sigquit_handler()
         await server.serve(sockets=self.sockets)
         if not server.started:

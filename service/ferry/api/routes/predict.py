@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body
 from pydantic import ConfigDict, Field, create_model
 
-from ferry.api.deps import CoreDep, RequestIdDep
+from ferry.api.deps import CoreDep, DeadlineDep, RequestIdDep
 from ferry.api.orjson_route import OrjsonRoute
 from ferry.api.schemas import BatchResponse, ErrorBody, PredictResponse
 from ferry.core import Core
@@ -22,7 +22,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         415: "Body is not JSON",
         422: "Invalid record(s), or too many records",
         500: "The model failed",
-        503: "Model not ready, or overloaded (see Retry-After)",
+        503: "Model not ready, circuit open or overloaded (see Retry-After)",
+        504: "Deadline exceeded",
     }.items()
 }
 
@@ -69,8 +70,9 @@ def build_router(core: Core) -> APIRouter:
         body: Annotated[predict_request, Body()],  # type: ignore[valid-type]
         core: CoreDep,
         request_id: RequestIdDep,
+        deadline: DeadlineDep,
     ) -> dict[str, Any]:
-        prediction = await core.predict_records([body.record])
+        prediction = await core.predict_records([body.record], deadline)
         return {
             **row_results(prediction)[0],
             "model": {"name": core.holder.name, "version": core.holder.version},
@@ -82,8 +84,9 @@ def build_router(core: Core) -> APIRouter:
         body: Annotated[batch_request, Body()],  # type: ignore[valid-type]
         core: CoreDep,
         request_id: RequestIdDep,
+        deadline: DeadlineDep,
     ) -> dict[str, Any]:
-        prediction = await core.predict_records(body.records)
+        prediction = await core.predict_records(body.records, deadline)
         return {
             "predictions": row_results(prediction),
             "model": {"name": core.holder.name, "version": core.holder.version},

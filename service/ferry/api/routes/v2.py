@@ -14,7 +14,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from ferry import __version__
-from ferry.api.deps import CoreDep
+from ferry.api.deps import CoreDep, DeadlineDep
 from ferry.api.orjson_route import OrjsonRoute
 from ferry.api.schemas import (
     NUMERIC_DATATYPES,
@@ -27,6 +27,7 @@ from ferry.api.schemas import (
 from ferry.core import Core
 from ferry.errors import BadRequest, ModelNotFound
 from ferry.inference import Prediction
+from ferry.resilience.deadline import Deadline, from_microseconds
 
 router = APIRouter(route_class=OrjsonRoute, prefix="/v2", tags=["open inference protocol v2"])
 INPUT_NAME = "input-0"
@@ -152,22 +153,28 @@ def _outputs(wanted: list[str], prediction: Prediction) -> list[InferOutput]:
     return outputs
 
 
-async def _infer(core: Core, request: InferRequest, version: str | None) -> InferResponse:
+async def _infer(core: Core, request: InferRequest, version: str | None, deadline: Deadline) -> InferResponse:
     holder = _model(core, core.holder.name, version).holder
     wanted = _wanted(request)
-    prediction = await core.predict_tensor(_tensor(request), loc=["inputs", 0])
+    timeout = (request.parameters or {}).get("timeout")
+    if timeout is not None:  # Triton clients send microseconds; it may only lower the deadline
+        seconds = from_microseconds(timeout, core.settings.deadline, deadline.budget_s)
+        deadline = Deadline(at=deadline.at - deadline.budget_s + seconds, budget_s=seconds)
+    prediction = await core.predict_tensor(_tensor(request), loc=["inputs", 0], deadline=deadline)
     return InferResponse(
         model_name=holder.name, model_version=holder.version, id=request.id, outputs=_outputs(wanted, prediction)
     )
 
 
 @router.post("/models/{name}/infer", response_model=InferResponse, response_model_exclude_none=True)
-async def infer(name: str, request: InferRequest, core: CoreDep) -> InferResponse:
+async def infer(name: str, request: InferRequest, core: CoreDep, deadline: DeadlineDep) -> InferResponse:
     _model(core, name)
-    return await _infer(core, request, None)
+    return await _infer(core, request, None, deadline)
 
 
 @router.post("/models/{name}/versions/{version}/infer", response_model=InferResponse, response_model_exclude_none=True)
-async def infer_version(name: str, version: str, request: InferRequest, core: CoreDep) -> InferResponse:
+async def infer_version(
+    name: str, version: str, request: InferRequest, core: CoreDep, deadline: DeadlineDep
+) -> InferResponse:
     _model(core, name, version)
-    return await _infer(core, request, version)
+    return await _infer(core, request, version, deadline)

@@ -1,0 +1,1 @@
+"""Breaker, deadlines, fault injection and the micro-batching dispatcher around the model."""

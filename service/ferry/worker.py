@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
 import socket
 import sys
 from typing import Any
@@ -31,21 +33,47 @@ class DrainingServer(Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # uvicorn closes every connection without a request in progress at once: a request already
-        # on its way over an idle keep-alive connection, or on a connection accepted a moment ago,
-        # meets a reset. Instead: stop accepting, then keep connections open while their clients
-        # send one more request, which is answered with Connection: close (RequestMiddleware adds it
-        # while draining); only then let uvicorn close what is left and wait for in-flight work.
+        # on its way over an idle keep-alive connection, or on a connection still in the listen
+        # backlog, meets a reset. Instead: stop accepting but serve what is already in the
+        # backlog; keep connections open while their clients send one more request, answered with
+        # Connection: close (RequestMiddleware adds it while draining); only then let uvicorn
+        # close what is left and wait for in-flight work.
         start_draining()
+        loop = asyncio.get_running_loop()
+        backlog = [socket.socket(fileno=os.dup(s.fileno())) for server in self.servers for s in server.sockets]
         for server in self.servers:
             server.close()
         for sock in sockets or []:
             sock.close()
-        loop = asyncio.get_running_loop()
+        for listener in backlog:
+            await self._serve_backlog(loop, listener)
         grace_ends = loop.time() + max(self.drain_grace_s, ACCEPTED_CONNECTION_GRACE_S)
         minimum_ends = loop.time() + ACCEPTED_CONNECTION_GRACE_S
         while loop.time() < grace_ends and (self.server_state.connections or loop.time() < minimum_ends):
             await asyncio.sleep(0.02)
         await super().shutdown(sockets=None)
+
+    async def _serve_backlog(self, loop: asyncio.AbstractEventLoop, listener: socket.socket) -> None:
+        """Accept the connections the kernel already queued for this socket, then close our copy."""
+        listener.setblocking(False)
+        config = self.config
+        try:
+            while True:
+                try:
+                    connection, _ = listener.accept()
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    break
+                protocol = functools.partial(
+                    config.http_protocol_class,  # type: ignore[call-arg]
+                    config=config,
+                    server_state=self.server_state,
+                    app_state=self.lifespan.state,
+                )
+                await loop.connect_accepted_socket(protocol, connection)
+        finally:
+            listener.close()
 
 
 class FerryWorker(UvicornWorker):

@@ -1,0 +1,278 @@
+"""Breaker, deadlines, shedding, fault injection, drain and worker loss, against real gunicorn."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from test_runtime import counter, scrape
+
+from support.server import Server
+
+
+class FaultFile:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.set()
+
+    def set(self, **faults: object) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(faults))
+        tmp.replace(self.path)  # atomic: a worker never reads half a file
+        time.sleep(0.8)  # every worker polls the file every 0.25 s
+
+
+@pytest.fixture
+def faults(tmp_path: Path) -> FaultFile:
+    return FaultFile(tmp_path / "faults.json")
+
+
+def fault_env(faults: FaultFile, **extra: str) -> dict[str, str]:
+    return {"FERRY_FAULTS__ENABLED": "true", "FERRY_FAULTS__FILE": str(faults.path), **extra}
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
+
+
+def test_breaker_opens_fails_fast_and_recovers(
+    churn_model: Path, record: dict, faults: FaultFile, tmp_path: Path
+) -> None:
+    env = fault_env(faults, FERRY_BREAKER__FAIL_MAX="3", FERRY_BREAKER__RESET_TIMEOUT_S="3")
+    with Server(tmp_path, churn_model, env=env) as server:
+        url = server.url + "/api/v1/predict"
+        assert httpx.post(url, json={"record": record}).status_code == 200
+        faults.set(error_rate=1.0)
+        codes = []
+        for _ in range(40):  # fresh connections, so both workers see failures
+            r = httpx.post(url, json={"record": record})
+            codes.append(r.json()["code"])
+        failures = codes.count("model_error")
+        assert failures <= 2 * 3, codes  # at most FAIL_MAX per worker reach the model
+        assert codes[-10:] == ["circuit_open"] * 10, codes
+        calls_when_open = counter(scrape(server), "ferry_model_calls_total")
+        assert counter(scrape(server), "ferry_breaker_state") == 2
+
+        latencies = []
+        with httpx.Client() as client:
+            for _ in range(200):
+                started = time.perf_counter()
+                r = client.post(url, json={"record": record})
+                latencies.append(time.perf_counter() - started)
+                assert r.status_code == 503 and r.json()["code"] == "circuit_open"
+                assert 1 <= int(r.headers["retry-after"]) <= 3
+        assert percentile(latencies, 99) < 0.05  # client side, with this test's own overhead
+        served = [
+            r["duration_ms"]
+            for r in server.records()
+            if r.get("event") == "request" and r["status"] == 503 and r["route"] == "/api/v1/predict"
+        ]
+        assert len(served) >= 200
+        assert percentile(served, 99) < 5, f"server-side p99 {percentile(served, 99):.2f} ms"
+        assert counter(scrape(server), "ferry_model_calls_total") == calls_when_open  # the model was not called
+
+        faults.set(error_rate=0.0)
+        deadline = time.monotonic() + 10
+        while httpx.post(url, json={"record": record}).status_code != 200:
+            assert time.monotonic() < deadline, "never recovered"
+            time.sleep(0.2)
+        time.sleep(3.2)  # the other worker's breaker is due for its trial too
+        assert all(httpx.post(url, json={"record": record}).status_code == 200 for _ in range(20))
+        text = scrape(server)
+        assert counter(text, "ferry_breaker_state") == 0
+        assert counter(text, "ferry_breaker_transitions_total", state="open") >= 2
+        assert counter(text, "ferry_breaker_transitions_total", state="closed") >= 2
+    changes = [r for r in server.records() if r.get("event") == "circuit_breaker_state_changed"]
+    per_worker: dict[int, list[str]] = {}
+    for change in changes:
+        per_worker.setdefault(change["pid"], []).append(change["new"])
+    for states in per_worker.values():  # each transition logged once, in order
+        assert states[0] == "open" and states[-1] == "closed"
+        assert all(a != b for a, b in itertools.pairwise(states))
+    assert [r for r in server.records() if r.get("event") == "FAULT_INJECTION_ACTIVE"]
+
+
+def test_slow_model_ends_at_the_deadline_and_recovers(
+    churn_model: Path, record: dict, faults: FaultFile, tmp_path: Path
+) -> None:
+    env = fault_env(faults, FERRY_INFERENCE__MAX_QUEUE="8")
+    with Server(tmp_path, churn_model, env=env) as server:
+        url = server.url + "/api/v1/predict"
+        rss_before = counter(scrape(server), "ferry_process_resident_memory_bytes")
+        faults.set(latency_ms=20_000)  # far past any deadline
+        results: list[tuple[int, float]] = []
+        peak_calls = 0
+        stop = threading.Event()
+
+        def watch() -> None:
+            nonlocal peak_calls
+            while not stop.is_set():
+                peak_calls = max(peak_calls, counter(scrape(server), "ferry_model_calls_in_flight"))
+                time.sleep(0.1)
+
+        def call() -> None:
+            started = time.perf_counter()
+            r = httpx.post(url, json={"record": record}, headers={"X-Request-Timeout": "0.5"}, timeout=10)
+            results.append((r.status_code, time.perf_counter() - started))
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        for _wave in range(3):
+            callers = [threading.Thread(target=call) for _ in range(24)]
+            for t in callers:
+                t.start()
+            for t in callers:
+                t.join()
+        stop.set()
+        watcher.join()
+        statuses = {status for status, _ in results}
+        assert statuses <= {503, 504} and 504 in statuses, results
+        assert all(seconds < 2.0 for _, seconds in results), results
+        timed_out = [r["duration_ms"] for r in server.records() if r.get("event") == "request" and r["status"] == 504]
+        assert timed_out and all(495 <= ms < 650 for ms in timed_out), sorted(timed_out)[-5:]  # at the deadline
+        assert peak_calls <= 2  # one inference thread per worker, whatever the load
+        text = scrape(server)
+        assert counter(text, "ferry_deadline_exceeded_total", stage="queued") > 0
+        assert counter(text, "ferry_process_resident_memory_bytes") < rss_before + 100e6
+
+        faults.set()
+        deadline = time.monotonic() + 5
+        while True:
+            started = time.perf_counter()
+            ok = httpx.post(url, json={"record": record}).status_code == 200
+            if ok and time.perf_counter() - started < 0.1:
+                break
+            assert time.monotonic() < deadline, "latency did not recover"
+            time.sleep(0.1)
+
+
+def test_full_queue_sheds_at_once(churn_model: Path, record: dict, faults: FaultFile, tmp_path: Path) -> None:
+    env = fault_env(faults, FERRY_INFERENCE__MAX_QUEUE="2", FERRY_DEADLINE__DEFAULT_S="20")
+    with Server(tmp_path, churn_model, env=env) as server:
+        url = server.url + "/api/v1/predict"
+        faults.set(hang=True)
+        hung: list[threading.Thread] = []
+        # Fill both workers: 1 hung call and 2 queued requests each (fresh connections spread them).
+        while counter(scrape(server), "ferry_inference_queue_depth") < 4:
+            assert len(hung) < 60, "the queues never filled"
+            t = threading.Thread(target=httpx.post, args=(url,), kwargs={"json": {"record": record}, "timeout": 30})
+            t.start()
+            hung.append(t)
+            time.sleep(0.05)
+        shed = []
+        with httpx.Client() as client:
+            for _ in range(50):
+                started = time.perf_counter()
+                r = client.post(url, json={"record": record})
+                shed.append(time.perf_counter() - started)
+                assert r.status_code == 503 and r.json()["code"] == "overloaded", r.text
+                assert r.headers["retry-after"] == "1"
+        assert percentile(shed, 99) < 0.025  # client side, with this test's own overhead
+        served = [r["duration_ms"] for r in server.records() if r.get("event") == "request" and r["status"] == 503]
+        assert len(served) >= 50 and max(served) < 10, f"slowest shed answer {max(served):.2f} ms (server side)"
+        assert counter(scrape(server), "ferry_model_calls_in_flight") == 2
+        faults.set()
+        for t in hung:
+            t.join()
+        assert httpx.post(url, json={"record": record}).status_code == 200
+
+
+def test_request_timeout_header(server: Server, record: dict) -> None:
+    url = server.url + "/api/v1/predict"
+    for bad in ("abc", "0", "-1", "nan", "inf"):
+        r = httpx.post(url, json={"record": record}, headers={"X-Request-Timeout": bad})
+        assert (r.status_code, r.json()["code"]) == (422, "validation_error"), bad
+    assert httpx.post(url, json={"record": record}, headers={"X-Request-Timeout": "9999"}).status_code == 200
+    tiny = httpx.post(url, json={"record": record}, headers={"X-Request-Timeout": "0.000001"})
+    assert (tiny.status_code, tiny.json()["code"]) == (504, "deadline_exceeded")
+    oip = {
+        "inputs": [{"name": "input-0", "shape": [1, 8], "datatype": "FP64", "data": [3, 80, 240, 2, 1, 1, 0, 0]}],
+        "parameters": {"timeout": 1},
+    }  # microseconds, as Triton clients send it
+    r = httpx.post(server.url + "/v2/models/churn/infer", json=oip)
+    assert (r.status_code, r.json()["code"]) == (504, "deadline_exceeded")
+
+
+class Load:
+    """Steady keep-alive load from a few client threads; classifies every outcome."""
+
+    def __init__(self, url: str, body: dict, rate: float, connections: int = 8) -> None:
+        self.url, self.body, self.interval = url, body, connections / rate
+        self.connections = connections
+        self.outcomes: dict[str, int] = {}
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run) for _ in range(connections)]
+
+    def _count(self, key: str) -> None:
+        with self.lock:
+            self.outcomes[key] = self.outcomes.get(key, 0) + 1
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=10) as client:
+            while not self.stop.is_set():
+                started = time.monotonic()
+                try:
+                    r = client.post(self.url, json=self.body)
+                    body = r.json()
+                    self._count("ok" if r.status_code == 200 and "prediction" in body else f"http_{r.status_code}")
+                except httpx.ConnectError:
+                    self._count("refused")  # the listener is closed: expected after SIGTERM
+                except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+                    self._count(f"reset:{type(exc).__name__}")
+                except ValueError:
+                    self._count("truncated")
+                time.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join()
+
+
+def test_sigterm_under_keepalive_load_loses_nothing(churn_model: Path, record: dict, tmp_path: Path) -> None:
+    server = Server(tmp_path, churn_model).start()
+    with Load(server.url + "/api/v1/predict", {"record": record}, rate=200) as load:
+        time.sleep(3)
+        started = time.monotonic()
+        server.signal(signal.SIGTERM)
+        code = server.process.wait(timeout=15)
+        stopped_in = time.monotonic() - started
+        time.sleep(0.5)
+    outcomes = load.outcomes
+    assert code == 0
+    assert stopped_in < 10  # the graceful timeout
+    assert outcomes.get("ok", 0) > 400, outcomes
+    failures = {k: v for k, v in outcomes.items() if k not in ("ok", "refused")}
+    assert failures == {}, outcomes
+
+
+def test_kill_9_of_a_worker_loses_at_most_its_in_flight_requests(
+    churn_model: Path, record: dict, tmp_path: Path
+) -> None:
+    connections = 8
+    with Server(tmp_path, churn_model) as server:
+        victim = server.worker_pids()[0]
+        with Load(server.url + "/api/v1/predict", {"record": record}, rate=300, connections=connections) as load:
+            time.sleep(1.5)
+            os.kill(victim, signal.SIGKILL)
+            time.sleep(2.5)
+        failed = sum(v for k, v in load.outcomes.items() if k != "ok")
+        assert failed <= connections, load.outcomes  # at most one request per connection was on the victim
+        assert load.outcomes["ok"] > 300
+        server.wait_for("/readyz", 200, 10)
+        assert victim not in server.worker_pids() and len(server.worker_pids()) == 2
+        assert counter(scrape(server), "ferry_workers") == 2

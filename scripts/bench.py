@@ -1,7 +1,7 @@
 """``make bench``: throughput and latency of the real service, and the model's in-process cost.
 
 Starts the service exactly as ``make run`` does (launcher -> gunicorn, 2 uvicorn workers) on
-127.0.0.1, drives it with wrk (C, keep-alive connections, one wrk thread per 16 connections) and
+127.0.0.1, drives it with wrk (C, keep-alive connections, one wrk thread per core) and
 prints a Markdown table; ``--write FILE`` replaces the table between the bench markers in FILE.
 
 Load generator and server share this machine's cores, so figures are a floor for a dedicated host.
@@ -57,7 +57,7 @@ def wrk(url: str, body: dict, connections: int, seconds: int, name: str, rows: i
             'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
             f"wrk.body = {json.dumps(json.dumps(body))}\n"
         )
-    threads = max(1, min(connections, connections // 16 or 1, 4))
+    threads = min(connections, os.cpu_count() or 1)
     out = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name, url],
         capture_output=True,
@@ -73,84 +73,129 @@ def wrk(url: str, body: dict, connections: int, seconds: int, name: str, rows: i
     return Result(name, connections, rows, rps, p50, p99, errors)
 
 
-def in_process(model_path: Path, record: dict, rows: int, seconds: float = 3.0) -> tuple[float, float, float]:
-    """Median microseconds per call: estimator.predict_proba alone; with ferry's record->rows
-    conversion; and through ferry's Predictor (the executor thread the service uses)."""
-    import asyncio
-
+def _per_call_us(model_path: str, rows: int, seconds: float) -> float:
+    """Median microseconds of one predict_proba call on ``rows`` rows, in this process."""
     from sklearn import config_context
     from threadpoolctl import threadpool_limits
+
+    from ferry.model import ModelHolder
+    from ferry.settings import ModelSettings
+
+    holder = ModelHolder(ModelSettings(path=Path(model_path)))
+    holder.load()
+    card = json.loads(Path(model_path).with_name("model.card.json").read_text())
+    x = holder.schema.rows_from_records([holder.schema.record_type.model_validate(card["example"])] * rows)
+    estimator = holder.loaded.estimator
+    samples = []
+    with threadpool_limits(1), config_context(assume_finite=True):
+        estimator.predict_proba(x)
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            estimator.predict_proba(x)
+            samples.append((time.perf_counter() - started) * 1e6)
+    return statistics.median(samples)
+
+
+def in_process_limit(model: Path, rows: int, seconds: float = 4.0) -> tuple[float, float]:
+    """(median µs per call on one core, rows/s with one process per core calling at once)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    cores = os.cpu_count() or 1
+    with ProcessPoolExecutor(cores) as pool:
+        per_call = list(pool.map(_per_call_us, [str(model)] * cores, [rows] * cores, [seconds] * cores))
+    return statistics.median(per_call), sum(rows / us * 1e6 for us in per_call)
+
+
+def via_executor_us(model: Path, seconds: float = 3.0) -> float:
+    """Median µs of one single-row call through ferry's Predictor (the inference thread hop)."""
+    import asyncio
 
     from ferry.inference import Predictor
     from ferry.metrics import Metrics
     from ferry.model import ModelHolder
-    from ferry.settings import InferenceSettings, ModelSettings
+    from ferry.resilience.deadline import Deadline
+    from ferry.settings import ModelSettings, Settings
 
-    holder = ModelHolder(ModelSettings(path=model_path))
+    holder = ModelHolder(ModelSettings(path=model))
     holder.load()
-    records = [holder.schema.record_type.model_validate(record)] * rows
-    estimator = holder.loaded.estimator
+    card = json.loads(model.with_name("model.card.json").read_text())
+    x = holder.schema.rows_from_records([holder.schema.record_type.model_validate(card["example"])])
 
-    def median_us(fn) -> float:
-        fn()
+    async def run() -> float:
+        predictor = Predictor(holder, Settings(), Metrics())
+        dispatcher = asyncio.create_task(predictor.run())
+        await asyncio.sleep(0)
         samples, deadline = [], time.perf_counter() + seconds
         while time.perf_counter() < deadline:
             started = time.perf_counter()
-            fn()
+            await predictor.predict(x, Deadline.after(10))
             samples.append((time.perf_counter() - started) * 1e6)
-        return statistics.median(samples)
-
-    x = holder.schema.rows_from_records(records)
-    with threadpool_limits(1), config_context(assume_finite=True):
-        raw = median_us(lambda: estimator.predict_proba(x))
-        full = median_us(lambda: estimator.predict_proba(holder.schema.rows_from_records(records)))
-
-    async def via_executor() -> float:
-        predictor = Predictor(holder, InferenceSettings(), Metrics())
-        await predictor.predict(x)
-        samples, deadline = [], time.perf_counter() + seconds
-        while time.perf_counter() < deadline:
-            started = time.perf_counter()
-            await predictor.predict(x)
-            samples.append((time.perf_counter() - started) * 1e6)
+        dispatcher.cancel()
         predictor.shutdown()
         return statistics.median(samples)
 
-    with threadpool_limits(1):
-        hop = asyncio.run(via_executor())
-    return raw, full, hop
+    return asyncio.run(run())
 
 
-def table(results: list[Result], model: list[tuple[int, float, float, float]], seconds: int) -> str:
+SCENARIOS = [("single", 1), ("single", 16), ("single", 64), ("batch-100", 8)]
+
+
+def run_load(server: Server, record: dict, seconds: int, scenarios: list[tuple[str, int]], label: str) -> list[Result]:
+    single, batch = {"record": record}, {"records": [record] * 100}
+    url = server.url + "/api/v1/predict"
+    wrk(url, single, 16, 2, "warm-up", 1)
+    results = []
+    for kind, connections in scenarios:
+        if kind == "single":
+            results.append(wrk(url, single, connections, seconds, f"{label} single", 1))
+        else:
+            results.append(wrk(url + "/batch", batch, connections, seconds, f"{label} batch-100", 100))
+    return results
+
+
+def table(
+    served: list[Result], ceiling: list[Result], limits: dict[int, tuple[float, float]], hop_us: float, seconds: int
+) -> str:
+    by_shape = {(r.rows_per_request, r.concurrency): r for r in ceiling}
+    cores = os.cpu_count()
     lines = [
-        f"Measured {dt.datetime.now(dt.UTC):%Y-%m-%d} on {os.cpu_count()} cores ({platform.processor() or 'cpu'}), "
-        f"Python {platform.python_version()}; server: 2 gunicorn workers (uvicorn), 1 inference thread each; "
-        f"load: wrk on the same machine, {seconds} s per row, keep-alive.",
+        f"Measured {dt.datetime.now(dt.UTC):%Y-%m-%d} on {cores} cores, Python {platform.python_version()}; "
+        f"server: `ferry serve`, 2 gunicorn workers (uvicorn), 1 inference thread each, access log off; "
+        f"load: wrk on the same machine, {seconds} s per row, keep-alive connections.",
         "",
-        "| Scenario | Concurrency | Requests/s | Rows/s | p50 (ms) | p99 (ms) | Errors |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| Scenario | Concurrency | Requests/s | Rows/s | p50 (ms) | p99 (ms) | Errors | vs HTTP ceiling "
+        "| vs in-process limit |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in results:
+    for r in [*ceiling, *served]:
+        top = by_shape.get((r.rows_per_request, r.concurrency))
+        limit = limits[r.rows_per_request][1]
+        vs_ceiling = f"{r.requests_per_s / top.requests_per_s:.0%}" if top and r not in ceiling else "—"
         lines.append(
             f"| {r.name} | {r.concurrency} | {r.requests_per_s:,.0f} | {r.rows_per_s:,.0f} | {r.p50_ms:.2f} | "
-            f"{r.p99_ms:.2f} | {r.errors} |"
+            f"{r.p99_ms:.2f} | {r.errors} | {vs_ceiling} | {r.rows_per_s / limit:.0%} |"
         )
     lines += [
         "",
-        "In-process cost of the same model (one thread, median per call):",
+        f"In-process limit: the model alone, one process per core ({cores}), `predict_proba` in a loop.",
         "",
-        "| Rows per call | predict_proba (µs) | + record conversion (µs) | via ferry's inference thread (µs) "
-        "| Rows/s per core |",
-        "|---:|---:|---:|---:|---:|",
+        "| Rows per call | µs per call (median, one core) | Rows/s on all cores |",
+        "|---:|---:|---:|",
     ]
-    for rows, raw, full, hop in model:
-        lines.append(f"| {rows} | {raw:,.0f} | {full:,.0f} | {hop:,.0f} | {rows / full * 1e6:,.0f} |")
+    for rows, (per_call, rows_per_s) in sorted(limits.items()):
+        lines.append(f"| {rows} | {per_call:,.0f} | {rows_per_s:,.0f} |")
+    lines += [
+        "",
+        f"One single-row call through ferry's inference thread (dispatcher + thread hop): {hop_us:,.0f} µs "
+        f"median, against {limits[1][0]:,.0f} µs for the bare call.",
+    ]
     return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=10, help="duration of each load scenario")
+    parser.add_argument("--seconds", type=int, default=8, help="duration of each load scenario")
     parser.add_argument("--write", type=Path, help="Markdown file whose bench section is replaced")
     args = parser.parse_args()
 
@@ -158,20 +203,17 @@ def main() -> int:
     model = ROOT / "models/churn/model.joblib"
     if not model.exists():
         subprocess.run([sys.executable, "-m", "ferry", "train", "--out", str(model.parent)], check=True)
-    card = json.loads(model.with_name("model.card.json").read_text())
-    record = card["example"]
+    record = json.loads(model.with_name("model.card.json").read_text())["example"]
+    quiet = {"FERRY_LOGGING__ACCESS_LOG": "false"}
 
-    results = []
-    with Server(work, model, env={"FERRY_LOGGING__ACCESS_LOG": "false"}) as server:
-        single = {"record": record}
-        batch = {"records": [record] * 100}
-        url = server.url + "/api/v1/predict"
-        wrk(url, single, 8, 2, "warm-up", 1)
-        results.append(wrk(url, single, 1, args.seconds, "single record", 1))
-        results.append(wrk(url, single, 32, args.seconds, "single record", 1))
-        results.append(wrk(url + "/batch", batch, 8, args.seconds, "batch of 100", 100))
-    model_costs = [(rows, *in_process(model, record, rows)) for rows in (1, 100)]
-    text = table(results, model_costs, args.seconds)
+    with Server(work, model, env=quiet, app="ceiling_app:create_app()", pythonpath=[ROOT / "scripts"]) as server:
+        ceiling = run_load(server, record, args.seconds, SCENARIOS, "HTTP ceiling (no model)")
+    with Server(work, model, env={**quiet, "FERRY_BATCHING__ENABLED": "false"}) as server:
+        served = run_load(server, record, args.seconds, SCENARIOS[:3], "batching off")
+    with Server(work, model, env=quiet) as server:
+        served += run_load(server, record, args.seconds, SCENARIOS, "batching on")
+    limits = {rows: in_process_limit(model, rows) for rows in (1, 100)}
+    text = table(served, ceiling, limits, via_executor_us(model), args.seconds)
     print(text)
     if args.write:
         doc = args.write.read_text()

@@ -26,10 +26,10 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(_: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace) -> int:
     from ferry.launcher import serve
 
-    serve()  # execs gunicorn; returns only on failure
+    serve(args.app)  # execs gunicorn; returns only on failure
     return 1
 
 
@@ -53,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"ferry {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="start gunicorn with the ferry app (reads FERRY_* settings)")
+    serve.add_argument(
+        "--app",
+        default="ferry.main:create_app()",
+        help="ASGI app factory (default: %(default)s; benchmarks use another)",
+    )
     serve.set_defaults(func=_serve)
     train = commands.add_parser("train", help="build the default churn model and its card")
     train.add_argument("--out", default="models/churn", help="output directory (default: models/churn)")

@@ -44,7 +44,10 @@ def prepare_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
-def gunicorn_argv(app: str = "ferry.main:create_app()") -> list[str]:
+DEFAULT_APP = "ferry.main:create_app()"
+
+
+def gunicorn_argv(app: str = DEFAULT_APP) -> list[str]:
     return [sys.executable, "-m", "gunicorn", "--config", str(GUNICORN_CONF), app]
 
 
@@ -67,8 +70,8 @@ def load_settings() -> Settings:
     raise SystemExit(2)
 
 
-def serve() -> None:
+def serve(app: str = DEFAULT_APP) -> None:
     settings = load_settings()
     env = prepare_environment(settings)
-    argv = gunicorn_argv()
+    argv = gunicorn_argv(app)
     os.execve(argv[0], argv, env)

@@ -26,7 +26,15 @@ def free_port() -> int:
 class Server:
     """One gunicorn master with its workers; output captured to a file for assertions."""
 
-    def __init__(self, workdir: Path, model_path: Path, env: dict[str, str] | None = None, workers: int = 2):
+    def __init__(
+        self,
+        workdir: Path,
+        model_path: Path,
+        env: dict[str, str] | None = None,
+        workers: int = 2,
+        app: str | None = None,
+        pythonpath: list[Path] | None = None,
+    ):
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -42,16 +50,15 @@ class Server:
             "FERRY_METRICS__DIR": str(workdir / "metrics"),
             "FERRY_SERVER__GRACEFUL_TIMEOUT_S": "10",
             # test-only model classes (tests/support/models.py) must be importable to unpickle
-            "PYTHONPATH": os.pathsep.join([str(SUPPORT.parent), str(REPO / "service")]),
+            "PYTHONPATH": os.pathsep.join(str(p) for p in [SUPPORT.parent, REPO / "service", *(pythonpath or [])]),
             **(env or {}),
         }
         self.process: subprocess.Popen[bytes] | None = None
+        self.argv = [sys.executable, "-m", "ferry", "serve", *(["--app", app] if app else [])]
 
     def start(self, wait_ready: bool = True, timeout: float = 30.0) -> Server:
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "ferry", "serve"], env=self.env, cwd=self.workdir, stdout=log, stderr=log
-        )
+        self.process = subprocess.Popen(self.argv, env=self.env, cwd=self.workdir, stdout=log, stderr=log)
         log.close()
         try:
             self.wait_for("/livez", 200, timeout)

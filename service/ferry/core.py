@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ferry.errors import BatchTooLarge, ModelNotReady
+from ferry.features import FeatureSchema
 from ferry.inference import Prediction, Predictor
 from ferry.lifecycle import heartbeat
 from ferry.logging import get_logger
@@ -29,7 +30,7 @@ class Core:
         self._tasks: list[asyncio.Task[Any]] = []
 
     @property
-    def schema(self):
+    def schema(self) -> FeatureSchema:
         return self.holder.schema
 
     # -- lifecycle ---------------------------------------------------------------------------

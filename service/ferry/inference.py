@@ -54,6 +54,9 @@ class _Request:
     started: bool = False
 
 
+_Outcome = tuple[list, np.ndarray | None] | BaseException
+
+
 def _call_model(model: LoadedModel, rows: np.ndarray) -> tuple[list, np.ndarray | None]:
     estimator = model.estimator
     if model.has_proba:
@@ -151,18 +154,14 @@ class Predictor:
         assert self._wakeup is not None
         self._wakeup.set()
         error = done.exception()
-        if error is not None:
-            for request in batch:
-                if not request.future.done():
-                    request.future.set_exception(error)
-            return
-        labels, proba = done.result()
-        offset = 0
-        for request in batch:
-            end = offset + len(request.rows)
-            if not request.future.done():
-                request.future.set_result((labels[offset:end], None if proba is None else proba[offset:end]))
-            offset = end
+        outcomes: list[_Outcome] = [error] * len(batch) if error is not None else done.result()
+        for request, outcome in zip(batch, outcomes, strict=True):
+            if request.future.done():  # its caller gave up (deadline): the result is dropped
+                continue
+            if isinstance(outcome, BaseException):
+                request.future.set_exception(outcome)
+            else:
+                request.future.set_result(outcome)
 
     async def predict(self, rows: np.ndarray, deadline: Deadline) -> Prediction:
         model = self.holder.loaded
@@ -196,8 +195,31 @@ class Predictor:
         return Prediction(labels=labels, probabilities=proba, classes=model.classes)
 
     # -- inference thread side -----------------------------------------------------------------
-    def _call(self, model: LoadedModel, batch: list[_Request]) -> tuple[list, np.ndarray | None]:
+    def _call(self, model: LoadedModel, batch: list[_Request]) -> list[_Outcome]:
+        """One model call for the whole batch; one outcome per request, in order."""
         rows = batch[0].rows if len(batch) == 1 else np.concatenate([r.rows for r in batch])
+        try:
+            labels, proba = self._guarded_call(model, rows, len(batch))
+        except ModelError:
+            if len(batch) == 1:
+                raise
+            # One poison record must not fail the requests merged with it: run each on its own.
+            return [self._isolated(model, request) for request in batch]
+        outcomes: list[_Outcome] = []
+        offset = 0
+        for request in batch:
+            end = offset + len(request.rows)
+            outcomes.append((labels[offset:end], None if proba is None else proba[offset:end]))
+            offset = end
+        return outcomes
+
+    def _isolated(self, model: LoadedModel, request: _Request) -> _Outcome:
+        try:
+            return self._guarded_call(model, request.rows, 1)
+        except FerryError as error:
+            return error
+
+    def _guarded_call(self, model: LoadedModel, rows: np.ndarray, requests: int) -> tuple[list, np.ndarray | None]:
         started = time.perf_counter()
         try:
             with self.breaker.guard():
@@ -208,11 +230,11 @@ class Predictor:
             raise
         except Exception as exc:
             self.metrics.model_calls.labels("error").inc()
-            log.error("model_error", model=self.holder.name, rows=len(rows), requests=len(batch), exc_info=True)
+            log.error("model_error", model=self.holder.name, rows=len(rows), requests=requests, exc_info=True)
             raise ModelError(f"the model failed on this input ({type(exc).__name__})") from exc
         seconds = time.perf_counter() - started
         self.metrics.model_calls.labels("ok").inc()
-        self._record(model, labels, len(rows), len(batch), seconds)
+        self._record(model, labels, len(rows), requests, seconds)
         return labels, proba
 
     def _record(self, model: LoadedModel, labels: list, rows: int, requests: int, seconds: float) -> None:

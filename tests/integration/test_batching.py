@@ -115,3 +115,25 @@ def test_batching_off_runs_one_request_per_call(churn_model: Path, record: dict,
         text = scrape(server)
         assert counter(text, "ferry_inference_batch_requests_count") == 40
         assert counter(text, "ferry_inference_batch_requests_sum") == 40
+
+
+def test_a_poison_record_fails_only_its_own_request(tmp_path: Path) -> None:
+    from support.models import PickyModel
+
+    path = tmp_path / "picky.joblib"
+    joblib.dump(PickyModel(delay_s=0.02), path)
+    with Server(tmp_path, path) as server:
+
+        async def fire() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+                bodies = [{"record": [13.0 if i == 7 else i + 0.5, 1.0, 2.0]} for i in range(40)]
+                return await asyncio.gather(*(client.post("/api/v1/predict", json=b) for b in bodies))
+
+        responses = asyncio.run(fire())
+        failed = {i: (r.status_code, r.text[:200]) for i, r in enumerate(responses) if r.status_code != 200}
+        assert list(failed) == [7], failed
+        assert responses[7].json()["code"] == "model_error"
+        text = scrape(server)
+        assert counter(text, "ferry_inference_batch_requests_sum") > counter(
+            text, "ferry_inference_batch_requests_count"
+        ), "the requests were never merged, so isolation was not exercised"

@@ -29,3 +29,12 @@ class ExplodingModel(SlowModel):
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         raise RuntimeError("boom")
+
+
+class PickyModel(SlowModel):
+    """Fails on any call that contains the poison value 13.0 in its first column."""
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        if (np.asarray(x, dtype=float)[:, 0] == 13.0).any():
+            raise ValueError("poison row")
+        return super().predict_proba(x)

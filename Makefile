@@ -61,11 +61,11 @@ run: $(VENV)/.service $(MODEL) ## Start the service on :$FERRY_PORT (gunicorn + 
 GENERATED_CHECK := $(PY) scripts/generate.py
 
 .PHONY: generate
-generate: $(VENV)/.service ## Regenerate every generated file (docs/configuration.md, ...)
+generate: $(VENV)/.dev ## Regenerate every generated file (docs/configuration.md, ...)
 	$(GENERATED_CHECK) --write
 
 .PHONY: check-generated
-check-generated: $(VENV)/.service ## Fail if a generated file differs from what `make generate` writes
+check-generated: $(VENV)/.dev ## Fail if a generated file differs from what `make generate` writes
 	$(GENERATED_CHECK) --check
 
 # --- quality ---------------------------------------------------------------------------------

@@ -45,6 +45,14 @@ lock: $(VENV)/.dev ## Re-resolve requirements/*.lock from pyproject.toml (needs 
 	$(VENV)/bin/uv pip compile pyproject.toml --python-version 3.11 --generate-hashes -q -o requirements/service.lock
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes -q -o requirements/dev.lock
 
+# --- system tools ----------------------------------------------------------------------------
+# promtool (Debian's prometheus 2.42) for the alert-rule tests; installed when missing (root).
+.PHONY: tools
+tools: ## Install the system tools the tests need (Debian package prometheus, for promtool)
+	@command -v promtool >/dev/null || { echo "installing prometheus (promtool)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }; }
+
 # --- model -----------------------------------------------------------------------------------
 $(MODEL): | $(VENV)/.service
 	$(PY) -m ferry train --out $(dir $(MODEL))
@@ -71,21 +79,25 @@ check-generated: $(VENV)/.dev ## Fail if a generated file differs from what `mak
 # --- quality ---------------------------------------------------------------------------------
 .PHONY: lint
 lint: $(VENV)/.dev ## ruff (lint + format check) and hadolint on the Dockerfile
-	$(VENV)/bin/ruff check service tests scripts
-	$(VENV)/bin/ruff format --check service tests scripts
+	$(VENV)/bin/ruff check service tests scripts dashboards
+	$(VENV)/bin/ruff format --check service tests scripts dashboards
 	$(VENV)/bin/hadolint service/Dockerfile
 
 .PHONY: test
-test: $(VENV)/.dev lint check-generated ## Install what is needed, then run every test tier
-	$(PY) -m pytest -m "unit or integration or deploy or alerts" $(PYTEST_ARGS)
+test: $(VENV)/.dev tools lint check-generated ## Install what is needed, then run every test tier
+	$(PY) -m pytest -m "unit or integration or deploy or alerts or live" $(PYTEST_ARGS)
 
-.PHONY: test-unit test-integration test-deploy
+.PHONY: test-unit test-integration test-deploy test-alerts test-live
 test-unit: $(VENV)/.dev ## Only the unit tier (in-process, seconds)
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
 test-integration: $(VENV)/.dev ## Only the integration tier (real gunicorn on 127.0.0.1)
 	$(PY) -m pytest -m integration $(PYTEST_ARGS)
 test-deploy: $(VENV)/.dev ## Only the deploy tier (Dockerfile, image entrypoint)
 	$(PY) -m pytest -m deploy $(PYTEST_ARGS)
+test-alerts: $(VENV)/.dev tools ## Only the alerts tier (promtool check/test rules, runbooks)
+	$(PY) -m pytest -m alerts $(PYTEST_ARGS)
+test-live: $(VENV)/.dev tools ## Only the live tier (real Prometheus scraping the real service)
+	$(PY) -m pytest -m live $(PYTEST_ARGS)
 
 # --- benchmark -------------------------------------------------------------------------------
 .PHONY: bench

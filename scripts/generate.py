@@ -142,9 +142,15 @@ def load_slo(path: Path | None = None) -> dict:
     return yaml.safe_load((path or ROOT / "deploy/slo.yaml").read_text())
 
 
-def rules(slo: dict) -> dict:
-    """Prometheus rule groups: SLI recording rules per window, burn-rate alerts, cause alerts."""
+def rules(slo: dict, ranges: dict[str, str] | None = None, hold: str | None = None) -> dict:
+    """Prometheus rule groups: SLI recording rules per window, burn-rate alerts, cause alerts.
+
+    ``ranges`` and ``hold`` are the documented test override used by the live Prometheus test: they
+    shrink the PromQL range of each SLI window (keeping the recorded names, so alerts and dashboards
+    are unchanged) and every ``for:``, so hours of burn fit in a minute of test traffic.
+    """
     job, routes = slo["job"], _regex(slo["routes"])
+    ranges = ranges or {}
     sel = f'job="{job}",route=~"{routes}"'
     by = "sum by (namespace, job)"
     latency = slo["objectives"]["latency"]
@@ -157,16 +163,18 @@ def rules(slo: dict) -> dict:
         recording.append(
             {
                 "record": f"ferry:sli_errors:ratio_rate{w}",
-                "expr": f'{by} (rate(ferry_http_requests_total{{{sel},status_class="5xx"}}[{w}]))\n/\n'
-                f"{by} (rate(ferry_http_requests_total{{{sel}}}[{w}]))",
+                # "or 0 * total": with no 5xx yet there is no 5xx series, and the ratio must be 0, not absent.
+                "expr": f'(\n  {by} (rate(ferry_http_requests_total{{{sel},status_class="5xx"}}[{ranges.get(w, w)}]))'
+                f"\n  or\n  0 * {by} (rate(ferry_http_requests_total{{{sel}}}[{ranges.get(w, w)}]))\n)\n/\n"
+                f"{by} (rate(ferry_http_requests_total{{{sel}}}[{ranges.get(w, w)}]))",
             }
         )
         recording.append(
             {
                 "record": f"ferry:sli_latency_slow:ratio_rate{w}",
                 "expr": f"1 - (\n  {by} (rate(ferry_http_request_duration_seconds_bucket"
-                f'{{{sel},le="{latency["threshold_s"]}"}}[{w}]))'
-                f"\n  /\n  {by} (rate(ferry_http_request_duration_seconds_count{{{sel}}}[{w}]))\n)",
+                f'{{{sel},le="{latency["threshold_s"]}"}}[{ranges.get(w, w)}]))'
+                f"\n  /\n  {by} (rate(ferry_http_request_duration_seconds_count{{{sel}}}[{ranges.get(w, w)}]))\n)",
             }
         )
     base = slo["runbook_base_url"].rstrip("/")
@@ -177,7 +185,7 @@ def rules(slo: dict) -> dict:
             {
                 "alert": name,
                 "expr": expr,
-                "for": duration,
+                "for": hold or duration,
                 "labels": {"severity": severity, **labels},
                 "annotations": {"summary": summary, "description": description, "runbook_url": f"{base}/{name}.md"},
             }
@@ -304,7 +312,24 @@ def rules_yaml() -> str:
     return RULES_HEADER + yaml.safe_dump(doc, sort_keys=False, width=200, allow_unicode=True)
 
 
+def dashboards() -> dict[str, str]:
+    import json
+
+    sys.path.insert(0, str(ROOT / "dashboards/src"))
+    from ferry_dashboards import all_dashboards
+
+    slo = load_slo()
+    return {
+        f"dashboards/{board.uid}.json": json.dumps(board.to_json(), indent=2, sort_keys=True) + "\n"
+        for board in all_dashboards(slo, _regex(slo["routes"]))
+    }
+
+
 GENERATORS: dict[str, Callable[[], str]] = {
+    **{
+        path: (lambda path=path: dashboards()[path])
+        for path in ("dashboards/ferry-service.json", "dashboards/ferry-model.json")
+    },
     "deploy/rules/ferry.rules.yaml": rules_yaml,
     "docs/configuration.md": configuration_md,
     "docs/metrics.md": metrics_md,

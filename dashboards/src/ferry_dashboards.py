@@ -100,7 +100,7 @@ def service_overview(slo: dict, routes: str) -> Dashboard:
                         "percentunit",
                         (
                             Query(
-                                f'1 - (\n  (sum(increase(ferry_http_requests_total{{{SEL},{predict},status_class="5xx"}}'
+                                f"1 - (\n  (sum(increase(ferry_http_requests_total{{{SEL},{predict},{FIVE_XX}}}"
                                 f"[{window}]))\n   or 0 * sum(increase(ferry_http_requests_total{{{SEL},{predict}}}"
                                 f"[{window}])))\n  /\n"
                                 f"  sum(increase(ferry_http_requests_total{{{SEL},{predict}}}[{window}]))"

@@ -99,6 +99,11 @@ test-alerts: $(VENV)/.dev tools ## Only the alerts tier (promtool check/test rul
 test-live: $(VENV)/.dev tools ## Only the live tier (real Prometheus scraping the real service)
 	$(PY) -m pytest -m live $(PYTEST_ARGS)
 
+# --- dashboards ----------------------------------------------------------------------------
+.PHONY: dashboards-preview
+dashboards-preview: $(VENV)/.dev tools $(MODEL) ## PNG snapshots of every dashboard panel from a live run (dashboards/preview/)
+	$(PY) scripts/dashboards_preview.py
+
 # --- benchmark -------------------------------------------------------------------------------
 .PHONY: bench
 bench: $(VENV)/.dev $(MODEL) ## Measure throughput/latency against real gunicorn; updates docs/benchmarks.md

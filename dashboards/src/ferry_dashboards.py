@@ -211,7 +211,7 @@ def service_overview(slo: dict, routes: str) -> Dashboard:
                         width=6,
                     ),
                     Panel(
-                        "Worker memory and CPU",
+                        "Worker memory",
                         "Resident memory of live workers (summed).",
                         "bytes",
                         (Query(f"sum(ferry_process_resident_memory_bytes{{{SEL}}})", "rss"),),

@@ -176,7 +176,7 @@ def test_full_queue_sheds_at_once(churn_model: Path, record: dict, faults: Fault
             hung.append(t)
             time.sleep(0.05)
         shed = timed_posts(url, record, 50, "overloaded")
-        assert percentile(shed, 99) < 0.025  # client side, with this test's own overhead
+        assert percentile(shed, 99) < 0.1  # client side: a sanity bound (this test's own threads compete for CPU)
         served = served_ms(server, 503)
         assert len(served) >= 50 and max(served) < 10, f"slowest shed answer {max(served):.2f} ms (server side)"
         assert counter(scrape(server), "ferry_model_calls_in_flight") == 2

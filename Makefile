@@ -46,12 +46,16 @@ lock: $(VENV)/.dev ## Re-resolve requirements/*.lock from pyproject.toml (needs 
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes -q -o requirements/dev.lock
 
 # --- system tools ----------------------------------------------------------------------------
-# promtool (Debian's prometheus 2.42) for the alert-rule tests; installed when missing (root).
+# Debian packages the tests start for real: promtool/prometheus (2.42) for the alert rules and the
+# live tier, redis-server for the Redis job store. Installed when missing (machines run as root).
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
+
 .PHONY: tools
-tools: ## Install the system tools the tests need (Debian package prometheus, for promtool)
+tools: ## Install the system tools the tests need (Debian packages prometheus and redis-server)
 	@command -v promtool >/dev/null || { echo "installing prometheus (promtool)"; \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null 2>&1 || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }; }
+	  $(APT_INSTALL) prometheus >/dev/null 2>&1 || { apt-get update -qq && $(APT_INSTALL) prometheus >/dev/null; }; }
+	@command -v redis-server >/dev/null || { echo "installing redis-server"; \
+	  $(APT_INSTALL) redis-server >/dev/null 2>&1 || { apt-get update -qq && $(APT_INSTALL) redis-server >/dev/null; }; }
 
 # --- model -----------------------------------------------------------------------------------
 $(MODEL): | $(VENV)/.service

@@ -69,6 +69,34 @@ class BatchTooLarge(FerryError):
     status, code, default_message = 422, "batch_too_large", "too many records in one request"
 
 
+class CallbackUrlForbidden(FerryError):
+    status, code, default_message = 422, "callback_url_forbidden", "callback_url is not an allowed public URL"
+
+
+class CallbacksNotConfigured(FerryError):
+    status, code, default_message = (
+        422,
+        "callbacks_not_configured",
+        "this service has no callback signing secret (FERRY_CALLBACKS__SIGNING_SECRET); poll the job instead",
+    )
+
+
+class JobNotFound(FerryError):
+    status, code, default_message = 404, "job_not_found", "no such job (never existed, or purged after its TTL)"
+
+
+class JobConflict(FerryError):
+    status, code, default_message = 409, "job_conflict", "the job is not in a state that allows this"
+
+
+class IdempotencyKeyReused(FerryError):
+    status, code, default_message = (
+        409,
+        "idempotency_key_reused",
+        "this Idempotency-Key was used for a different request body",
+    )
+
+
 class ModelError(FerryError):
     status, code, default_message = 500, "model_error", "the model failed on this input"
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL_PATH = Path("models/churn/model.joblib")
 
@@ -229,6 +231,120 @@ class MetricsSettings(_Group):
     )
 
 
+class StreamSettings(_Group):
+    """Streamed prediction (POST /api/v1/predict/stream, Server-Sent Events)."""
+
+    max_records: int = Field(
+        100_000, ge=1, le=10_000_000, description="Most records in one streamed prediction request."
+    )
+    max_body_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        le=1024 * 1024 * 1024,
+        description="Largest body accepted by the stream route, in bytes (other routes use api.max_body_bytes).",
+    )
+    chunk_size: int = Field(500, ge=1, le=100_000, description="Records scored per chunk; one SSE event per chunk.")
+    heartbeat_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="Seconds between SSE comment lines while no event is due, so proxies keep the stream open.",
+    )
+
+
+class JobsSettings(_Group):
+    """Async inference jobs: store, runners, retention."""
+
+    store: Literal["sqlite", "redis"] = Field(
+        "sqlite",
+        description="Job store. 'sqlite' is a file shared by the workers of one pod (the embedded default); "
+        "'redis' serves many replicas and separate 'ferry worker' processes.",
+    )
+    sqlite_path: Path = Field(
+        Path("/tmp/ferry/jobs.sqlite3"),
+        description="SQLite database file (store=sqlite). Every process of one pod must see the same file.",
+    )
+    redis_url: SecretStr = Field(
+        SecretStr("redis://127.0.0.1:6379/0"),
+        description="Redis URL (store=redis), e.g. redis://:password@redis:6379/0; never logged.",
+    )
+    redis_prefix: str = Field(
+        "ferry", pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="Prefix of every Redis key ferry writes."
+    )
+    runners: int = Field(
+        1,
+        ge=0,
+        le=64,
+        description="Job runners per worker process of 'ferry serve' (0: this API only queues; run "
+        "'ferry worker' elsewhere). 'ferry worker' processes always run at least one.",
+    )
+    max_records: int = Field(10_000, ge=1, le=1_000_000, description="Most records in one job.")
+    max_metadata_bytes: int = Field(
+        4096, ge=0, le=65536, description="Largest job metadata object, as compact JSON bytes."
+    )
+    lease_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="A running job's lease, renewed while it runs. A job whose runner died is reclaimed "
+        "by another runner once its lease expires.",
+    )
+    max_attempts: int = Field(
+        3, ge=1, le=100, description="Runs a job gets (first run plus retries after a runner died or the model "
+        "was unavailable) before it fails with 'attempts_exhausted'."
+    )
+    retry_delay_s: float = Field(
+        2.0, ge=0, le=3600, description="Delay before a job is retried after the model was unavailable."
+    )
+    run_timeout_s: float = Field(
+        300.0, gt=0, le=86400, description="Deadline for one run of a job (all of its records)."
+    )
+    result_ttl_s: float = Field(
+        86400.0,
+        gt=0,
+        le=30 * 86400,
+        description="How long a finished job (and its result) is kept after it ended, then purged.",
+    )
+    poll_interval_s: float = Field(
+        0.2, gt=0, le=60, description="How often an idle runner, and a job event stream, look at the store."
+    )
+
+
+def _secret_list(value: Any) -> Any:
+    """Secrets from one string: several are separated by spaces or commas (rotation)."""
+    if isinstance(value, str):
+        return [part for part in value.replace(",", " ").split() if part]
+    return value
+
+
+class CallbacksSettings(_Group):
+    """Result callbacks to a client's callback_url (Standard Webhooks signing)."""
+
+    signing_secret: Annotated[list[SecretStr], NoDecode, BeforeValidator(_secret_list)] = Field(
+        default_factory=list,
+        description="'whsec_' + base64 key(s) that sign callbacks; several, separated by spaces, during a "
+        "rotation (each signs; receivers accept any). Without one, jobs with a callback_url are refused.",
+    )
+    allow_http: bool = Field(False, description="Allow http:// callback URLs (https only by default).")
+    allow_hosts: list[str] = Field(
+        default_factory=list,
+        description="JSON list of hosts, exactly as written in the URL, exempt from the private-address "
+        "check (e.g. an in-cluster receiver). Never widens anything else.",
+    )
+    timeout_s: float = Field(10.0, gt=0, le=300, description="Timeout of one delivery attempt (connect + answer).")
+    max_attempts: int = Field(12, ge=1, le=100, description="Delivery attempts before a callback is dead-lettered.")
+    max_age_s: float = Field(
+        86400.0,
+        gt=0,
+        le=30 * 86400,
+        description="A callback still undelivered this long after its job ended is dead-lettered.",
+    )
+    backoff_base_s: float = Field(
+        1.0, gt=0, le=3600, description="Base of the exponential backoff between attempts (full jitter)."
+    )
+    backoff_max_s: float = Field(600.0, gt=0, le=86400, description="Longest wait between two attempts.")
+
+
 class Settings(BaseSettings):
     """ferry service settings. Environment prefix ``FERRY_``, nested delimiter ``__``."""
 
@@ -253,6 +369,9 @@ class Settings(BaseSettings):
     faults: FaultSettings = Field(default_factory=FaultSettings, description=FaultSettings.__doc__)
     logging: LoggingSettings = Field(default_factory=LoggingSettings, description=LoggingSettings.__doc__)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings, description=MetricsSettings.__doc__)
+    stream: StreamSettings = Field(default_factory=StreamSettings, description=StreamSettings.__doc__)
+    jobs: JobsSettings = Field(default_factory=JobsSettings, description=JobsSettings.__doc__)
+    callbacks: CallbacksSettings = Field(default_factory=CallbacksSettings, description=CallbacksSettings.__doc__)
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -260,6 +379,11 @@ class Settings(BaseSettings):
             raise ValueError("deadline.default_s must not exceed deadline.max_s")
         if self.server.drain_grace_s >= self.server.graceful_timeout_s:
             raise ValueError("server.drain_grace_s must be below server.graceful_timeout_s")
+        if self.callbacks.backoff_base_s > self.callbacks.backoff_max_s:
+            raise ValueError("callbacks.backoff_base_s must not exceed callbacks.backoff_max_s")
+        for secret in self.callbacks.signing_secret:
+            if not secret.get_secret_value().startswith("whsec_"):
+                raise ValueError("callbacks.signing_secret: each secret is 'whsec_' followed by base64")
         return self
 
 

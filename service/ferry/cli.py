@@ -10,6 +10,13 @@ from pathlib import Path
 from ferry import __version__
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from ferry.launcher import WORKER_APP, serve
+
+    serve(WORKER_APP)  # execs gunicorn; returns only on failure
+    return 1
+
+
 def _train(args: argparse.Namespace) -> int:
     from ferry.train import train
 
@@ -59,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         help="ASGI app factory (default: %(default)s; benchmarks use another)",
     )
     serve.set_defaults(func=_serve)
+    worker = commands.add_parser(
+        "worker",
+        help="run job runners only (gunicorn, same FERRY_* settings; serves /livez, /readyz, /metrics)",
+    )
+    worker.set_defaults(func=_worker)
     train = commands.add_parser("train", help="build the default churn model and its card")
     train.add_argument("--out", default="models/churn", help="output directory (default: models/churn)")
     train.set_defaults(func=_train)

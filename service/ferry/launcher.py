@@ -45,6 +45,7 @@ def prepare_environment(settings: Settings) -> dict[str, str]:
 
 
 DEFAULT_APP = "ferry.main:create_app()"
+WORKER_APP = "ferry.main:create_worker_app()"
 
 
 def gunicorn_argv(app: str = DEFAULT_APP) -> list[str]:

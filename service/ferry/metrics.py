@@ -193,7 +193,88 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=r,
         )
+        # -- async jobs, callbacks and streams ------------------------------------------------
+        self.jobs = Counter(
+            "ferry_jobs_total",
+            "Jobs that reached a terminal state, by outcome (succeeded, failed, canceled).",
+            ["outcome"],
+            registry=r,
+        )
+        self.jobs_submitted = Counter(
+            "ferry_jobs_submitted_total", "Jobs accepted (idempotent replays excluded).", registry=r
+        )
+        self.job_runs = Counter(
+            "ferry_job_runs_total",
+            "Job runs started by runners, by kind: first run, retry after an unavailable model, or reclaim "
+            "of a job whose runner died.",
+            ["kind"],
+            registry=r,
+        )
+        self.jobs_queue_depth = Gauge(
+            "ferry_jobs_queue_depth",
+            "Jobs waiting for a runner in the store (a store-wide value, the same from every process: "
+            "aggregate with max, not sum). What the autoscaler scales runners on.",
+            multiprocess_mode="mostrecent",
+            registry=r,
+        )
+        self.jobs_oldest_queued_age = Gauge(
+            "ferry_jobs_oldest_queued_age_seconds",
+            "Age of the oldest job waiting for a runner, 0 when none waits (store-wide; aggregate with max).",
+            multiprocess_mode="mostrecent",
+            registry=r,
+        )
+        self.jobs_running = Gauge(
+            "ferry_jobs_running", "Jobs being run by this pod's runners now.", multiprocess_mode="livesum", registry=r
+        )
+        self.job_duration = Histogram(
+            "ferry_job_duration_seconds",
+            "Time from a job's submission to its terminal state, by outcome.",
+            ["outcome"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600),
+            registry=r,
+        )
+        self.callback_attempts = Counter(
+            "ferry_callback_attempts_total",
+            "Callback delivery attempts by outcome: delivered (2xx), retry (408/429/5xx, timeout, connection "
+            "error), rejected (other status; not retried), forbidden (address refused by the SSRF guard).",
+            ["outcome"],
+            registry=r,
+        )
+        self.callback_duration = Histogram(
+            "ferry_callback_duration_seconds",
+            "Duration of one callback delivery attempt.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.callback_dead_letters = Counter(
+            "ferry_callback_dead_letters_total",
+            "Callbacks given up after max attempts, max age or a non-retryable answer (re-deliverable).",
+            registry=r,
+        )
+        self.sse_streams_open = Gauge(
+            "ferry_sse_streams_open",
+            "Open Server-Sent Events streams, by stream kind (predict, job_events), summed over live workers.",
+            ["stream"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.stream_chunks = Counter(
+            "ferry_stream_chunks_total",
+            "Chunks of streamed predictions: sent, or skipped because the client left or the server stopped.",
+            ["outcome"],
+            registry=r,
+        )
         # Known label values start at 0, so rate() and alerts see the series before the first event.
+        for outcome in ("succeeded", "failed", "canceled"):
+            self.jobs.labels(outcome)
+        for kind in ("first", "retry", "reclaim"):
+            self.job_runs.labels(kind)
+        for outcome in ("delivered", "retry", "rejected", "forbidden"):
+            self.callback_attempts.labels(outcome)
+        for stream in ("predict", "job_events"):
+            self.sse_streams_open.labels(stream)
+        for outcome in ("sent", "skipped"):
+            self.stream_chunks.labels(outcome)
         for code in sorted(_error_codes()):
             self.errors.labels(code)
         for stage in ("queued", "running"):

@@ -119,3 +119,58 @@ class ModelMetadata(BaseModel):
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
     parameters: dict[str, Any] | None = None
+
+
+# -- async jobs ------------------------------------------------------------------------------
+JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+
+
+class JobError(BaseModel):
+    code: str = Field(examples=["model_error"])
+    message: str
+
+
+class JobCallback(BaseModel):
+    url: str
+    webhook_id: str = Field(description="Standard Webhooks 'webhook-id': the same on every attempt and redelivery.")
+    status: Literal["pending", "delivered", "dead_letter"] | None = Field(
+        description="None until the job ends; then pending (being delivered, with retries), delivered, or "
+        "dead_letter (given up; see last_status_code/last_error; POST .../callback/redeliver to try again)."
+    )
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    last_attempt_at: str | None
+    next_attempt_at: str | None
+    delivered_at: str | None
+    redeliveries: int
+
+
+class JobEvent(BaseModel):
+    status: str = Field(description="queued, running, lost (its runner died), succeeded, failed or canceled.")
+    at: str
+    model_config = ConfigDict(extra="allow")
+
+
+class JobResult(BaseModel):
+    predictions: list[RowResult] = Field(description="One result per record, in submission order.")
+
+
+class Job(BaseModel):
+    id: str = Field(examples=["5f0c8e0b7d3a4f4e9a1c2b3d4e5f6a7b"])
+    status: JobStatus
+    created_at: str = Field(description="RFC 3339, UTC.")
+    started_at: str | None
+    finished_at: str | None
+    expires_at: str | None = Field(description="When the finished job and its result are purged.")
+    records: int
+    attempts: int = Field(description="Runs started (a job whose runner died runs again, up to jobs.max_attempts).")
+    runner: str | None = Field(description="host:pid:n of the runner on it now (or last).")
+    result: JobResult | None
+    error: JobError | None
+    metadata: dict[str, Any]
+    model: ModelRef
+    request_id: str = Field(description="X-Request-ID of the submitting request.")
+    idempotency_key: str | None
+    callback: JobCallback | None
+    history: list[JobEvent]

@@ -1,0 +1,151 @@
+"""Async jobs: submit (202 + Location), poll, cancel, follow (SSE), redeliver the callback.
+
+No `from __future__ import annotations` here: FastAPI must see the request type built in
+`build_router` as an object.
+"""
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Body, Header, Path, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ConfigDict, Field, create_model, field_validator
+
+from ferry.api import sse
+from ferry.api.deps import CoreDep, RequestIdDep
+from ferry.api.orjson_route import OrjsonRoute
+from ferry.api.schemas import ErrorBody, Job
+from ferry.core import Core
+from ferry.jobs.service import JobService
+from ferry.jobs.state import TERMINAL
+from ferry.lifecycle import is_draining
+
+JOB_ID = Path(
+    description="Job id (32 hex characters).", pattern="^[0-9a-f]{32}$", examples=["5f0c8e0b7d3a4f4e9a1c2b3d4e5f6a7b"]
+)
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in {
+        404: "No such job (or purged after its TTL)",
+        409: "Not allowed in the job's state, or Idempotency-Key reused with another body",
+        413: "Body over the size limit",
+        422: "Invalid records, metadata or callback_url (callback_url_forbidden)",
+        503: "Job store unavailable",
+    }.items()
+}
+
+
+def build_router(core: Core, jobs: JobService) -> APIRouter:
+    schema = core.schema
+    settings = core.settings
+    max_records = settings.jobs.max_records
+    max_metadata = settings.jobs.max_metadata_bytes
+
+    def example(s: dict[str, Any]) -> None:
+        s["examples"] = [{"records": [schema.example, schema.example], "metadata": {"batch": "2026-11-27"}}]
+
+    def metadata_size(value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and len(orjson.dumps(value)) > max_metadata:
+            raise ValueError(f"metadata is larger than {max_metadata} bytes as JSON")
+        return value
+
+    job_request = create_model(  # type: ignore[call-overload]
+        "JobRequest",
+        __config__=ConfigDict(extra="forbid", json_schema_extra=example),
+        __validators__={"metadata_size": field_validator("metadata")(metadata_size)},
+        records=(
+            list[schema.record_type],  # type: ignore[name-defined]
+            Field(min_length=1, max_length=max_records, description=f"1 to {max_records} records."),
+        ),
+        callback_url=(
+            str | None,
+            Field(
+                None,
+                max_length=2048,
+                description="https URL that receives the finished job as a signed POST (Standard Webhooks). "
+                "Private, loopback and link-local addresses are refused (422 callback_url_forbidden).",
+                examples=["https://hooks.example.com/ferry"],
+            ),
+        ),
+        metadata=(
+            dict[str, Any] | None,
+            Field(None, description=f"Free-form JSON object echoed back on the job (at most {max_metadata} bytes)."),
+        ),
+    )
+    router = APIRouter(route_class=OrjsonRoute, prefix="/api/v1/jobs", tags=["jobs"], responses=ERRORS)
+
+    @router.post("", status_code=202, response_model=Job, summary="Submit records for asynchronous prediction")
+    async def submit(
+        body: Annotated[job_request, Body()],  # type: ignore[valid-type]
+        core: CoreDep,
+        request_id: RequestIdDep,
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                min_length=1,
+                max_length=255,
+                pattern=r"^[\x21-\x7e]+$",
+                description="Same key (and same body) → the same job, so a retried submit never runs twice. "
+                "The same key with another body → 409 idempotency_key_reused.",
+            ),
+        ] = None,
+    ) -> Response:
+        doc, created = await jobs.submit(
+            [r.model_dump(mode="json") for r in body.records],
+            callback_url=body.callback_url,
+            metadata=body.metadata,
+            idempotency_key=idempotency_key,
+            request_id=request_id,
+            model={"name": core.holder.name, "version": core.holder.version},
+        )
+        headers = {"location": f"/api/v1/jobs/{doc['id']}"}
+        if not created:
+            headers["idempotent-replayed"] = "true"
+        return _json(doc, 202, headers)
+
+    @router.get("/{job_id}", response_model=Job, summary="A job: status, result or error, callback delivery")
+    async def get_job(job_id: Annotated[str, JOB_ID]) -> Response:
+        return _json(await jobs.get(job_id))
+
+    @router.delete("/{job_id}", response_model=Job, summary="Cancel a job that has not started")
+    async def cancel_job(job_id: Annotated[str, JOB_ID]) -> Response:
+        return _json(await jobs.cancel(job_id))
+
+    @router.post(
+        "/{job_id}/callback/redeliver",
+        status_code=202,
+        response_model=Job,
+        summary="Deliver a finished job's callback again (after dead-letter), with the same webhook-id",
+    )
+    async def redeliver(job_id: Annotated[str, JOB_ID]) -> Response:
+        return _json(await jobs.redeliver(job_id), 202)
+
+    @router.get(
+        "/{job_id}/events",
+        summary="Server-Sent Events: the job at each status change, ending with its terminal state",
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}, "description": "`event: status`, data = the job"}},
+    )
+    async def events(job_id: Annotated[str, JOB_ID]) -> Response:
+        await jobs.get(job_id)  # 404 before the stream starts
+        gauge = core.metrics.sse_streams_open.labels("job_events")
+
+        async def stream() -> AsyncIterator[bytes]:
+            gauge.inc()
+            try:
+                last = None
+                async for last in jobs.follow(job_id, is_draining):
+                    yield sse.encode(last, event="status", id=len(last["history"]))
+                if is_draining() and (last is None or last["status"] not in TERMINAL):
+                    yield sse.encode({"message": "server shutting down; reconnect to follow the job"}, event="shutdown")
+            finally:
+                gauge.dec()
+
+        return sse.EventStreamResponse(stream(), heartbeat_s=settings.stream.heartbeat_s)
+
+    return router
+
+
+def _json(doc: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse(doc, status_code=status, headers=headers)

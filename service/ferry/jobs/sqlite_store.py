@@ -1,0 +1,168 @@
+"""SQLite job store: one file shared by every process of a pod (the embedded default).
+
+WAL mode lets readers run beside the one writer, and a busy timeout makes concurrent writers
+(two workers starting together, runners racing for a job) wait instead of failing with
+"database is locked". Calls run in a thread: sqlite3 blocks, the event loop must not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ferry.jobs.state import Doc
+from ferry.jobs.store import JobStore, QueueStats, Versioned
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    idempotency_key TEXT UNIQUE,
+    doc BLOB NOT NULL,
+    records BLOB NOT NULL,
+    run_at REAL,
+    queued_since REAL,
+    callback_at REAL,
+    expires_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_run_at ON jobs(run_at) WHERE run_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_queued_since ON jobs(queued_since) WHERE queued_since IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_callback_at ON jobs(callback_at) WHERE callback_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_expires_at ON jobs(expires_at) WHERE expires_at IS NOT NULL;
+"""
+BUSY_TIMEOUT_MS = 10_000
+
+
+class SqliteJobStore(JobStore):
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    # -- plumbing ----------------------------------------------------------------------------
+    def _connect(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode=WAL")  # persistent; several processes may set it at once
+        conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+        conn.executescript(SCHEMA)
+        self._conn = conn
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        def call() -> Any:
+            with self._lock:
+                assert self._conn is not None, "store not open"
+                return fn(self._conn, *args)
+
+        return await asyncio.to_thread(call)
+
+    async def open(self) -> None:
+        await asyncio.to_thread(self._connect)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await asyncio.to_thread(conn.close)
+
+    # -- contract ----------------------------------------------------------------------------
+    async def insert(self, doc: Doc, records: bytes) -> Versioned:
+        index = self.index(doc)
+
+        def insert(conn: sqlite3.Connection) -> Versioned:
+            try:
+                conn.execute(
+                    "INSERT INTO jobs (id, version, idempotency_key, doc, records, run_at, queued_since, callback_at,"
+                    " expires_at) VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        doc["id"],
+                        doc.get("idempotency_key"),
+                        orjson.dumps(doc),
+                        records,
+                        index.run_at,
+                        index.queued_since,
+                        index.callback_at,
+                        index.expires_at,
+                    ),
+                )
+                return Versioned(doc, 1)
+            except sqlite3.IntegrityError:
+                row = conn.execute(
+                    "SELECT doc, version FROM jobs WHERE idempotency_key = ?", (doc["idempotency_key"],)
+                ).fetchone()
+                if row is None:  # purged between the two statements: try once more
+                    return insert(conn)
+                return Versioned(orjson.loads(row[0]), row[1])
+
+        return await self._run(insert)
+
+    async def get(self, job_id: str) -> Versioned | None:
+        def get(conn: sqlite3.Connection) -> Versioned | None:
+            row = conn.execute("SELECT doc, version FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            return None if row is None else Versioned(orjson.loads(row[0]), row[1])
+
+        return await self._run(get)
+
+    async def records(self, job_id: str) -> bytes | None:
+        def records(conn: sqlite3.Connection) -> bytes | None:
+            row = conn.execute("SELECT records FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            return None if row is None else bytes(row[0])
+
+        return await self._run(records)
+
+    async def swap(self, old: Versioned, new: Doc) -> Versioned | None:
+        index = self.index(new)
+
+        def swap(conn: sqlite3.Connection) -> Versioned | None:
+            cursor = conn.execute(
+                "UPDATE jobs SET version = version + 1, doc = ?, run_at = ?, queued_since = ?, callback_at = ?,"
+                " expires_at = ? WHERE id = ? AND version = ?",
+                (
+                    orjson.dumps(new),
+                    index.run_at,
+                    index.queued_since,
+                    index.callback_at,
+                    index.expires_at,
+                    old.doc["id"],
+                    old.version,
+                ),
+            )
+            return Versioned(new, old.version + 1) if cursor.rowcount == 1 else None
+
+        return await self._run(swap)
+
+    async def due(self, kind: str, now: float, limit: int) -> list[str]:
+        column = {"run": "run_at", "callback": "callback_at"}[kind]
+
+        def due(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                f"SELECT id FROM jobs WHERE {column} <= ? ORDER BY {column} LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            return [r[0] for r in rows]
+
+        return await self._run(due)
+
+    async def stats(self) -> QueueStats:
+        def stats(conn: sqlite3.Connection) -> QueueStats:
+            count, oldest = conn.execute(
+                "SELECT count(*), min(queued_since) FROM jobs WHERE queued_since IS NOT NULL"
+            ).fetchone()
+            return QueueStats(count, oldest)
+
+        return await self._run(stats)
+
+    async def purge(self, now: float) -> int:
+        def purge(conn: sqlite3.Connection) -> int:
+            # A callback still being delivered keeps its job (and the result it carries) alive.
+            return conn.execute("DELETE FROM jobs WHERE expires_at <= ? AND callback_at IS NULL", (now,)).rowcount
+
+        return await self._run(purge)
+
+    async def forget(self, job_id: str) -> None:
+        """Nothing to do: a deleted row is in no index."""

@@ -41,3 +41,13 @@ def card(churn_model: Path) -> dict:
 def record(card: dict) -> dict:
     """A valid record for the default model (the card's example)."""
     return dict(card["example"])
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory):
+    """A real redis-server on 127.0.0.1 for the session (each user takes its own key prefix)."""
+    from support.redis import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server.url
+    server.stop()

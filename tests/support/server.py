@@ -34,6 +34,7 @@ class Server:
         workers: int = 2,
         app: str | None = None,
         pythonpath: list[Path] | None = None,
+        command: str = "serve",
     ):
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -49,12 +50,13 @@ class Server:
             "FERRY_MODEL__PATH": str(model_path),
             "FERRY_METRICS__DIR": str(workdir / "metrics"),
             "FERRY_SERVER__GRACEFUL_TIMEOUT_S": "10",
+            "FERRY_JOBS__SQLITE_PATH": str(workdir / "jobs.sqlite3"),  # never the shared default
             # test-only model classes (tests/support/models.py) must be importable to unpickle
             "PYTHONPATH": os.pathsep.join(str(p) for p in [SUPPORT.parent, REPO / "service", *(pythonpath or [])]),
             **(env or {}),
         }
         self.process: subprocess.Popen[bytes] | None = None
-        self.argv = [sys.executable, "-m", "ferry", "serve", *(["--app", app] if app else [])]
+        self.argv = [sys.executable, "-m", "ferry", command, *(["--app", app] if app else [])]
 
     def start(self, wait_ready: bool = True, timeout: float = 30.0) -> Server:
         log = self.log_path.open("ab")

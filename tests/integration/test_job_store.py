@@ -1,0 +1,200 @@
+"""One contract, two stores: every test runs against SQLite and against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ferry.jobs import state
+from ferry.jobs.redis_store import RedisJobStore
+from ferry.jobs.sqlite_store import SqliteJobStore
+from ferry.jobs.store import JobStore
+
+MODEL = {"name": "m", "version": "1"}
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], JobStore]:
+    """A factory: every call is a new store object (another process, as far as the store knows)
+    over the same data."""
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+        return lambda: RedisJobStore(url, prefix)
+    return lambda: SqliteJobStore(tmp_path / "jobs.sqlite3")
+
+
+def run(make_store: Callable[[], JobStore], body: Callable[..., Awaitable[Any]], stores: int = 1) -> Any:
+    async def main() -> Any:
+        opened = [make_store() for _ in range(stores)]
+        for store in opened:
+            await store.open()
+        try:
+            return await body(*opened)
+        finally:
+            for store in opened:
+                await store.close()
+
+    return asyncio.run(main())
+
+
+def job(now: float | None = None, *, key: str | None = None, callback: str | None = None, h: str = "h") -> state.Doc:
+    now = time.time() if now is None else now
+    doc = state.new_job(
+        now=now,
+        records=1,
+        callback_url=callback,
+        metadata={"k": "v"},
+        idempotency_key=key,
+        request_hash=h,
+        request_id="r",
+        model=MODEL,
+    )
+    return state.with_internal(doc, now)
+
+
+def claim(doc: state.Doc, owner: str = "a", now: float | None = None, lease_s: float = 30) -> state.Doc:
+    claimed = state.claim(
+        doc, owner=owner, now=time.time() if now is None else now, lease_s=lease_s, max_attempts=3, ttl_s=60
+    )
+    assert claimed is not None
+    return claimed[0]
+
+
+def test_insert_get_and_records(make_store: Callable[[], JobStore]) -> None:
+    async def body(store: JobStore) -> None:
+        doc = job()
+        stored = await store.insert(doc, b'[{"x": 1}]')
+        assert stored.version == 1
+        found = await store.get(doc["id"])
+        assert found is not None and found.doc == doc
+        assert await store.records(doc["id"]) == b'[{"x": 1}]'
+        assert await store.get(uuid.uuid4().hex) is None
+
+    run(make_store, body)
+
+
+def test_same_idempotency_key_returns_the_first_job(make_store: Callable[[], JobStore]) -> None:
+    async def body(a: JobStore, b: JobStore) -> None:
+        first, second = job(key="k"), job(key="k")
+        results = await asyncio.gather(a.insert(first, b"[]"), b.insert(second, b"[]"))
+        ids = {r.doc["id"] for r in results}
+        assert len(ids) == 1, "two jobs for one Idempotency-Key"
+
+    run(make_store, body, stores=2)
+
+
+def test_swap_is_compare_and_set(make_store: Callable[[], JobStore]) -> None:
+    async def body(store: JobStore) -> None:
+        stored = await store.insert(job(), b"[]")
+        mine = await store.swap(stored, claim(stored.doc, "a"))
+        assert mine is not None and mine.version == 2
+        assert await store.swap(stored, claim(stored.doc, "b")) is None, "a stale version must not win"
+        found = await store.get(stored.doc["id"])
+        assert found is not None and found.doc["runner"] == "a"
+
+    run(make_store, body)
+
+
+def test_exactly_one_of_many_racing_runners_claims_a_job(make_store: Callable[[], JobStore]) -> None:
+    async def body(*stores: JobStore) -> None:
+        stored = await stores[0].insert(job(), b"[]")
+
+        async def attempt(store: JobStore, owner: str) -> bool:
+            current = await store.get(stored.doc["id"])
+            assert current is not None
+            return await store.swap(current, claim(current.doc, owner)) is not None
+
+        wins = await asyncio.gather(*(attempt(s, f"r{i}") for i, s in enumerate(stores)))
+        assert sum(wins) == 1
+
+    run(make_store, body, stores=4)
+
+
+def test_due_holds_queued_jobs_and_expired_leases_only(make_store: Callable[[], JobStore]) -> None:
+    async def body(store: JobStore) -> None:
+        now = time.time()
+        queued = await store.insert(job(now), b"[]")
+        leased = await store.insert(job(now), b"[]")
+        await store.swap(leased, claim(leased.doc, "a", now=now, lease_s=30))
+        expiring = await store.insert(job(now), b"[]")
+        await store.swap(expiring, claim(expiring.doc, "b", now=now, lease_s=0.5))
+        due_now = await store.due("run", now + 0.1, 10)
+        assert due_now == [queued.doc["id"]]
+        due_later = await store.due("run", now + 1, 10)
+        assert set(due_later) == {queued.doc["id"], expiring.doc["id"]}, "a dead runner's job must come back"
+
+    run(make_store, body)
+
+
+def test_queue_stats(make_store: Callable[[], JobStore]) -> None:
+    async def body(store: JobStore) -> None:
+        assert (await store.stats()).queued == 0
+        first = await store.insert(job(1000.0), b"[]")
+        await store.insert(job(2000.0), b"[]")
+        await store.swap(first, claim(first.doc, "a"))
+        stats = await store.stats()
+        assert stats.queued == 1 and stats.oldest_queued_at == 2000.0
+
+    run(make_store, body)
+
+
+def test_callback_index_follows_delivery(make_store: Callable[[], JobStore]) -> None:
+    async def body(store: JobStore) -> None:
+        now = time.time()
+        stored = await store.insert(job(now, callback="https://example.com/h"), b"[]")
+        running = await store.swap(stored, claim(stored.doc, "a", now=now))
+        assert running is not None and await store.due("callback", now + 1, 10) == []
+        done = state.complete(running.doc, owner="a", now=now, status="succeeded", result={"predictions": []}, ttl_s=60)
+        assert done is not None
+        finished = await store.swap(running, done)
+        assert finished is not None and await store.due("callback", now + 0.01, 10) == [stored.doc["id"]]
+        leased = state.claim_callback(finished.doc, now=now + 0.01, lease_s=15)
+        assert leased is not None
+        leased_v = await store.swap(finished, leased)
+        assert leased_v is not None and await store.due("callback", now + 1, 10) == []
+        assert await store.due("callback", now + 16, 10) == [stored.doc["id"]], "a dead deliverer's lease expires"
+        delivered = state.callback_attempted(
+            leased_v.doc, now=now + 1, outcome="delivered", status_code=200, error=None, next_at=None
+        )
+        assert await store.swap(leased_v, delivered) is not None
+        assert await store.due("callback", now + 100, 10) == []
+
+    run(make_store, body)
+
+
+def test_finished_jobs_expire(make_store: Callable[[], JobStore]) -> None:
+    async def body(store: JobStore) -> None:
+        now = time.time()
+        stored = await store.insert(job(now), b"[]")
+        canceled = state.cancel(stored.doc, now=now, ttl_s=0.5)
+        assert canceled is not None
+        assert await store.swap(stored, canceled) is not None
+        kept = await store.insert(job(now), b"[]")
+        await asyncio.sleep(0.7)
+        await store.purge(time.time())
+        assert await store.get(stored.doc["id"]) is None, "a finished job outlived its TTL"
+        assert await store.get(kept.doc["id"]) is not None, "a queued job never expires"
+
+    run(make_store, body)
+
+
+def test_forget_drops_a_vanished_job_from_the_redis_indexes(redis_url: str) -> None:
+    """Redis only: a SQLite row cannot vanish from its own index, a Redis hash can (TTL, manual DEL)."""
+    store = RedisJobStore(redis_url, f"t{uuid.uuid4().hex[:8]}")
+
+    async def body(store: JobStore) -> None:
+        assert isinstance(store, RedisJobStore)
+        stored = await store.insert(job(), b"[]")
+        await store.redis.delete(store._key("job", stored.doc["id"]))
+        assert await store.due("run", time.time() + 1, 10) == [stored.doc["id"]]
+        await store.forget(stored.doc["id"])
+        assert await store.due("run", time.time() + 1, 10) == []
+
+    run(lambda: store, body)

@@ -1,0 +1,1 @@
+"""Async inference jobs: store, runners, result callbacks."""

@@ -1,0 +1,221 @@
+"""One delivery attempt of a signed result callback, and the backoff between attempts.
+
+The runner owns the schedule (attempt count, max age, dead letters); this module sends one POST and
+reports what happened as an ``Attempt``. It never raises for network trouble: every failure is an
+outcome the runner can act on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import random
+import re
+import ssl
+import time
+from dataclasses import dataclass
+from datetime import UTC
+from typing import Literal
+from urllib.parse import urlsplit
+
+import httpx
+
+from ferry import webhooks
+from ferry.errors import CallbackUrlForbidden
+from ferry.jobs.ssrf import CallbackTarget, Resolver, check_callback_url
+from ferry.metrics import Metrics
+from ferry.settings import CallbacksSettings
+
+Outcome = Literal["delivered", "retry", "rejected", "forbidden"]
+
+MAX_RESPONSE_BYTES = 4096  # of the receiver's answer: enough for an error message, bounded memory
+MAX_ERROR_CHARS = 200
+RETRY_STATUSES = frozenset({408, 429})  # plus every 5xx
+USER_AGENT = "ferry-callbacks"
+_DELTA_SECONDS = re.compile(r"\d+(\.\d+)?")
+_rng = random.Random()
+
+
+@dataclass
+class Attempt:
+    """What one delivery attempt did. ``retry_after_s`` is the receiver's Retry-After, if it sent one."""
+
+    outcome: Outcome
+    status_code: int | None
+    error: str | None
+    retry_after_s: float | None
+    duration_s: float
+
+
+def next_delay(
+    attempt: int,
+    *,
+    base_s: float,
+    max_s: float,
+    retry_after_s: float | None = None,
+    rng: random.Random | None = None,
+) -> float:
+    """Seconds to wait after failed attempt number ``attempt`` (1-based).
+
+    Full jitter, uniform(0, min(max_s, base_s * 2**(attempt-1))), spreads retries of many callbacks
+    that failed together (a receiver outage) instead of hitting the receiver again in lockstep. A
+    receiver's Retry-After is honoured as a lower bound, capped at ``max_s``.
+    """
+    if attempt < 1:
+        raise ValueError("attempt numbers start at 1")
+    cap = min(max_s, base_s * 2.0 ** min(attempt - 1, 64))  # the exponent cap avoids float overflow
+    delay = (rng or _rng).uniform(0.0, cap)
+    if retry_after_s is not None and retry_after_s > 0:
+        delay = max(delay, min(retry_after_s, max_s))
+    return delay
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds a Retry-After header asks for (delta-seconds or HTTP-date); None if absent or invalid."""
+    if value is None or not (value := value.strip()):
+        return None
+    if _DELTA_SECONDS.fullmatch(value):
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)  # HTTP-dates are GMT
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _pinned_url(target: CallbackTarget) -> str:
+    """``target.url`` with the host replaced by the checked address: the connection goes there."""
+    parts = urlsplit(target.url)
+    host = f"[{target.address}]" if ":" in target.address else target.address
+    query = f"?{parts.query}" if parts.query else ""
+    return f"{target.scheme}://{host}:{target.port}{parts.path or '/'}{query}"
+
+
+def _printable(raw: bytes) -> str:
+    text = raw.decode("utf-8", "replace")
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())[:MAX_ERROR_CHARS]
+
+
+def _result(
+    outcome: Outcome, status: int | None = None, error: str | None = None, retry_after_s: float | None = None
+) -> Attempt:
+    return Attempt(outcome, status, error, retry_after_s, duration_s=0.0)
+
+
+class CallbackSender:
+    """Delivers signed callbacks, one attempt per ``deliver`` call. Close with ``aclose``.
+
+    ``verify`` is handed to httpx: a CA bundle context for receivers behind a private CA (and tests).
+    """
+
+    def __init__(
+        self,
+        settings: CallbacksSettings,
+        metrics: Metrics | None = None,
+        resolver: Resolver | None = None,
+        *,
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._resolver = resolver
+        self._secrets = [s.get_secret_value() for s in settings.signing_secret]
+        for secret in self._secrets:
+            webhooks.parse_secret(secret)  # a malformed secret fails at start-up, not at the first callback
+        self._client = httpx.AsyncClient(
+            follow_redirects=False,  # a redirect would leave the checked address
+            trust_env=False,  # no proxy from the environment: the connection must go to the checked address
+            timeout=settings.timeout_s,
+            verify=verify,
+            # No reuse: a pooled connection is keyed by IP, and one verified for another name on the
+            # same IP must not carry this callback. Callbacks are rare enough to pay the handshake.
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
+
+    async def __aenter__(self) -> CallbackSender:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def deliver(self, url: str, webhook_id: str, body: bytes) -> Attempt:
+        """Check ``url`` again (addresses change), sign, POST once to the checked address, classify.
+
+        ``webhook_id`` must be the same on every attempt of one callback so receivers can deduplicate;
+        the timestamp and signature are fresh for each attempt.
+        """
+        started = time.monotonic()
+        attempt = await self._attempt(url, webhook_id, body)
+        attempt.duration_s = time.monotonic() - started
+        if self._metrics is not None:
+            self._metrics.callback_attempts.labels(attempt.outcome).inc()
+            self._metrics.callback_duration.observe(attempt.duration_s)
+        return attempt
+
+    async def _attempt(self, url: str, webhook_id: str, body: bytes) -> Attempt:
+        if not self._secrets:  # the API refuses callback jobs without a secret; never send unsigned
+            return _result("rejected", error="no callback signing secret configured")
+        timeout = self._settings.timeout_s
+        deadline = asyncio.get_running_loop().time() + timeout  # one budget for DNS, connect and answer
+        try:
+            async with asyncio.timeout_at(deadline):
+                target = await check_callback_url(
+                    url,
+                    allow_http=self._settings.allow_http,
+                    allow_hosts=self._settings.allow_hosts,
+                    resolver=self._resolver,
+                )
+                response = await self._client.send(self._request(target, webhook_id, body), stream=True)
+        except CallbackUrlForbidden as exc:
+            return _result("forbidden", error=exc.message)
+        except (TimeoutError, httpx.TimeoutException) as exc:  # TimeoutError first: it is an OSError
+            return _result("retry", error=f"timed out after {timeout:g}s ({type(exc).__name__})")
+        except (httpx.TransportError, OSError) as exc:
+            return _result("retry", error=f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])
+        except httpx.InvalidURL as exc:
+            return _result("rejected", error=f"invalid callback URL: {exc}"[:MAX_ERROR_CHARS])
+        try:
+            return await self._classify(response, deadline)
+        finally:
+            await response.aclose()
+
+    def _request(self, target: CallbackTarget, webhook_id: str, body: bytes) -> httpx.Request:
+        headers = webhooks.headers(self._secrets, webhook_id, body)
+        headers.update({"host": target.host_header, "user-agent": USER_AGENT, "accept-encoding": "identity"})
+        # SNI and certificate verification use the real name although the URL holds the address.
+        extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+        return self._client.build_request(
+            "POST", _pinned_url(target), headers=headers, content=body, extensions=extensions
+        )
+
+    async def _classify(self, response: httpx.Response, deadline: float) -> Attempt:
+        status = response.status_code
+        if 200 <= status < 300:
+            return _result("delivered", status)
+        detail = await self._read_prefix(response, deadline)
+        error = f"HTTP {status}" + (f": {detail}" if detail else "")
+        if status in RETRY_STATUSES or 500 <= status < 600:
+            return _result("retry", status, error, parse_retry_after(response.headers.get("retry-after")))
+        if 300 <= status < 400:
+            error = f"HTTP {status} redirect (redirects are not followed)"
+        return _result("rejected", status, error)
+
+    @staticmethod
+    async def _read_prefix(response: httpx.Response, deadline: float) -> str:
+        """The start of the answer, for the error message; a slow or broken body does not change the outcome."""
+        buf = bytearray()
+        try:
+            async with asyncio.timeout_at(deadline), contextlib.aclosing(response.aiter_raw()) as chunks:
+                async for chunk in chunks:
+                    buf += chunk
+                    if len(buf) >= MAX_RESPONSE_BYTES:
+                        break
+        except (TimeoutError, httpx.HTTPError):
+            pass
+        return _printable(bytes(buf[:MAX_RESPONSE_BYTES]))

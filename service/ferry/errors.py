@@ -137,7 +137,9 @@ def from_validation(errors: list[dict[str, Any]], max_batch_size: int) -> FerryE
     if any(d["type"] == "json_invalid" for d in details):
         return MalformedJson(details=details)
     if any(d["type"] == "too_long" and d["loc"][-1:] == ["records"] for d in details):
-        return BatchTooLarge(f"at most {max_batch_size} records per request", details=details)
+        # The route's own limit (e.g. the stream's), as the validator reports it.
+        limit = next((e.get("ctx", {}).get("max_length") for e in errors if e.get("type") == "too_long"), None)
+        return BatchTooLarge(f"at most {limit or max_batch_size} records per request", details=details)
     return InvalidInput(details=details)
 
 

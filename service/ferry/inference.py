@@ -189,6 +189,9 @@ class Predictor:
                 self._expire(request, "queued")
             request.future.cancel()  # a late result is dropped; a queued request is skipped
             raise DeadlineExceeded() from None
+        except asyncio.CancelledError:
+            request.future.cancel()  # the caller left (a streaming client disconnected): skip it if queued
+            raise
         finally:
             self._admitted -= 1
             self.metrics.inference_in_flight.dec()

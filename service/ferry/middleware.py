@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -67,11 +67,13 @@ class RequestMiddleware:
         max_body_bytes: int,
         access_log: bool,
         routes: Sequence[BaseRoute],
+        body_limits: Mapping[str, int] | None = None,
     ) -> None:
         self.app = app
         self.routes = routes
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.body_limits = dict(body_limits or {})  # path -> limit, for routes with their own (the stream)
         self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -119,9 +121,10 @@ class RequestMiddleware:
         """413 from Content-Length alone, 415 from Content-Type alone; buffer only chunked bodies."""
         if scope["method"].encode() not in _BODY_METHODS:
             return receive
+        limit = self.body_limits.get(scope.get("path", ""), self.max_body_bytes)
         length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
-            raise PayloadTooLarge(f"request body exceeds {self.max_body_bytes} bytes", headers={"connection": "close"})
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            raise PayloadTooLarge(f"request body exceeds {limit} bytes", headers={"connection": "close"})
         if not is_json_content_type(_text(headers.get(b"content-type"))):
             raise UnsupportedMediaType()
         if length is not None:
@@ -134,10 +137,8 @@ class RequestMiddleware:
             if message["type"] != "http.request":
                 return _replay([message], receive)
             size += len(message.get("body", b""))
-            if size > self.max_body_bytes:
-                raise PayloadTooLarge(
-                    f"request body exceeds {self.max_body_bytes} bytes", headers={"connection": "close"}
-                )
+            if size > limit:
+                raise PayloadTooLarge(f"request body exceeds {limit} bytes", headers={"connection": "close"})
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 body = b"".join(chunks)

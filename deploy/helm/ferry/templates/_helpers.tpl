@@ -1,0 +1,291 @@
+{{/*
+Names, labels, images and the shared pod template. Every resource shape the chart writes goes
+through these helpers, so stable, canary, Rollout and worker pods cannot drift apart.
+*/}}
+
+{{- define "ferry.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "ferry.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Selector labels: stable for the life of a release (selectors are immutable). */}}
+{{- define "ferry.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "ferry.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Labels of every object. */}}
+{{- define "ferry.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "ferry.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: ferry
+{{- end }}
+
+{{/* The generated SLO facts (files/slo.yaml, from deploy/slo.yaml by `make generate`). */}}
+{{- define "ferry.slo" -}}
+{{- .Files.Get "files/slo.yaml" }}
+{{- end }}
+
+{{- define "ferry.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "ferry.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* image reference from {repository, tag, digest} with fallbacks; call with (dict "image" X "root" $) */}}
+{{- define "ferry.imageRef" -}}
+{{- $repo := .image.repository | default .root.Values.image.repository -}}
+{{- if .image.digest -}}
+{{- printf "%s@%s" $repo .image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repo (.image.tag | default .root.Chart.AppVersion) -}}
+{{- end -}}
+{{- end }}
+
+{{- define "ferry.image" -}}
+{{- include "ferry.imageRef" (dict "image" .Values.image "root" .) -}}
+{{- end }}
+
+{{/* Secret-backed environment: Redis URL and callback signing secret. */}}
+{{- define "ferry.secretEnv" -}}
+{{- $f := .Values.ferry -}}
+{{- if eq $f.jobs.store "redis" }}
+- name: FERRY_JOBS__REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ $f.jobs.redis.existingSecret }}
+      key: {{ $f.jobs.redis.key }}
+{{- end }}
+{{- if $f.callbacks.enabled }}
+- name: FERRY_CALLBACKS__SIGNING_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ $f.callbacks.existingSecret }}
+      key: {{ $f.callbacks.key }}
+{{- end }}
+{{- end }}
+
+{{/*
+The one pod template: stable and canary Deployments, the Rollout and the worker use it.
+Call with (dict "root" $ "component" "api"|"worker" "track" "stable"|"canary"|"" "image" REF).
+track "" (the Rollout) leaves the track label to the Rollout's stable/canaryMetadata.
+*/}}
+{{- define "ferry.podTemplate" -}}
+{{- $root := .root -}}
+{{- $v := $root.Values -}}
+{{- $worker := eq .component "worker" -}}
+metadata:
+  labels:
+    {{- include "ferry.selectorLabels" $root | nindent 4 }}
+    app.kubernetes.io/component: {{ .component }}
+    {{- with .track }}
+    track: {{ . }}
+    {{- end }}
+    {{- with $v.podLabels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  annotations:
+    checksum/config: {{ include (print $root.Template.BasePath "/configmap.yaml") $root | sha256sum }}
+    {{- with $v.podAnnotations }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+spec:
+  serviceAccountName: {{ include "ferry.serviceAccountName" $root }}
+  automountServiceAccountToken: false
+  enableServiceLinks: false
+  terminationGracePeriodSeconds: {{ $v.lifecycle.terminationGracePeriodSeconds }}
+  {{- with $v.priorityClassName }}
+  priorityClassName: {{ . }}
+  {{- end }}
+  {{- with $v.imagePullSecrets }}
+  imagePullSecrets:
+    {{- range . }}
+    - name: {{ . }}
+    {{- end }}
+  {{- end }}
+  securityContext:
+    runAsNonRoot: true
+    runAsUser: 10001
+    runAsGroup: 10001
+    fsGroup: 10001
+    seccompProfile:
+      type: RuntimeDefault
+  {{- with $v.topologySpreadConstraints }}
+  topologySpreadConstraints:
+    {{- range . }}
+    - {{ toYaml . | nindent 6 | trim }}
+      labelSelector:
+        matchLabels:
+          {{- include "ferry.selectorLabels" $root | nindent 10 }}
+          app.kubernetes.io/component: {{ $.component }}
+    {{- end }}
+  {{- end }}
+  {{- with $v.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $v.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $v.affinity }}
+  affinity:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  containers:
+    - name: {{ ternary "worker" "ferry" $worker }}
+      image: {{ .image }}
+      imagePullPolicy: {{ $v.image.pullPolicy }}
+      command: ["python", "-m", "ferry", {{ ternary "worker" "serve" $worker | quote }}]
+      ports:
+        - name: http
+          containerPort: {{ $v.containerPort }}
+          protocol: TCP
+      envFrom:
+        - configMapRef:
+            name: {{ include "ferry.fullname" $root }}
+      {{- $env := include "ferry.secretEnv" $root }}
+      {{- if or $env $worker }}
+      env:
+        {{- if $worker }}
+        - name: FERRY_JOBS__RUNNERS
+          value: {{ $v.worker.runners | quote }}
+        {{- end }}
+        {{- $env | indent 8 }}
+      {{- end }}
+      startupProbe:
+        httpGet:
+          path: /livez
+          port: http
+        periodSeconds: {{ $v.probes.startup.periodSeconds }}
+        failureThreshold: {{ $v.probes.startup.failureThreshold }}
+        timeoutSeconds: {{ $v.probes.timeoutSeconds }}
+      readinessProbe:
+        httpGet:
+          path: /readyz
+          port: http
+        periodSeconds: {{ $v.probes.readiness.periodSeconds }}
+        failureThreshold: {{ $v.probes.readiness.failureThreshold }}
+        timeoutSeconds: {{ $v.probes.timeoutSeconds }}
+      livenessProbe:
+        httpGet:
+          path: /livez
+          port: http
+        periodSeconds: {{ $v.probes.liveness.periodSeconds }}
+        failureThreshold: {{ $v.probes.liveness.failureThreshold }}
+        timeoutSeconds: {{ $v.probes.timeoutSeconds }}
+      lifecycle:
+        preStop:
+          {{- if eq $v.lifecycle.preStopMode "exec" }}
+          exec:
+            command: ["sleep", {{ $v.lifecycle.preStopSleepSeconds | quote }}]
+          {{- else }}
+          sleep:
+            seconds: {{ $v.lifecycle.preStopSleepSeconds }}
+          {{- end }}
+      resources:
+        {{- toYaml (ternary $v.worker.resources $v.resources $worker) | nindent 8 }}
+      securityContext:
+        allowPrivilegeEscalation: false
+        readOnlyRootFilesystem: true
+        runAsNonRoot: true
+        privileged: false
+        capabilities:
+          drop: ["ALL"]
+      volumeMounts:
+        - name: tmp
+          mountPath: /tmp
+        - name: metrics
+          mountPath: {{ $v.volumes.metricsDir }}
+  volumes:
+    - name: tmp
+      emptyDir:
+        sizeLimit: {{ $v.volumes.tmpSizeLimit }}
+    - name: metrics
+      emptyDir:
+        medium: Memory
+        sizeLimit: {{ $v.volumes.metricsSizeLimit }}
+{{- end }}
+
+{{/*
+Deployment of the API for one track. Call with (dict "root" $ "track" "stable"|"canary").
+*/}}
+{{- define "ferry.deployment" -}}
+{{- $root := .root -}}
+{{- $v := $root.Values -}}
+{{- $canary := eq .track "canary" -}}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ include "ferry.fullname" $root }}{{ if $canary }}-canary{{ end }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "ferry.labels" $root | nindent 4 }}
+    app.kubernetes.io/component: api
+    track: {{ .track }}
+spec:
+  {{- if $canary }}
+  replicas: {{ $v.canary.replicaCount }}
+  {{- else if not $v.autoscaling.enabled }}
+  replicas: {{ $v.replicaCount }}
+  {{- end }}
+  revisionHistoryLimit: {{ $v.revisionHistoryLimit }}
+  selector:
+    matchLabels:
+      {{- include "ferry.selectorLabels" $root | nindent 6 }}
+      app.kubernetes.io/component: api
+      track: {{ .track }}
+  strategy:
+    type: RollingUpdate
+    rollingUpdate:
+      maxSurge: {{ $v.rollingUpdate.maxSurge }}
+      maxUnavailable: 0
+  template:
+    {{- $image := include "ferry.image" $root }}
+    {{- if $canary }}{{ $image = include "ferry.imageRef" (dict "image" $v.canary.image "root" $root) }}{{ end }}
+    {{- include "ferry.podTemplate" (dict "root" $root "component" "api" "track" .track "image" $image) | nindent 4 }}
+{{- end }}
+
+{{/* The FERRY_* settings the chart derives from its values (the ConfigMap's data). */}}
+{{- define "ferry.settings" -}}
+{{- $f := .Values.ferry -}}
+FERRY_HOST: "0.0.0.0"
+FERRY_PORT: {{ .Values.containerPort | quote }}
+FERRY_WORKERS: {{ $f.workers | quote }}
+FERRY_LOGGING__LEVEL: {{ $f.logLevel | quote }}
+FERRY_MODEL__PATH: {{ $f.model.path | quote }}
+{{- with $f.model.sha256 }}
+FERRY_MODEL__SHA256: {{ . | quote }}
+{{- end }}
+FERRY_METRICS__DIR: {{ .Values.volumes.metricsDir | quote }}
+FERRY_API__MAX_BODY_BYTES: {{ $f.api.maxBodyBytes | int64 | quote }}
+FERRY_STREAM__MAX_BODY_BYTES: {{ $f.stream.maxBodyBytes | int64 | quote }}
+FERRY_DEADLINE__DEFAULT_S: {{ $f.deadline.defaultS | quote }}
+FERRY_DEADLINE__MAX_S: {{ $f.deadline.maxS | quote }}
+FERRY_SERVER__TIMEOUT_S: {{ $f.server.timeoutS | quote }}
+FERRY_SERVER__GRACEFUL_TIMEOUT_S: {{ $f.server.gracefulTimeoutS | quote }}
+FERRY_SERVER__KEEPALIVE_S: {{ $f.server.keepaliveS | quote }}
+FERRY_SERVER__DRAIN_GRACE_S: {{ $f.server.drainGraceS | quote }}
+FERRY_SERVER__FORWARDED_ALLOW_IPS: {{ $f.server.forwardedAllowIps | quote }}
+FERRY_JOBS__STORE: {{ $f.jobs.store | quote }}
+{{- if eq $f.jobs.store "sqlite" }}
+FERRY_JOBS__SQLITE_PATH: "/tmp/ferry/jobs.sqlite3"
+{{- end }}
+FERRY_JOBS__RUNNERS: {{ $f.jobs.apiRunners | quote }}
+{{- end }}

@@ -258,6 +258,36 @@ def rules(slo: dict, ranges: dict[str, str] | None = None, hold: str | None = No
         "{{ $value | humanize }} gunicorn workers started in 15 minutes in {{ $labels.instance }} "
         f"(threshold {c['worker_restarts_15m']}): crashes, OOM kills, heartbeat timeouts or recycling.",
     )
+    jobs = f'job=~"{job}|{job}-worker"'  # API pods and `ferry worker` pods
+    alert(
+        "FerryJobBacklogStale",
+        f"max by (namespace) (ferry_jobs_oldest_queued_age_seconds{{{jobs}}}) > {c['job_oldest_queued_s']}",
+        c["job_backlog_for"],
+        "ticket",
+        "async jobs wait too long for a runner",
+        "The oldest queued job in {{ $labels.namespace }} has waited {{ $value | humanizeDuration }} "
+        f"(threshold {c['job_oldest_queued_s']} s): runners are missing, too few, or cannot reach the job store.",
+    )
+    alert(
+        "FerryJobsFailing",
+        f'sum by (namespace) (rate(ferry_jobs_total{{{jobs},outcome="failed"}}[15m]))\n/\n'
+        f"sum by (namespace) (rate(ferry_jobs_total{{{jobs}}}[15m]))\n> {c['job_failed_ratio']}",
+        c["job_failed_for"],
+        "ticket",
+        "async jobs are failing",
+        "{{ $value | humanizePercentage }} of the jobs that finished in {{ $labels.namespace }} over 15 minutes "
+        f"failed (threshold {c['job_failed_ratio']:.0%}).",
+    )
+    alert(
+        "FerryCallbackDeadLetters",
+        f"sum by (namespace) (increase(ferry_callback_dead_letters_total{{{jobs}}}[15m])) > 0",
+        c["callback_dead_letters_for"],
+        "ticket",
+        "job result callbacks were given up",
+        "{{ $value | humanize }} callbacks in {{ $labels.namespace }} were dead-lettered in 15 minutes: the "
+        "receiver refused them or stayed unreachable for every attempt. The results wait on the jobs; "
+        "redeliver after the receiver is fixed.",
+    )
     alert(
         "FerryModelNotReady",
         f'ferry_model_ready{{job="{job}"}} == 0',

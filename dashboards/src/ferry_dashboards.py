@@ -7,6 +7,8 @@ from builder import Dashboard, Panel, Query, Row
 SEL = 'namespace="$namespace",job="$job"'
 FIVE_XX = 'status_class="5xx"'
 RI = "$__rate_interval"
+# Async jobs run in API pods and in `ferry worker` pods, whose job label is "<job>-worker".
+JOBS = 'namespace="$namespace",job=~"$job|$job-worker"'
 
 
 def _rate(metric: str, extra: str = "", by: str = "") -> str:
@@ -223,6 +225,84 @@ def service_overview(slo: dict, routes: str) -> Dashboard:
                         "short",
                         (Query(f"sum(increase(ferry_worker_starts_total{{{SEL}}}[{RI}]))", "starts"),),
                         width=6,
+                    ),
+                ),
+            ),
+            Row(
+                "Async jobs, callbacks and streams",
+                (
+                    Panel(
+                        "Job queue",
+                        "Jobs waiting for a runner (store-wide, hence max over pods) and jobs being run now. "
+                        "The autoscaler of `ferry worker` scales on the queue depth.",
+                        "short",
+                        (
+                            Query(f"max(ferry_jobs_queue_depth{{{JOBS}}})", "queued"),
+                            Query(f"sum(ferry_jobs_running{{{JOBS}}})", "running"),
+                        ),
+                        width=6,
+                    ),
+                    Panel(
+                        "Oldest queued job",
+                        "How long the oldest queued job has waited for a runner (FerryJobBacklogStale).",
+                        "s",
+                        (Query(f"max(ferry_jobs_oldest_queued_age_seconds{{{JOBS}}})", "oldest"),),
+                        width=6,
+                        thresholds=((slo["causes"]["job_oldest_queued_s"], "red"),),
+                    ),
+                    Panel(
+                        "Jobs finished",
+                        "Jobs reaching a terminal state per second, by outcome, and runs started by kind "
+                        "(a reclaim is a job whose runner died).",
+                        "ops",
+                        (
+                            Query(f"sum by (outcome) (rate(ferry_jobs_total{{{JOBS}}}[{RI}]))", "{{outcome}}"),
+                            Query(f'sum(rate(ferry_job_runs_total{{{JOBS},kind="reclaim"}}[{RI}]))', "reclaimed"),
+                        ),
+                        width=6,
+                    ),
+                    Panel(
+                        "Job duration",
+                        "Time from submission to the terminal state.",
+                        "s",
+                        tuple(
+                            Query(
+                                f"histogram_quantile({q}, sum by (le) "
+                                f"(rate(ferry_job_duration_seconds_bucket{{{JOBS}}}[{RI}])))",
+                                f"p{round(q * 100)}",
+                            )
+                            for q in (0.5, 0.95, 0.99)
+                        ),
+                        width=6,
+                    ),
+                    Panel(
+                        "Callback deliveries",
+                        "Callback attempts per second by outcome (delivered, retry, rejected, forbidden), and "
+                        "callbacks given up (FerryCallbackDeadLetters).",
+                        "ops",
+                        (
+                            Query(
+                                f"sum by (outcome) (rate(ferry_callback_attempts_total{{{JOBS}}}[{RI}]))",
+                                "{{outcome}}",
+                            ),
+                            Query(f"sum(rate(ferry_callback_dead_letters_total{{{JOBS}}}[{RI}]))", "dead letters"),
+                        ),
+                        width=8,
+                    ),
+                    Panel(
+                        "Open event streams",
+                        "Server-Sent Events streams open now: streamed predictions and job event streams.",
+                        "short",
+                        (Query(f"sum by (stream) (ferry_sse_streams_open{{{SEL}}})", "{{stream}}"),),
+                        width=8,
+                    ),
+                    Panel(
+                        "Streamed chunks",
+                        "Chunks of streamed predictions sent, and skipped because the client left or the "
+                        "server stopped.",
+                        "ops",
+                        (Query(f"sum by (outcome) (rate(ferry_stream_chunks_total{{{SEL}}}[{RI}]))", "{{outcome}}"),),
+                        width=8,
                     ),
                 ),
             ),

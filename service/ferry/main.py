@@ -18,7 +18,7 @@ from ferry import __version__
 from ferry.api.routes import health, jobs, models, predict, stream, v2
 from ferry.core import Core
 from ferry.errors import from_status, from_validation
-from ferry.jobs.runner import Runners
+from ferry.jobs.runner import Housekeeper, Runners
 from ferry.jobs.service import JobService
 from ferry.jobs.store import open_store
 from ferry.logging import configure_logging, get_logger
@@ -57,6 +57,7 @@ def _build(settings: Settings, role: str) -> FastAPI:
     job_service = JobService(settings, store, metrics)
     runner_count = max(1, settings.jobs.runners) if role == "worker" else settings.jobs.runners
     runners = Runners(core, store, runner_count) if runner_count else None
+    housekeeper = Housekeeper(store, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -64,6 +65,7 @@ def _build(settings: Settings, role: str) -> FastAPI:
         limits = threadpool_limits(limits=1)
         await store.open()
         await core.start()
+        housekeeper.start()
         if runners is not None:
             runners.start()
         log.info(
@@ -79,6 +81,7 @@ def _build(settings: Settings, role: str) -> FastAPI:
         finally:
             if runners is not None:
                 await runners.stop()  # first: hand running jobs back while the store is still open
+            await housekeeper.stop()
             await core.stop()
             await store.close()
             limits.restore_original_limits()

@@ -267,6 +267,7 @@ class Metrics:
         # Known label values start at 0, so rate() and alerts see the series before the first event.
         for outcome in ("succeeded", "failed", "canceled"):
             self.jobs.labels(outcome)
+            self.job_duration.labels(outcome)
         for kind in ("first", "retry", "reclaim"):
             self.job_runs.labels(kind)
         for outcome in ("delivered", "retry", "rejected", "forbidden"):

@@ -1,8 +1,5 @@
 """ferry.client (sync, async, fan-out, streams, jobs) and the `ferry predict` / `ferry jobs` commands,
-against the real service. No HTTP mocks: a recording transport only wraps httpx's real one.
-
-Tests of routes built in parallel with the client (POST /api/v1/predict/stream, /api/v1/jobs...) skip,
-saying so, while the server answers them 404 `not_found` (no such route)."""
+against the real service. No HTTP mocks: a recording transport only wraps httpx's real one."""
 
 from __future__ import annotations
 
@@ -269,24 +266,6 @@ def expected(churn_model: Path, card: dict, records: list[dict]) -> list[dict]:
     return in_process(churn_model, card, records)
 
 
-def route_missing(url: str, method: str, path: str, **kwargs: Any) -> bool:
-    """True when the server answers 404 `not_found`: no such route (yet)."""
-    r = httpx.request(method, url + path, timeout=10, **kwargs)
-    return r.status_code == 404 and r.json().get("code") == "not_found"
-
-
-@pytest.fixture(scope="module")
-def stream_route(srv: Server, record: dict) -> None:
-    if route_missing(srv.url, "POST", "/api/v1/predict/stream", json={"records": [record]}):
-        pytest.skip("server has no POST /api/v1/predict/stream yet (404 not_found)")
-
-
-@pytest.fixture(scope="module")
-def jobs_route(srv: Server) -> None:
-    if route_missing(srv.url, "GET", f"/api/v1/jobs/{NO_JOB}"):
-        pytest.skip("server has no /api/v1/jobs routes yet (404 not_found)")
-
-
 # -- predictions, models, health -------------------------------------------------------------------
 def test_predict_batch_v2_models_ready(srv: Server, churn_model: Path, card: dict, records: list[dict]) -> None:
     some = records[:1200]
@@ -489,8 +468,7 @@ def test_cli_predict_reports_errors(srv: Server, card: dict, records: list[dict]
     assert done.returncode == 1 and "transport_error" in done.stderr
 
 
-# -- streamed predictions (skip until the route exists) --------------------------------------------
-@pytest.mark.usefixtures("stream_route")
+# -- streamed predictions --------------------------------------------
 def test_stream_yields_chunks_then_a_summary(srv: Server, records: list[dict], expected: list[dict]) -> None:
     some, want = records[:2345], expected[:2345]
     with Client(srv.url) as client:
@@ -509,7 +487,6 @@ def test_stream_yields_chunks_then_a_summary(srv: Server, records: list[dict], e
     assert events[-1]["event"] == "summary"
 
 
-@pytest.mark.usefixtures("stream_route")
 def test_stream_errors_raise(srv: Server, tmp_path: Path, record: dict) -> None:
     # invalid input: the usual JSON 422, before any event
     with Client(srv.url) as client, pytest.raises(FerryClientError) as caught:
@@ -531,7 +508,6 @@ def test_stream_errors_raise(srv: Server, tmp_path: Path, record: dict) -> None:
         assert [e["data"]["offset"] for e in seen] == [0, 100]
 
 
-@pytest.mark.usefixtures("stream_route")
 def test_stream_resumes_after_a_worker_shutdown(slow_srv: Server, records: list[dict], expected: list[dict]) -> None:
     some, want = records[:1000], expected[:1000]  # 20 chunks of 50, 100 ms each
     recorder = Recorder()
@@ -553,8 +529,7 @@ def test_stream_resumes_after_a_worker_shutdown(slow_srv: Server, records: list[
     assert "shutdown" in ended, ended  # resumed after `event: shutdown`, not after a cut connection
 
 
-# -- jobs (skip until the routes exist) ------------------------------------------------------------
-@pytest.mark.usefixtures("jobs_route")
+# -- jobs ------------------------------------------------------------
 def test_job_submit_wait_and_follow(srv: Server, records: list[dict], expected: list[dict]) -> None:
     some, want = records[:300], expected[:300]
     with Client(srv.url) as client:
@@ -577,7 +552,6 @@ def test_job_submit_wait_and_follow(srv: Server, records: list[dict], expected: 
     assert done["status"] == "succeeded" and done["result"]["predictions"] == want[:20]
 
 
-@pytest.mark.usefixtures("jobs_route")
 def test_job_idempotency_and_errors(srv: Server, records: list[dict]) -> None:
     with Client(srv.url) as client:
         first = client.submit_job(records[:3], idempotency_key="client-key-1")
@@ -598,7 +572,6 @@ def test_job_idempotency_and_errors(srv: Server, records: list[dict]) -> None:
         assert (caught.value.status, caught.value.code) == (409, "job_conflict")
 
 
-@pytest.mark.usefixtures("jobs_route")
 def test_job_cancel_and_wait_timeout(churn_model: Path, tmp_path: Path, records: list[dict]) -> None:
     # no runners: jobs stay queued
     with start(tmp_path, churn_model, {"FERRY_JOBS__RUNNERS": "0"}) as server, Client(server.url) as client:
@@ -631,7 +604,6 @@ def test_job_cancel_and_wait_timeout(churn_model: Path, tmp_path: Path, records:
         assert done.returncode == 1 and json.loads(done.stdout)["status"] == "canceled"
 
 
-@pytest.mark.usefixtures("jobs_route")
 def test_job_callback_redelivery(srv: Server, hooks: Hooks, records: list[dict]) -> None:
     with Client(srv.url) as client:
         job = client.submit_job(records[:4], callback_url=hooks.url)
@@ -652,7 +624,6 @@ def test_job_callback_redelivery(srv: Server, hooks: Hooks, records: list[dict])
         assert headers["webhook-id"] == {k.lower(): v for k, v in first["headers"].items()}["webhook-id"]
 
 
-@pytest.mark.usefixtures("jobs_route")
 def test_cli_jobs(srv: Server, card: dict, records: list[dict], expected: list[dict], tmp_path: Path) -> None:
     rows = tmp_path / "rows.csv"
     write_csv(rows, card, records[:40])

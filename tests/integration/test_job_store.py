@@ -106,13 +106,13 @@ def test_exactly_one_of_many_racing_runners_claims_a_job(make_store: Callable[[]
     async def body(*stores: JobStore) -> None:
         stored = await stores[0].insert(job(), b"[]")
 
-        async def attempt(store: JobStore, owner: str) -> bool:
-            current = await store.get(stored.doc["id"])
-            assert current is not None
-            return await store.swap(current, claim(current.doc, owner)) is not None
-
-        wins = await asyncio.gather(*(attempt(s, f"r{i}") for i, s in enumerate(stores)))
-        assert sum(wins) == 1
+        # Every runner reads the queued job first, then all write: only the compare-and-set decides.
+        reads = [await s.get(stored.doc["id"]) for s in stores]
+        assert all(r is not None and r.version == 1 for r in reads)
+        wins = await asyncio.gather(
+            *(s.swap(r, claim(r.doc, f"r{i}")) for i, (s, r) in enumerate(zip(stores, reads, strict=True)) if r)
+        )
+        assert sum(w is not None for w in wins) == 1
 
     run(make_store, body, stores=4)
 

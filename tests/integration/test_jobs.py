@@ -282,3 +282,24 @@ def stored_statuses(env: dict[str, str], ids: list[str]) -> dict[str, str]:
         return {job_id: v.doc["status"] if v else "missing" for job_id, v in found.items()}
 
     return asyncio.run(read())
+
+
+def test_callback_urls_to_private_addresses_are_refused_unless_allowlisted(server_with, record) -> None:
+    env = job_env("sqlite", None, FERRY_CALLBACKS__ALLOW_HTTP="false", FERRY_JOBS__RUNNERS="0")
+    srv = server_with(env | {"FERRY_CALLBACKS__ALLOW_HOSTS": '["127.0.0.1"]'})
+    for url in (
+        "https://127.0.0.2/hook",
+        "https://10.0.0.1/hook",
+        "https://169.254.169.254/latest/meta-data/",
+        "https://[::1]/hook",
+        "https://[::ffff:10.0.0.1]/hook",
+        "https://localhost/hook",  # a name that resolves to loopback
+        "https://2130706433/hook",  # 127.0.0.1 written as one number
+        "http://example.com/hook",  # http without FERRY_CALLBACKS__ALLOW_HTTP
+        "https://user:pw@example.com/hook",
+    ):
+        refused = submit(srv.url, [record], callback_url=url)
+        assert (refused.status_code, refused.json()["code"]) == (422, "callback_url_forbidden"), (url, refused.text)
+    allowed = submit(srv.url, [record], callback_url="https://127.0.0.1/hook")
+    assert allowed.status_code == 202, allowed.text
+    assert allowed.json()["callback"]["webhook_id"] == f"msg_{allowed.json()['id']}"

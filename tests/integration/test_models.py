@@ -104,7 +104,9 @@ def test_livez_answers_while_the_model_is_busy(slow_model: Path, tmp_path: Path)
             worst = max(worst, time.perf_counter() - started)
         for t in busy:
             t.join()
-        assert worst < 0.1, f"/livez took {worst * 1000:.0f} ms while the model was busy"
+        # A blocked event loop would hold /livez for most of a 1.5 s model call; 0.5 s leaves room for a
+        # loaded 2-core CI machine (typical here: < 15 ms).
+        assert worst < 0.5, f"/livez took {worst * 1000:.0f} ms while the model was busy"
 
 
 def test_sigterm_lets_in_flight_requests_finish(slow_model: Path, tmp_path: Path) -> None:

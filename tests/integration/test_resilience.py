@@ -111,9 +111,11 @@ def test_breaker_opens_fails_fast_and_recovers(
 def test_slow_model_ends_at_the_deadline_and_recovers(
     churn_model: Path, record: dict, faults: FaultFile, tmp_path: Path
 ) -> None:
-    env = fault_env(faults, FERRY_INFERENCE__MAX_QUEUE="8")
+    # Process metrics refreshed often: the memory figures below are current, not from before the load.
+    env = fault_env(faults, FERRY_INFERENCE__MAX_QUEUE="8", FERRY_METRICS__PROCESS_INTERVAL_S="0.2")
     with Server(tmp_path, churn_model, env=env) as server:
         url = server.url + "/api/v1/predict"
+        time.sleep(1.0)
         rss_before = counter(scrape(server), "ferry_process_resident_memory_bytes")
         faults.set(latency_ms=20_000)  # far past any deadline
         results: list[tuple[int, float]] = []
@@ -147,6 +149,7 @@ def test_slow_model_ends_at_the_deadline_and_recovers(
         timed_out = served_ms(server, 504)
         assert timed_out and all(495 <= ms < 650 for ms in timed_out), sorted(timed_out)[-5:]  # at the deadline
         assert peak_calls <= 2  # one inference thread per worker, whatever the load
+        time.sleep(0.5)
         text = scrape(server)
         assert counter(text, "ferry_deadline_exceeded_total", stage="queued") > 0
         assert counter(text, "ferry_process_resident_memory_bytes") < rss_before + 100e6

@@ -93,6 +93,8 @@ class Traffic:
             while not self.stop.is_set():
                 client.post(url + "/api/v1/predict", json={"record": record})
                 client.post(url + "/api/v1/predict/batch", json={"records": [record] * 3})
+                client.post(url + "/api/v1/jobs", json={"records": [record]})  # job panels need finished jobs
+                client.post(url + "/api/v1/predict/stream", json={"records": [record] * 4, "chunk_size": 2})
                 time.sleep(0.02)
 
     def __enter__(self) -> Traffic:

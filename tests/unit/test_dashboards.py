@@ -31,7 +31,8 @@ def test_dashboards_exist_and_are_complete() -> None:
             for target in panel["targets"]:
                 expr = target["expr"]
                 if "up{" in expr or "ferry_" in expr:
-                    assert 'namespace="$namespace",job="$job"' in expr or ":ratio_rate" in expr, expr
+                    scoped = ('namespace="$namespace",job="$job"', 'namespace="$namespace",job=~"$job|$job-worker"')
+                    assert any(s in expr for s in scoped) or ":ratio_rate" in expr, expr
 
 
 def test_service_dashboard_covers_the_issue_list() -> None:

@@ -27,6 +27,7 @@ from ferry.jobs.callbacks import CallbackSender, next_delay
 from ferry.jobs.store import JobStore, Versioned
 from ferry.lifecycle import heartbeat
 from ferry.logging import get_logger
+from ferry.metrics import Metrics
 from ferry.resilience.deadline import Deadline
 
 log = get_logger("ferry.jobs")
@@ -45,8 +46,7 @@ def predictions(prediction: Prediction) -> list[dict[str, Any]]:
 
 
 class Runners:
-    """The runner tasks of one process: ``count`` job runners, one callback deliverer and one
-    housekeeper (queue gauges, purge of expired jobs)."""
+    """The runner tasks of one process: ``count`` job runners and one callback deliverer."""
 
     def __init__(self, core: Core, store: JobStore, count: int) -> None:
         self.core = core
@@ -67,7 +67,6 @@ class Runners:
                 for i in range(self.count)
             ),
             asyncio.create_task(self._deliver_callbacks(), name="ferry-callbacks"),
-            asyncio.create_task(self._housekeeping(), name="ferry-jobs-housekeeping"),
         ]
 
     async def stop(self) -> None:
@@ -104,25 +103,6 @@ class Runners:
 
     async def _deliver_callbacks(self) -> None:
         await self._forever(self._deliver_one, "callback")
-
-    async def _housekeeping(self) -> None:
-        last_purge = 0.0
-        while True:
-            try:
-                stats = await self.store.stats()
-                self.metrics.jobs_queue_depth.set(stats.queued)
-                age = 0.0 if stats.oldest_queued_at is None else max(0.0, time.time() - stats.oldest_queued_at)
-                self.metrics.jobs_oldest_queued_age.set(age)
-                if time.monotonic() - last_purge > PURGE_INTERVAL_S:
-                    last_purge = time.monotonic()
-                    purged = await self.store.purge(time.time())
-                    if purged:
-                        log.info("jobs_purged", count=purged)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.error("jobs_loop_error", loop="housekeeping", error=f"{type(exc).__name__}: {exc}")
-            await asyncio.sleep(STATS_INTERVAL_S)
 
     # -- jobs --------------------------------------------------------------------------------
     async def _claim(self, owner: str) -> Versioned | None:
@@ -338,3 +318,41 @@ class Runners:
                 last_status_code=attempt.status_code,
                 last_error=attempt.error,
             )
+
+
+class Housekeeper:
+    """Queue gauges and the purge of expired jobs. Runs in every process, runners or not: a queue
+    that nobody works on is exactly what the backlog alert must see."""
+
+    def __init__(self, store: JobStore, metrics: Metrics) -> None:
+        self.store = store
+        self.metrics = metrics
+        self._task: asyncio.Task[Any] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="ferry-jobs-housekeeping")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def run(self) -> None:
+        last_purge = 0.0
+        while True:
+            try:
+                stats = await self.store.stats()
+                self.metrics.jobs_queue_depth.set(stats.queued)
+                age = 0.0 if stats.oldest_queued_at is None else max(0.0, time.time() - stats.oldest_queued_at)
+                self.metrics.jobs_oldest_queued_age.set(age)
+                if time.monotonic() - last_purge > PURGE_INTERVAL_S:
+                    last_purge = time.monotonic()
+                    purged = await self.store.purge(time.time())
+                    if purged:
+                        log.info("jobs_purged", count=purged)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("jobs_loop_error", loop="housekeeping", error=f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(STATS_INTERVAL_S)

@@ -366,14 +366,16 @@ GENERATORS: dict[str, Callable[[], str]] = {
 }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
+def main(generators: dict[str, Callable[[], str]] | None = None, description: str | None = None) -> int:
+    """``--write`` the generated files, or ``--check`` that the committed copies are current.
+    Shared by scripts/generate_deploy.py, which passes its own generators."""
+    parser = argparse.ArgumentParser(description=description)
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--write", action="store_true")
     mode.add_argument("--check", action="store_true")
     args = parser.parse_args()
     stale = []
-    for relative, generate in GENERATORS.items():
+    for relative, generate in (GENERATORS if generators is None else generators).items():
         path = ROOT / relative
         text = generate()
         current = path.read_text() if path.exists() else ""

@@ -16,8 +16,6 @@ rendered manifests always see the chart files just written.
 
 from __future__ import annotations
 
-import argparse
-import difflib
 import json
 import os
 import re
@@ -215,32 +213,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--write", action="store_true")
-    mode.add_argument("--check", action="store_true")
-    args = parser.parse_args()
-    stale = []
-    for relative, make in GENERATORS.items():
-        path = ROOT / relative
-        text = make()
-        current = path.read_text() if path.exists() else ""
-        if current == text:
-            continue
-        if args.write:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-            print(f"wrote {relative}")
-        else:
-            stale.append(relative)
-            diff = difflib.unified_diff(
-                current.splitlines(), text.splitlines(), f"{relative} (committed)", f"{relative} (generated)"
-            )
-            sys.stdout.writelines(line + "\n" for line in list(diff)[:40])
-    if stale:
-        print(f"generated files out of date: {', '.join(stale)} — run `make generate`", file=sys.stderr)
-        return 1
-    return 0
+    return generate.main(GENERATORS, description=__doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

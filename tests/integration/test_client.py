@@ -9,9 +9,7 @@ import contextlib
 import csv
 import hashlib
 import json
-import math
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -29,6 +27,7 @@ import pytest
 from ferry.card import Feature
 from ferry.client import AsyncClient, Client, FerryClientError
 from ferry.features import FeatureSchema
+from support.records import make_records
 from support.server import REPO, Server, free_port
 
 SEED = 20261127
@@ -36,23 +35,6 @@ NO_JOB = "0" * 32  # a well-formed job id that names no job
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-def make_records(card: dict, n: int, seed: int = SEED) -> list[dict]:
-    """n valid records drawn deterministically from the card's feature domains."""
-    rng = random.Random(seed)
-    records = []
-    for _ in range(n):
-        record: dict[str, Any] = {}
-        for f in card["features"]:
-            if f["type"] == "categorical":
-                record[f["name"]] = rng.choice(f["categories"])
-            elif f["type"] == "boolean":
-                record[f["name"]] = rng.random() < 0.5
-            elif f["type"] == "integer":
-                record[f["name"]] = rng.randint(math.ceil(f["minimum"]), math.floor(f["maximum"]))
-            else:
-                record[f["name"]] = round(rng.uniform(f["minimum"], f["maximum"]), 2)
-        records.append(record)
-    return records
 
 
 def in_process(churn_model: Path, card: dict, records: list[dict]) -> list[dict]:
@@ -258,7 +240,7 @@ def slow_srv(churn_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 @pytest.fixture(scope="module")
 def records(card: dict) -> list[dict]:
-    return make_records(card, 10_000)
+    return make_records(card, 10_000, SEED)
 
 
 @pytest.fixture(scope="module")

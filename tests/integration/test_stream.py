@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import random
 import signal
 import threading
 import time
@@ -18,6 +17,7 @@ import pytest
 from test_runtime import counter, scrape
 
 from support.models import PickyModel
+from support.records import make_records
 from support.server import Server
 
 STREAM = "/api/v1/predict/stream"
@@ -85,24 +85,6 @@ def post_stream(client: httpx.Client, body: object, stop_after_chunks: int | Non
     return stream
 
 
-def churn_records(card: dict, n: int, seed: int = 7) -> list[dict]:
-    rng = random.Random(seed)
-    records = []
-    for _ in range(n):
-        record: dict[str, object] = {}
-        for f in card["features"]:
-            if f["type"] == "categorical":
-                record[f["name"]] = rng.choice(f["categories"])
-            elif f["type"] == "boolean":
-                record[f["name"]] = rng.random() < 0.5
-            elif f["type"] == "integer":
-                record[f["name"]] = rng.randint(int(f["minimum"]), int(f["maximum"]))
-            else:
-                record[f["name"]] = round(rng.uniform(f["minimum"], min(f["maximum"], 10_000)), 2)
-        records.append(record)
-    return records
-
-
 def access_lines(server: Server, request_id: str) -> list[dict]:
     return [r for r in server.records() if r.get("event") == "request" and r.get("request_id") == request_id]
 
@@ -131,7 +113,7 @@ def churn_server(churn_model: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def test_stream_equals_batch_results_in_order(churn_server: Server, card: dict) -> None:
-    records = churn_records(card, 2000)
+    records = make_records(card, 2000)
     with httpx.Client(base_url=churn_server.url) as client:
         expected = []
         for i in range(0, len(records), 200):  # /predict/batch within its own (64 KiB) body limit
@@ -200,10 +182,10 @@ def test_default_chunk_size_and_the_openapi_example(churn_server: Server) -> Non
 
 def test_invalid_requests_are_json_errors_before_any_stream(churn_server: Server, card: dict) -> None:
     url = churn_server.url + STREAM
-    good = churn_records(card, 10)
+    good = make_records(card, 10)
     bad_record = [*good[:5], {**good[5], "tenure_months": "12"}, *good[6:]]
     cases: list[tuple[str, dict, dict, int, str]] = [
-        ("too many records", {"records": churn_records(card, 3001)}, {}, 422, "batch_too_large"),
+        ("too many records", {"records": make_records(card, 3001)}, {}, 422, "batch_too_large"),
         ("bad record", {"records": bad_record}, {}, 422, "validation_error"),
         ("no records", {"records": []}, {}, 422, "validation_error"),
         ("chunk_size 0", {"records": good, "chunk_size": 0}, {}, 422, "validation_error"),
@@ -217,7 +199,7 @@ def test_invalid_requests_are_json_errors_before_any_stream(churn_server: Server
         assert (r.status_code, r.headers["content-type"]) == (status, "application/json"), (what, r.text[:300])
         assert r.json()["code"] == code, what
         assert r.json()["request_id"] == r.headers["x-request-id"]
-    too_many = httpx.post(url, json={"records": churn_records(card, 3001)}, timeout=30).json()
+    too_many = httpx.post(url, json={"records": make_records(card, 3001)}, timeout=30).json()
     assert too_many["message"] == "at most 3000 records per request"  # the stream's limit, not the batch's
     assert httpx.post(url, json={"records": bad_record}).json()["details"][0]["loc"][:3] == ["body", "records", 5]
 

@@ -97,6 +97,10 @@ class IdempotencyKeyReused(FerryError):
     )
 
 
+class JobStoreUnavailable(FerryError):
+    status, code, default_message = 503, "job_store_unavailable", "the job store cannot be reached; retry later"
+
+
 class ModelError(FerryError):
     status, code, default_message = 500, "model_error", "the model failed on this input"
 

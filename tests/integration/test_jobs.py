@@ -303,3 +303,17 @@ def test_callback_urls_to_private_addresses_are_refused_unless_allowlisted(serve
     allowed = submit(srv.url, [record], callback_url="https://127.0.0.1/hook")
     assert allowed.status_code == 202, allowed.text
     assert allowed.json()["callback"]["webhook_id"] == f"msg_{allowed.json()['id']}"
+
+
+def test_an_unreachable_job_store_is_a_503_not_a_500(server_with, record) -> None:
+    from support.server import free_port
+
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    srv = server_with(job_env("redis", dead))
+    refused = submit(srv.url, [record])
+    assert (refused.status_code, refused.json()["code"]) == (503, "job_store_unavailable"), refused.text
+    assert refused.headers["retry-after"] == "2"
+    lookup = httpx.get(f"{srv.url}/api/v1/jobs/{uuid.uuid4().hex}")
+    assert (lookup.status_code, lookup.json()["code"]) == (503, "job_store_unavailable")
+    assert httpx.get(f"{srv.url}/readyz").status_code == 200, "predictions do not depend on the job store"
+    assert httpx.post(f"{srv.url}/api/v1/predict", json={"record": record}).status_code == 200

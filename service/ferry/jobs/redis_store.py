@@ -81,8 +81,8 @@ class RedisJobStore(JobStore):
         return self._redis
 
     async def open(self) -> None:
+        # Connects lazily: with Redis down the API still starts (jobs answer 503) and runners retry.
         self._redis = aioredis.from_url(self.url, socket_timeout=10, socket_connect_timeout=5, retry_on_timeout=True)
-        await self._redis.ping()
         self._insert = self._redis.register_script(INSERT)
         self._swap = self._redis.register_script(SWAP)
 

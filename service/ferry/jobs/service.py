@@ -3,22 +3,48 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar
 
 import orjson
 
-from ferry.errors import CallbacksNotConfigured, IdempotencyKeyReused, JobConflict, JobNotFound
+from ferry.errors import (
+    CallbacksNotConfigured,
+    IdempotencyKeyReused,
+    JobConflict,
+    JobNotFound,
+    JobStoreUnavailable,
+)
 from ferry.jobs import state
 from ferry.jobs.ssrf import check_callback_url
-from ferry.jobs.store import JobStore, Versioned
+from ferry.jobs.store import STORE_ERRORS, JobStore, Versioned
+from ferry.logging import get_logger
 from ferry.metrics import Metrics
 from ferry.settings import Settings
 
+log = get_logger("ferry.jobs")
+P = ParamSpec("P")
+R = TypeVar("R")
+
 # Optimistic writes retry when another process changed the job in between.
 SWAP_TRIES = 20
+
+
+def _store_errors(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """A store that is down becomes 503 job_store_unavailable, never a 500."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(*args, **kwargs)
+        except STORE_ERRORS as exc:
+            log.error("job_store_unavailable", error=f"{type(exc).__name__}: {exc}")
+            raise JobStoreUnavailable(retry_after_s=2) from exc
+
+    return wrapper
 
 
 class JobService:
@@ -27,6 +53,7 @@ class JobService:
         self.store = store
         self.metrics = metrics
 
+    @_store_errors
     async def submit(
         self,
         records: list[dict[str, Any]],
@@ -76,9 +103,11 @@ class JobService:
             raise JobNotFound()
         return found
 
+    @_store_errors
     async def get(self, job_id: str) -> state.Doc:
         return state.public((await self._load(job_id)).doc)
 
+    @_store_errors
     async def cancel(self, job_id: str) -> state.Doc:
         for _ in range(SWAP_TRIES):
             current = await self._load(job_id)
@@ -91,6 +120,7 @@ class JobService:
                 return state.public(new)
         raise JobConflict("the job kept changing; try again")
 
+    @_store_errors
     async def redeliver(self, job_id: str) -> state.Doc:
         for _ in range(SWAP_TRIES):
             current = await self._load(job_id)
@@ -117,7 +147,10 @@ class JobService:
         seen = _change(current.doc)
         while current.doc["status"] not in state.TERMINAL and not is_stopping():
             await asyncio.sleep(self.settings.jobs.poll_interval_s)
-            found = await self.store.get(job_id)
+            try:
+                found = await self.store.get(job_id)
+            except STORE_ERRORS:
+                return  # the client reconnects; the stream's start answers 503 while the store is down
             if found is None:
                 return
             current = found

@@ -9,8 +9,11 @@ overwrite the new owner's work: exactly one terminal state is ever recorded.
 
 from __future__ import annotations
 
+import sqlite3
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+
+import redis.exceptions
 
 from ferry.jobs.state import Doc, Index, index_of
 from ferry.settings import JobsSettings
@@ -73,6 +76,10 @@ class JobStore(ABC):
     @staticmethod
     def index(doc: Doc) -> Index:
         return index_of(doc)
+
+
+# What a store raises when its backend is down or refuses: the API answers 503, runners retry.
+STORE_ERRORS: tuple[type[BaseException], ...] = (sqlite3.Error, redis.exceptions.RedisError, OSError)
 
 
 def open_store(settings: JobsSettings) -> JobStore:

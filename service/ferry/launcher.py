@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 import ferry
 from ferry.logging import configure_logging, get_logger
-from ferry.settings import Settings, unknown_variables
+from ferry.settings import Settings, timeout_chain_warnings, unknown_variables
 
 GUNICORN_CONF = Path(ferry.__file__).resolve().parent.parent / "gunicorn.conf.py"
 # Native thread pools default to one thread per core in *every* worker; pin them to 1 so that
@@ -73,6 +73,9 @@ def load_settings() -> Settings:
 
 def serve(app: str = DEFAULT_APP) -> None:
     settings = load_settings()
+    for warning in timeout_chain_warnings(settings):
+        configure_logging()
+        get_logger("ferry.launcher").warning("timeout_chain", problem=warning)
     env = prepare_environment(settings)
     argv = gunicorn_argv(app)
     os.execve(argv[0], argv, env)

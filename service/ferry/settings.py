@@ -30,11 +30,12 @@ class ServerSettings(_Group):
         "replaced. A liveness guard, not a request timeout; inference never blocks the heartbeat.",
     )
     graceful_timeout_s: int = Field(
-        25,
+        35,
         ge=1,
         le=3600,
         description="After SIGTERM, seconds a worker gets to finish in-flight requests before it is "
-        "killed. Keep below the pod's terminationGracePeriodSeconds minus the preStop sleep.",
+        "killed. Keep it above deadline.max_s + drain_grace_s (a request may legitimately run that long) "
+        "and below the pod's terminationGracePeriodSeconds minus the preStop sleep.",
     )
     keepalive_s: int = Field(
         75,
@@ -388,6 +389,20 @@ class Settings(BaseSettings):
             if not secret.get_secret_value().startswith("whsec_"):
                 raise ValueError("callbacks.signing_secret: each secret is 'whsec_' followed by base64")
         return self
+
+
+def timeout_chain_warnings(settings: Settings) -> list[str]:
+    """Links of the shutdown chain that do not hold. Not refused (tests and local runs shorten the
+    graceful timeout on purpose); the launcher logs each, and the Helm chart refuses them."""
+    server, deadline = settings.server, settings.deadline
+    # uvicorn's own shutdown timeout is one second below gunicorn's graceful timeout (worker.py).
+    budget = server.graceful_timeout_s - 1 - server.drain_grace_s
+    if deadline.max_s > budget:
+        return [
+            f"deadline.max_s ({deadline.max_s:g} s) exceeds server.graceful_timeout_s - 1 - server.drain_grace_s "
+            f"({budget:g} s): a request with the longest deadline that is running at SIGTERM is cut off"
+        ]
+    return []
 
 
 def unknown_variables(environ: dict[str, str]) -> list[str]:

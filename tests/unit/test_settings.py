@@ -50,3 +50,12 @@ def test_every_setting_is_documented() -> None:
         if isinstance(group, type) and issubclass(group, BaseModel):
             for sub, subfield in group.model_fields.items():
                 assert subfield.description, f"{name}.{sub}"
+
+
+def test_the_default_shutdown_chain_lets_the_longest_request_finish() -> None:
+    from ferry.settings import Settings, timeout_chain_warnings
+
+    assert timeout_chain_warnings(Settings()) == []
+    short = Settings(server={"graceful_timeout_s": 10})
+    assert "deadline.max_s (30 s)" in timeout_chain_warnings(short)[0]
+    assert timeout_chain_warnings(Settings(server={"graceful_timeout_s": 10}, deadline={"max_s": 7})) == []

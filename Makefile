@@ -85,8 +85,8 @@ check-generated: $(VENV)/.dev k8s-tools ## Fail if a generated file differs from
 # --- quality ---------------------------------------------------------------------------------
 .PHONY: lint
 lint: $(VENV)/.dev ## ruff (lint + format check) and hadolint on the Dockerfile
-	$(VENV)/bin/ruff check service tests scripts dashboards
-	$(VENV)/bin/ruff format --check service tests scripts dashboards
+	$(VENV)/bin/ruff check service tests scripts dashboards loadtest
+	$(VENV)/bin/ruff format --check service tests scripts dashboards loadtest
 	$(VENV)/bin/hadolint service/Dockerfile
 
 .PHONY: test
@@ -142,6 +142,26 @@ dashboards-preview: $(VENV)/.dev tools $(MODEL) ## PNG snapshots of every dashbo
 bench: $(VENV)/.dev $(MODEL) ## Measure throughput/latency against real gunicorn; updates docs/benchmarks.md
 	@command -v wrk >/dev/null || { echo "installing wrk (load generator)"; apt-get install -y -qq wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }; }
 	$(PY) scripts/bench.py --write docs/benchmarks.md
+
+.PHONY: bench-jobs
+bench-jobs: $(VENV)/.dev tools $(MODEL) ## Async jobs through the real service, SQLite and Redis stores; updates docs/benchmarks.md
+	$(PY) scripts/bench_jobs.py --write docs/benchmarks.md
+
+# --- SLO gate (Locust) ------------------------------------------------------------------------
+# docs/release-gate.md. Without HOST the gate starts the service locally (gunicorn, 2 workers, the
+# caller's FERRY_* settings), runs Locust against it and stops it. Thresholds: deploy/slo.yaml.
+USERS    ?= 10
+DURATION ?= 60s
+SHAPE    ?= steady
+REPORTS  ?= reports/slo-gate
+CAPACITY_ARGS ?= --step-start 4 --step-users 4 --step-seconds 10 --step-max-users 160
+
+.PHONY: slo-gate capacity
+slo-gate: $(VENV)/.dev $(MODEL) ## Load-test HOST (or a local service) for DURATION with USERS; non-zero on any SLO violation
+	$(PY) loadtest/gate.py $(if $(HOST),--host $(HOST)) --users $(USERS) --duration $(DURATION) --shape $(SHAPE) --reports-dir $(REPORTS)
+
+capacity: $(VENV)/.dev $(MODEL) ## Capacity search: step load until an SLO objective breaks; prints the knee (docs/benchmarks.md)
+	$(PY) loadtest/gate.py $(if $(HOST),--host $(HOST)) --shape step --reports-dir reports/capacity -- $(CAPACITY_ARGS)
 
 .PHONY: clean
 clean: ## Remove the virtualenv, built model and caches

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import socket
 import time
 from typing import Any
@@ -107,7 +108,11 @@ class Runners:
     # -- jobs --------------------------------------------------------------------------------
     async def _claim(self, owner: str) -> Versioned | None:
         jobs = self.settings.jobs
-        for job_id in await self.store.due("run", time.time(), CANDIDATES):
+        due = await self.store.due("run", time.time(), CANDIDATES)
+        # Runners that all start at the head of the queue collide on every claim; starting at a
+        # random place among the earliest few keeps them on different jobs (FIFO within a window).
+        random.shuffle(due)
+        for job_id in due:
             current = await self.store.get(job_id)
             if current is None:
                 await self.store.forget(job_id)

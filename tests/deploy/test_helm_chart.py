@@ -160,7 +160,11 @@ BROKEN = {
     ),
     "grace period shorter than the shutdown chain": (
         ["--set", "lifecycle.terminationGracePeriodSeconds=20"],
-        r"terminationGracePeriodSeconds \(20\) must be at least .* = 40",
+        r"terminationGracePeriodSeconds \(20\) must be at least .* = 50",
+    ),
+    "graceful timeout shorter than the longest request": (
+        ["--set", "ferry.server.gracefulTimeoutS=30"],
+        r"ferry.server.gracefulTimeoutS \(30\) must exceed ferry.deadline.maxS \(30\)",
     ),
     "deadline not below the gunicorn timeout": (
         ["--set", "ferry.server.timeoutS=30"],
@@ -258,6 +262,7 @@ def test_timeout_chain_as_rendered(scenario: str) -> None:
     assert float(env["FERRY_DEADLINE__DEFAULT_S"]) <= deadline_max
     drain, graceful = float(env["FERRY_SERVER__DRAIN_GRACE_S"]), float(env["FERRY_SERVER__GRACEFUL_TIMEOUT_S"])
     assert drain < graceful
+    assert deadline_max + drain + 1 < graceful, "the longest request must finish within the graceful timeout"
     assert int(env["FERRY_SERVER__KEEPALIVE_S"]) > 60, "keep-alive above the LB idle timeout (trap 5)"
     for name, template in pod_specs(docs):
         spec = template["spec"]

@@ -102,6 +102,11 @@ SCENARIOS: dict[str, Scenario] = {
         present=(*BASE, "HorizontalPodAutoscaler", "ScaledObject", "Deployment", "ServiceMonitor"),
         counts={"Deployment": 2, "ScaledObject": 1, "HorizontalPodAutoscaler": 1},
     ),
+    "loadtest": Scenario(
+        "loadtest-values.yaml",
+        present=(*BASE, "Job", "Deployment"),
+        counts={"Job": 1, "Deployment": 2, "Service": 2},
+    ),
     "monitoring": Scenario(
         "monitoring-values.yaml",
         api_versions=MONITORING,

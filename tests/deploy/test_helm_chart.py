@@ -50,8 +50,12 @@ def one(scenario: str, kind: str, name: str | None = None) -> dict:
 
 
 def pod_specs(docs: tuple[dict, ...]) -> list[tuple[str, dict]]:
-    """(workload name, pod template) of every Deployment and Rollout."""
-    return [(d["metadata"]["name"], d["spec"]["template"]) for d in docs if d["kind"] in ("Deployment", "Rollout")]
+    """(workload name, pod template) of every ferry Deployment and Rollout (not the load-test gate's)."""
+    return [
+        (d["metadata"]["name"], d["spec"]["template"])
+        for d in docs
+        if d["kind"] in ("Deployment", "Rollout") and d["metadata"]["labels"]["app.kubernetes.io/name"] == "ferry"
+    ]
 
 
 def settings_of(docs: tuple[dict, ...]) -> dict[str, str]:
@@ -273,7 +277,8 @@ def test_timeout_chain_as_rendered(scenario: str) -> None:
         assert sleep + drain < grace, f"{name}: preStop {sleep} + drain {drain} >= grace {grace}"
         assert sleep + graceful < grace, f"{name}: preStop {sleep} + graceful {graceful} >= grace {grace} (trap 3)"
     for deployment in objects(scenario, "Deployment"):
-        assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+        if deployment["metadata"]["labels"]["app.kubernetes.io/name"] == "ferry":  # not the gate's workers
+            assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     for ingress in objects(scenario, "Ingress"):
         annotations = ingress["metadata"]["annotations"]
         assert float(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) > deadline_max
@@ -530,3 +535,31 @@ def test_notes_say_where_things_land(tmp_path: Path) -> None:
     assert "release: <its release name>" in unlabelled, "trap 10: warn when the selector label is missing"
     rollout = render_notes(tmp_path, "-f", str(CHART / "ci/rollout-values.yaml"))
     assert "kubectl argo rollouts promote ferry" in rollout and "abort" in rollout
+
+
+def test_loadtest_job_runs_the_gate_distributed_over_workers() -> None:
+    docs = kv.render_scenario("loadtest")
+    job = one("loadtest", "Job")
+    master = job["spec"]["template"]["spec"]["containers"][0]
+    assert master["args"][-5:] == ["--master", "--expect-workers", "2", "--master-bind-port", "5557"]
+    assert {"name": "LOCUST_HOST", "value": "http://ferry.ferry.svc:80"} in master["env"], "targets the stable Service"
+    worker = one("loadtest", "Deployment", "ferry-slo-gate-worker")
+    assert worker["spec"]["replicas"] == 2
+    args = worker["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--master-host") + 1] == "ferry-slo-gate" and "--worker" in args
+    for pod in (job["spec"]["template"]["spec"], worker["spec"]["template"]["spec"]):
+        assert pod["securityContext"]["runAsNonRoot"] and pod["automountServiceAccountToken"] is False
+        hardening = pod["containers"][0]["securityContext"]
+        assert hardening["readOnlyRootFilesystem"] and hardening["capabilities"]["drop"] == ["ALL"]
+    service = one("loadtest", "Service", "ferry-slo-gate")
+    assert service["spec"]["selector"]["app.kubernetes.io/component"] == "locust-master"
+    assert job["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == "locust-master"
+    # The release's Services must never send user traffic to a gate pod.
+    for svc in (d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] != "ferry-slo-gate"):
+        selector = svc["spec"]["selector"].items()
+        for pod in (job["spec"]["template"], worker["spec"]["template"]):
+            assert not selector <= pod["metadata"]["labels"].items(), (svc["metadata"]["name"], pod["metadata"])
+    single = kv.render_scenario("loadtest", "--set", "loadtest.workers=0")
+    assert [d["kind"] for d in single if "slo-gate" in d["metadata"]["name"]] == ["Job"]
+    alone = next(d for d in single if d["kind"] == "Job")["spec"]["template"]["spec"]["containers"][0]
+    assert "--master" not in alone["args"] and "ports" not in alone

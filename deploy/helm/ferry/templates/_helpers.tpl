@@ -289,3 +289,57 @@ FERRY_JOBS__SQLITE_PATH: "/tmp/ferry/jobs.sqlite3"
 {{- end }}
 FERRY_JOBS__RUNNERS: {{ $f.jobs.apiRunners | quote }}
 {{- end }}
+
+{{/*
+The load-test gate container (rollout.analysis.gate: image, command, args, resources), shared by the
+AnalysisTemplate Job metric and the loadtest Job. Args: .args (the full list); target: .host.
+*/}}
+{{- define "ferry.gateContainer" -}}
+{{- $gate := .root.Values.rollout.analysis.gate -}}
+name: gate
+image: {{ include "ferry.imageRef" (dict "image" (dict "repository" $gate.image.repository "tag" $gate.image.tag "digest" "") "root" .root) }}
+imagePullPolicy: {{ .root.Values.image.pullPolicy }}
+command:
+  {{- toYaml $gate.command | nindent 2 }}
+{{- with .args }}
+args:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+env:
+  - name: LOCUST_HOST
+    value: {{ .host }}
+  - name: HOME
+    value: /tmp
+{{- with .ports }}
+ports:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+resources:
+  {{- toYaml (.resources | default $gate.resources) | nindent 2 }}
+securityContext:
+  allowPrivilegeEscalation: false
+  readOnlyRootFilesystem: true
+  runAsNonRoot: true
+  privileged: false
+  capabilities:
+    drop: ["ALL"]
+volumeMounts:
+  - name: tmp
+    mountPath: /tmp
+{{- end }}
+
+{{/* Pod-level settings of every gate pod (no API token, non-root, RuntimeDefault seccomp, /tmp). */}}
+{{- define "ferry.gatePodSpec" -}}
+automountServiceAccountToken: false
+enableServiceLinks: false
+securityContext:
+  runAsNonRoot: true
+  runAsUser: 10001
+  runAsGroup: 10001
+  seccompProfile:
+    type: RuntimeDefault
+volumes:
+  - name: tmp
+    emptyDir:
+      sizeLimit: 64Mi
+{{- end }}

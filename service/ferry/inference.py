@@ -23,6 +23,7 @@ import time
 from collections import Counter as Tally
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +44,16 @@ class Prediction:
     labels: list  # one predicted label per row (class label, or a number for regressors)
     probabilities: np.ndarray | None  # [rows, classes], None for models without predict_proba
     classes: list[str] | None
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One ``{"prediction", "probabilities"}`` per row: what every API answers per record."""
+        if self.probabilities is None or self.classes is None:
+            return [{"prediction": label, "probabilities": None} for label in self.labels]
+        classes = self.classes
+        return [
+            {"prediction": label, "probabilities": dict(zip(classes, row, strict=True))}
+            for label, row in zip(self.labels, self.probabilities.tolist(), strict=True)
+        ]
 
 
 @dataclass(eq=False)

@@ -22,7 +22,6 @@ from pydantic import TypeAdapter, ValidationError
 
 from ferry.core import Core
 from ferry.errors import CircuitOpen, DeadlineExceeded, FerryError, ModelNotReady, Overloaded
-from ferry.inference import Prediction
 from ferry.jobs import state
 from ferry.jobs.callbacks import CallbackSender, next_delay
 from ferry.jobs.store import JobStore, Versioned
@@ -38,12 +37,6 @@ UNAVAILABLE = (CircuitOpen, Overloaded, ModelNotReady)
 STATS_INTERVAL_S = 2.0
 PURGE_INTERVAL_S = 60.0
 CANDIDATES = 16
-
-
-def predictions(prediction: Prediction) -> list[dict[str, Any]]:
-    from ferry.api.routes.predict import row_results
-
-    return row_results(prediction)
 
 
 class Runners:
@@ -214,7 +207,7 @@ class Runners:
                     await asyncio.sleep(min(remaining, max(0.05, exc.retry_after_s or 0.5)))
                 except FerryError as exc:
                     return "failed", {"code": exc.code, "message": exc.message}
-            results.extend(predictions(prediction))
+            results.extend(prediction.rows())
         return "succeeded", {"predictions": results}
 
     async def _release(self, job_id: str, owner: str) -> None:

@@ -13,7 +13,6 @@ from ferry.api.deps import CoreDep, DeadlineDep, RequestIdDep
 from ferry.api.orjson_route import OrjsonRoute
 from ferry.api.schemas import BatchResponse, ErrorBody, PredictResponse
 from ferry.core import Core
-from ferry.inference import Prediction
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
@@ -26,16 +25,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         504: "Deadline exceeded",
     }.items()
 }
-
-
-def row_results(prediction: Prediction) -> list[dict[str, Any]]:
-    if prediction.probabilities is None or prediction.classes is None:
-        return [{"prediction": label, "probabilities": None} for label in prediction.labels]
-    classes = prediction.classes
-    return [
-        {"prediction": label, "probabilities": dict(zip(classes, row, strict=True))}
-        for label, row in zip(prediction.labels, prediction.probabilities.tolist(), strict=True)
-    ]
 
 
 def build_router(core: Core) -> APIRouter:
@@ -74,7 +63,7 @@ def build_router(core: Core) -> APIRouter:
     ) -> dict[str, Any]:
         prediction = await core.predict_records([body.record], deadline)
         return {
-            **row_results(prediction)[0],
+            **prediction.rows()[0],
             "model": {"name": core.holder.name, "version": core.holder.version},
             "request_id": request_id,
         }
@@ -88,7 +77,7 @@ def build_router(core: Core) -> APIRouter:
     ) -> dict[str, Any]:
         prediction = await core.predict_records(body.records, deadline)
         return {
-            "predictions": row_results(prediction),
+            "predictions": prediction.rows(),
             "model": {"name": core.holder.name, "version": core.holder.version},
             "request_id": request_id,
         }

@@ -38,7 +38,7 @@ from pydantic import ConfigDict, Field, create_model
 from ferry.api import sse
 from ferry.api.deps import CoreDep, DeadlineDep, RequestIdDep
 from ferry.api.orjson_route import OrjsonRoute
-from ferry.api.routes.predict import ERRORS, row_results
+from ferry.api.routes.predict import ERRORS
 from ferry.core import Core
 from ferry.errors import FerryError, ModelNotReady
 from ferry.lifecycle import is_draining
@@ -166,7 +166,7 @@ async def _events(
                 return
             try:
                 prediction = await core.predict_records(records[offset : offset + size], Deadline.after(budget_s))
-                predictions = row_results(prediction)
+                predictions = prediction.rows()
             except Exception as exc:
                 error = exc if isinstance(exc, FerryError) else FerryError()
                 if not isinstance(exc, FerryError):

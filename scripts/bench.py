@@ -216,12 +216,17 @@ def main() -> int:
     text = table(served, ceiling, limits, via_executor_us(model), args.seconds)
     print(text)
     if args.write:
-        doc = args.write.read_text()
-        if START not in doc:
-            raise SystemExit(f"{args.write} has no {START} ... {END} section")
-        head, rest = doc.split(START, 1)
-        args.write.write_text(f"{head}{START}\n{text}\n{END}{rest.split(END, 1)[1]}")
+        replace_section(args.write, START, END, text)
     return 0
+
+
+def replace_section(path: Path, start: str, end: str, text: str) -> None:
+    """Rewrite what lies between the ``start`` and ``end`` markers of a Markdown file."""
+    doc = path.read_text()
+    if start not in doc:
+        raise SystemExit(f"{path} has no {start} ... {end} section")
+    head, rest = doc.split(start, 1)
+    path.write_text(f"{head}{start}\n{text}\n{end}{rest.split(end, 1)[1]}")
 
 
 if __name__ == "__main__":

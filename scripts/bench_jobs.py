@@ -27,6 +27,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "service"), str(ROOT / "tests")]
 
+from bench import replace_section  # noqa: E402
+
 from support.redis import RedisServer  # noqa: E402
 from support.server import Server  # noqa: E402
 
@@ -103,11 +105,7 @@ def main() -> int:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        doc = args.write.read_text()
-        if START not in doc:
-            raise SystemExit(f"{args.write} has no {START} ... {END} section")
-        head, rest = doc.split(START, 1)
-        args.write.write_text(f"{head}{START}\n{text}\n{END}{rest.split(END, 1)[1]}")
+        replace_section(args.write, START, END, text)
     return 0
 
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_runtime import counter, scrape
 
 from ferry.card import Feature
 from ferry.features import FeatureSchema
+from support.metrics import counter, scrape
 from support.server import Server
 
 

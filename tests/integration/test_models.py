@@ -12,9 +12,9 @@ import httpx
 import joblib
 import numpy as np
 import pytest
-from test_runtime import counter, scrape
 
 from support.models import ExplodingModel, SlowModel
+from support.metrics import Background, counter, scrape
 from support.server import Server
 
 
@@ -85,25 +85,14 @@ def test_model_name_setting_and_require_card(slow_model: Path, tmp_path: Path) -
 
 def test_livez_answers_while_the_model_is_busy(slow_model: Path, tmp_path: Path) -> None:
     with Server(tmp_path, slow_model).start() as server:
-        busy = [
-            threading.Thread(
-                target=httpx.post,
-                args=(server.url + "/api/v1/predict",),
-                kwargs={"json": {"record": [1.0, 2.0, 3.0]}, "timeout": 30},
-            )
-            for _ in range(6)
-        ]
-        for t in busy:
-            t.start()
-        time.sleep(0.3)  # both workers are now inside 1.5 s model calls
-        assert counter(scrape(server), "ferry_model_calls_in_flight") == 2  # really busy, both workers
+        busy = Background(server.url + "/api/v1/predict", {"record": [1.0, 2.0, 3.0]})
+        busy.until(server, "ferry_model_calls_in_flight", 2)  # both workers inside 1.5 s model calls
         worst = 0.0
         for _ in range(20):
             started = time.perf_counter()
             assert httpx.get(server.url + "/livez", timeout=1).status_code == 200
             worst = max(worst, time.perf_counter() - started)
-        for t in busy:
-            t.join()
+        assert set(busy.join()) == {200}
         # A blocked event loop would hold /livez for most of a 1.5 s model call; 0.5 s leaves room for a
         # loaded 2-core CI machine (typical here: < 15 ms).
         assert worst < 0.5, f"/livez took {worst * 1000:.0f} ms while the model was busy"

@@ -9,20 +9,8 @@ from pathlib import Path
 
 import httpx
 
+from support.metrics import counter, scrape
 from support.server import Server
-
-
-def counter(metrics_text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels``."""
-    total = 0.0
-    for line in metrics_text.splitlines():
-        match = re.match(rf"^{name}(?:\{{(.*)\}})? (\S+)$", line)
-        if not match:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1) or ""))
-        if all(found.get(k) == v for k, v in labels.items()):
-            total += float(match.group(2))
-    return total
 
 
 def spread_requests(server: Server, record: dict, n: int) -> None:
@@ -33,10 +21,6 @@ def spread_requests(server: Server, record: dict, n: int) -> None:
 
     with ThreadPoolExecutor(8) as pool:
         assert set(pool.map(one, range(n))) == {200}
-
-
-def scrape(server: Server) -> str:
-    return httpx.get(server.url + "/metrics", timeout=10).text
 
 
 PREDICT = {"route": "/api/v1/predict", "method": "POST", "status_class": "2xx"}

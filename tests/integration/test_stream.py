@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import joblib
 import pytest
-from test_runtime import counter, scrape
 
 from support.models import PickyModel
 from support.records import make_records
+from support.metrics import counter, scrape
 from support.server import Server
 
 STREAM = "/api/v1/predict/stream"

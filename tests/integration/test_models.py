@@ -13,8 +13,8 @@ import joblib
 import numpy as np
 import pytest
 
+from support.metrics import Background
 from support.models import ExplodingModel, SlowModel
-from support.metrics import Background, counter, scrape
 from support.server import Server
 
 

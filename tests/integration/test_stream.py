@@ -15,9 +15,9 @@ import httpx
 import joblib
 import pytest
 
+from support.metrics import counter, scrape
 from support.models import PickyModel
 from support.records import make_records
-from support.metrics import counter, scrape
 from support.server import Server
 
 STREAM = "/api/v1/predict/stream"

@@ -18,6 +18,8 @@ import pytest
 from ferry.client import FerryClientError, SSEParser
 from ferry.client._common import (
     BACKOFF_CAP_S,
+    Attempts,
+    JobEvents,
     StreamState,
     backoff_delay,
     error_from_response,
@@ -185,6 +187,45 @@ def test_retryable_transport_errors() -> None:
     assert not retryable_transport_error(slow, "POST", idempotent=True)
     assert retryable_transport_error(slow, "GET", idempotent=False)
     assert not retryable_transport_error(cut, "DELETE", idempotent=False)
+
+
+def test_attempts_retry_what_may_be_retried_up_to_max_retries() -> None:
+    request = httpx.Request("POST", "http://x/api/v1/predict")
+    refused = httpx.ConnectError("refused", request=request)
+    cut = httpx.RemoteProtocolError("closed", request=request)
+    attempts = Attempts(2, "POST", "/api/v1/predict", idempotent=False, retry=True)
+    assert 0 <= attempts.after_transport_error(refused) <= BACKOFF_CAP_S  # nothing was sent: resend
+    with pytest.raises(FerryClientError) as caught:
+        attempts.after_transport_error(cut)  # sent, not idempotent: never twice
+    assert caught.value.code == "transport_error" and caught.value.__cause__ is cut
+
+    shed = httpx.Response(503, headers={"retry-after": "3"}, request=request)
+    attempts = Attempts(2, "POST", "/api/v1/predict", idempotent=True, retry=True)
+    assert 3.0 <= attempts.after_error_answer(shed) <= 3.6  # Retry-After, plus a little jitter
+    assert 3.0 <= attempts.after_error_answer(shed) <= 3.6
+    assert attempts.after_error_answer(shed) is None  # max_retries used up: the 503 is final
+    with pytest.raises(FerryClientError):
+        attempts.after_transport_error(refused)  # the same budget covers both kinds of failure
+    assert (
+        Attempts(5, "POST", "/p", idempotent=True, retry=True).after_error_answer(httpx.Response(500, request=request))
+        is None
+    )  # only 429 and 503 are retried
+    assert Attempts(5, "GET", "/readyz", idempotent=True, retry=False).after_error_answer(shed) is None
+
+
+def test_job_events_return_the_terminal_status_and_give_up_after_max_retries() -> None:
+    events = JobEvents("j1", max_retries=1)
+    assert events.handle(ServerSentEvent(event="status", data='{"status": "running"}')) is None
+    assert events.handle(ServerSentEvent(event="message", data="{}")) is None
+    assert 0 <= events.ended(None) <= BACKOFF_CAP_S  # first early end: follow again
+    assert events.handle(ServerSentEvent(event="status", data='{"status": "running"}')) is None  # progress resets
+    events.ended(None)
+    with pytest.raises(FerryClientError) as caught:
+        events.ended(ConnectionError("cut"))
+    assert caught.value.code == "stream_interrupted"
+    assert str(events.timeout(2.5)) == "job j1 still running after 2.5 s"
+    done = events.handle(ServerSentEvent(event="status", data='{"status": "succeeded", "result": 1}'))
+    assert done == {"status": "succeeded", "result": 1}
 
 
 def test_error_from_response_reads_both_error_shapes() -> None:

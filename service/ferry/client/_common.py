@@ -124,6 +124,61 @@ def error_from_response(response: httpx.Response) -> FerryClientError:
     )
 
 
+class Attempts:
+    """The retry policy of one call, free of I/O, so both clients follow it to the letter: after each
+    failure it says how long to wait before the next attempt, or that there is none."""
+
+    def __init__(self, max_retries: int, method: str, path: str, *, idempotent: bool, retry: bool) -> None:
+        self.left = max_retries if retry else 0
+        self.method, self.path, self.idempotent = method, path, idempotent
+        self.made = 0
+
+    def after_transport_error(self, exc: httpx.TransportError) -> float:
+        """Seconds to wait before sending again; raises FerryClientError when the request may not be resent."""
+        if self.made >= self.left or not retryable_transport_error(exc, self.method, self.idempotent):
+            raise transport_error(exc, self.method, self.path) from exc
+        self.made += 1
+        return backoff_delay(self.made - 1)
+
+    def after_error_answer(self, response: httpx.Response) -> float | None:
+        """Seconds to wait before retrying a 429/503, or None: the answer is final (read it, then raise it)."""
+        if response.status_code not in RETRY_STATUSES or self.made >= self.left:
+            return None
+        self.made += 1
+        return backoff_delay(self.made - 1, parse_retry_after(response.headers.get("retry-after")))
+
+
+class JobEvents:
+    """Following one job's SSE events across streams that end early (a worker stopping, a cut
+    connection): the last status seen, and when to give up."""
+
+    def __init__(self, job_id: str, max_retries: int) -> None:
+        self.job_id, self.max_retries = job_id, max_retries
+        self.last: dict[str, Any] = {}
+        self.failures = 0  # streams in a row that ended without a new status
+
+    def handle(self, sse: ServerSentEvent) -> dict[str, Any] | None:
+        """The job once ``sse`` carries a terminal status, else None."""
+        if sse.event != "status":
+            return None
+        self.last = sse.json() or {}
+        self.failures = 0
+        return self.last if self.last.get("status") in TERMINAL_JOB_STATUSES else None
+
+    def ended(self, error: Exception | None) -> float:
+        """The stream ended before a terminal status: seconds to wait before following it again."""
+        self.failures += 1
+        if self.failures > self.max_retries:
+            raise FerryClientError(
+                f"the events stream of job {self.job_id} kept ending without a final status",
+                code="stream_interrupted",
+            ) from error
+        return backoff_delay(self.failures - 1)
+
+    def timeout(self, seconds: float | None) -> TimeoutError:
+        return TimeoutError(f"job {self.job_id} still {self.last.get('status', 'unknown')} after {seconds} s")
+
+
 def new_idempotency_key() -> str:
     return str(uuid.uuid4())
 

@@ -18,17 +18,15 @@ from ferry.client._common import (
     PREDICT_BATCH,
     PREDICT_STREAM,
     READYZ,
-    RETRY_STATUSES,
     TERMINAL_JOB_STATUSES,
+    Attempts,
+    JobEvents,
     StreamState,
-    backoff_delay,
     default_headers,
     error_from_response,
     job_body,
     job_path,
     new_idempotency_key,
-    parse_retry_after,
-    retryable_transport_error,
     split,
     transport_error,
     v2_body,
@@ -91,31 +89,27 @@ class AsyncClient:
         content = None if body is None else encode(body)
         if content is not None:
             headers = {"Content-Type": "application/json", **(headers or {})}
-        attempt = 0
+        attempts = Attempts(self.max_retries, method, path, idempotent=idempotent, retry=retry)
         while True:
             request = self._http.build_request(method, path, content=content, headers=headers, params=params)
             try:
                 response = await self._http.send(request, stream=stream)
             except httpx.TransportError as exc:
-                if retry and attempt < self.max_retries and retryable_transport_error(exc, method, idempotent):
-                    await asyncio.sleep(backoff_delay(attempt))
-                    attempt += 1
-                    continue
-                raise transport_error(exc, method, path) from exc
+                await asyncio.sleep(attempts.after_transport_error(exc))
+                continue
             if response.status_code < 400:
                 return response
-            again = retry and response.status_code in RETRY_STATUSES and attempt < self.max_retries
+            delay = attempts.after_error_answer(response)
             try:
-                if not again:
+                if delay is None:
                     await response.aread()
             except httpx.TransportError as exc:
                 raise transport_error(exc, method, path) from exc
             finally:
                 await response.aclose()
-            if not again:
+            if delay is None:
                 raise error_from_response(response)
-            await asyncio.sleep(backoff_delay(attempt, parse_retry_after(response.headers.get("retry-after"))))
-            attempt += 1
+            await asyncio.sleep(delay)
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         return (await self._send(method, path, **kwargs)).json()
@@ -264,41 +258,29 @@ class AsyncClient:
     async def wait_job(
         self, job_id: str, *, timeout: float | None = None, poll_interval: float = 0.5, use_events: bool = False
     ) -> dict[str, Any]:
-        last: dict[str, Any] = {}
+        events = JobEvents(job_id, self.max_retries)
 
         async def poll() -> dict[str, Any]:
-            nonlocal last
             while True:
-                last = await self.get_job(job_id)
-                if last.get("status") in TERMINAL_JOB_STATUSES:
-                    return last
+                events.last = await self.get_job(job_id)
+                if events.last.get("status") in TERMINAL_JOB_STATUSES:
+                    return events.last
                 await asyncio.sleep(poll_interval)
 
         async def follow() -> dict[str, Any]:
-            nonlocal last
-            failures = 0
             while True:
                 error: Exception | None = None
                 try:
                     async with self._stream("GET", job_path(job_id, "/events"), headers=EVENT_STREAM) as response:
                         async for sse in aiter_events(response.aiter_lines()):
-                            if sse.event == "status":
-                                last = sse.json() or {}
-                                failures = 0
-                                if last.get("status") in TERMINAL_JOB_STATUSES:
-                                    return last
+                            if (job := events.handle(sse)) is not None:
+                                return job
                 except httpx.TransportError as exc:  # cut while streaming (opening it was retried in _send)
                     error = exc
-                failures += 1
-                if failures > self.max_retries:
-                    raise FerryClientError(
-                        f"the events stream of job {job_id} kept ending without a final status",
-                        code="stream_interrupted",
-                    ) from error
-                await asyncio.sleep(backoff_delay(failures - 1))
+                await asyncio.sleep(events.ended(error))
 
         try:
             async with asyncio.timeout(timeout):
                 return await (follow() if use_events else poll())
         except TimeoutError:
-            raise TimeoutError(f"job {job_id} still {last.get('status', 'unknown')} after {timeout} s") from None
+            raise events.timeout(timeout) from None

@@ -20,17 +20,15 @@ from ferry.client._common import (
     PREDICT_BATCH,
     PREDICT_STREAM,
     READYZ,
-    RETRY_STATUSES,
     TERMINAL_JOB_STATUSES,
+    Attempts,
+    JobEvents,
     StreamState,
-    backoff_delay,
     default_headers,
     error_from_response,
     job_body,
     job_path,
     new_idempotency_key,
-    parse_retry_after,
-    retryable_transport_error,
     split,
     transport_error,
     v2_body,
@@ -107,7 +105,7 @@ class Client:
         content = None if body is None else encode(body)
         if content is not None:
             headers = {"Content-Type": "application/json", **(headers or {})}
-        attempt = 0
+        attempts = Attempts(self.max_retries, method, path, idempotent=idempotent, retry=retry)
         while True:
             request = self._http.build_request(
                 method,
@@ -120,25 +118,21 @@ class Client:
             try:
                 response = self._http.send(request, stream=stream)
             except httpx.TransportError as exc:
-                if retry and attempt < self.max_retries and retryable_transport_error(exc, method, idempotent):
-                    time.sleep(backoff_delay(attempt))
-                    attempt += 1
-                    continue
-                raise transport_error(exc, method, path) from exc
+                time.sleep(attempts.after_transport_error(exc))
+                continue
             if response.status_code < 400:
                 return response
-            again = retry and response.status_code in RETRY_STATUSES and attempt < self.max_retries
+            delay = attempts.after_error_answer(response)
             try:
-                if not again:
+                if delay is None:
                     response.read()
             except httpx.TransportError as exc:
                 raise transport_error(exc, method, path) from exc
             finally:
                 response.close()
-            if not again:
+            if delay is None:
                 raise error_from_response(response)
-            time.sleep(backoff_delay(attempt, parse_retry_after(response.headers.get("retry-after"))))
-            attempt += 1
+            time.sleep(delay)
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self._send(method, path, **kwargs).json()
@@ -301,16 +295,14 @@ class Client:
             time.sleep(wait)
 
     def _follow_job(self, job_id: str, deadline: float | None, timeout: float | None) -> dict[str, Any]:
-        last: dict[str, Any] | None = None
-        failures = 0
+        events = JobEvents(job_id, self.max_retries)
 
         def remaining() -> float | None:
             if deadline is None:
                 return None
             left = deadline - time.monotonic()
             if left <= 0:
-                status = last.get("status") if last else "unknown"
-                raise TimeoutError(f"job {job_id} still {status} after {timeout} s")
+                raise events.timeout(timeout)
             return left
 
         while True:
@@ -325,11 +317,8 @@ class Client:
                     timeout=httpx.Timeout(self.timeout, read=read),
                 ) as response:
                     for sse in iter_events(response.iter_lines()):
-                        if sse.event == "status":
-                            last = sse.json()
-                            failures = 0
-                            if last and last.get("status") in TERMINAL_JOB_STATUSES:
-                                return last
+                        if (job := events.handle(sse)) is not None:
+                            return job
                         remaining()
             except httpx.TransportError as exc:  # cut, or silent for longer than the read timeout
                 error = exc
@@ -338,10 +327,4 @@ class Client:
                     remaining()  # TimeoutError once the deadline has passed
                 raise
             remaining()
-            # The stream ended (the worker stopped) or broke before a terminal status: follow it again.
-            failures += 1
-            if failures > self.max_retries:
-                raise FerryClientError(
-                    f"the events stream of job {job_id} kept ending without a final status", code="stream_interrupted"
-                ) from error
-            time.sleep(backoff_delay(failures - 1))
+            time.sleep(events.ended(error))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import json
 import math
 import random
 import time
@@ -42,6 +43,44 @@ def job_path(job_id: str, suffix: str = "") -> str:
 
 def default_headers(headers: dict[str, str] | None) -> dict[str, str]:
     return {"User-Agent": USER_AGENT, "Accept": "application/json", **(headers or {})}
+
+
+LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+
+
+class ClientSettings:
+    """What both clients are configured with; ``http_options()`` feeds the httpx client underneath."""
+
+    def __init__(self, base_url: str, *, timeout: float, max_retries: int, headers: dict[str, str] | None) -> None:
+        if max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        self.base_url = str(base_url).rstrip("/")
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.headers = dict(headers or {})
+
+    def http_options(self) -> dict[str, Any]:
+        return {
+            "base_url": self.base_url,
+            "timeout": self.timeout,
+            "headers": default_headers(self.headers),
+            "limits": LIMITS,
+        }
+
+
+def encode(body: Any, headers: dict[str, str] | None) -> tuple[bytes | None, dict[str, str] | None]:
+    """A JSON request body and its headers. NaN and Infinity are refused here rather than by the server."""
+    if body is None:
+        return None, headers
+    try:
+        content = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError as exc:  # NaN or Infinity
+        raise FerryClientError(f"the request cannot be sent as JSON: {exc}", code="invalid_json") from None
+    return content, {"Content-Type": "application/json", **(headers or {})}
+
+
+def v2_infer_path(model_name: str, version: str | None) -> str:
+    return f"/v2/models/{model_name}" + (f"/versions/{version}" if version else "") + "/infer"
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

@@ -20,9 +20,10 @@ from ferry.client._common import (
     READYZ,
     TERMINAL_JOB_STATUSES,
     Attempts,
+    ClientSettings,
     JobEvents,
     StreamState,
-    default_headers,
+    encode,
     error_from_response,
     job_body,
     job_path,
@@ -30,13 +31,13 @@ from ferry.client._common import (
     split,
     transport_error,
     v2_body,
+    v2_infer_path,
 )
 from ferry.client.errors import FerryClientError
 from ferry.client.sse import aiter_events
-from ferry.client.sync import LIMITS, encode
 
 
-class AsyncClient:
+class AsyncClient(ClientSettings):
     """Asynchronous ferry client: the methods of :class:`ferry.client.Client`, awaitable, plus
     :meth:`predict_many`. Same retry policy."""
 
@@ -49,19 +50,8 @@ class AsyncClient:
         headers: dict[str, str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        if max_retries < 0:
-            raise ValueError("max_retries must be >= 0")
-        self.base_url = str(base_url).rstrip("/")
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.headers = dict(headers or {})
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url,
-            timeout=timeout,
-            headers=default_headers(headers),
-            transport=transport,
-            limits=LIMITS,
-        )
+        super().__init__(base_url, timeout=timeout, max_retries=max_retries, headers=headers)
+        self._http = httpx.AsyncClient(transport=transport, **self.http_options())
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def aclose(self) -> None:
@@ -86,9 +76,7 @@ class AsyncClient:
         stream: bool = False,
         retry: bool = True,
     ) -> httpx.Response:
-        content = None if body is None else encode(body)
-        if content is not None:
-            headers = {"Content-Type": "application/json", **(headers or {})}
+        content, headers = encode(body, headers)
         attempts = Attempts(self.max_retries, method, path, idempotent=idempotent, retry=retry)
         while True:
             request = self._http.build_request(method, path, content=content, headers=headers, params=params)
@@ -212,8 +200,9 @@ class AsyncClient:
         id: str | None = None,
         version: str | None = None,
     ) -> dict[str, Any]:
-        path = f"/v2/models/{model_name}" + (f"/versions/{version}" if version else "") + "/infer"
-        return await self._json("POST", path, body=v2_body(inputs, outputs, parameters, id), idempotent=True)
+        return await self._json(
+            "POST", v2_infer_path(model_name, version), body=v2_body(inputs, outputs, parameters, id), idempotent=True
+        )
 
     # -- models and health -------------------------------------------------------------------
     async def models(self) -> list[dict[str, Any]]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -22,9 +21,10 @@ from ferry.client._common import (
     READYZ,
     TERMINAL_JOB_STATUSES,
     Attempts,
+    ClientSettings,
     JobEvents,
     StreamState,
-    default_headers,
+    encode,
     error_from_response,
     job_body,
     job_path,
@@ -32,22 +32,13 @@ from ferry.client._common import (
     split,
     transport_error,
     v2_body,
+    v2_infer_path,
 )
 from ferry.client.errors import FerryClientError
 from ferry.client.sse import iter_events
 
-LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=64)
 
-
-def encode(body: Any) -> bytes:
-    """JSON as the server accepts it: NaN and Infinity are refused here rather than by the server."""
-    try:
-        return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
-    except ValueError as exc:  # NaN or Infinity
-        raise FerryClientError(f"the request cannot be sent as JSON: {exc}", code="invalid_json") from None
-
-
-class Client:
+class Client(ClientSettings):
     """Synchronous ferry client.
 
     Answers 429 and 503 are retried up to ``max_retries`` times, after the server's ``Retry-After`` or
@@ -64,19 +55,8 @@ class Client:
         headers: dict[str, str] | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        if max_retries < 0:
-            raise ValueError("max_retries must be >= 0")
-        self.base_url = str(base_url).rstrip("/")
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.headers = dict(headers or {})
-        self._http = httpx.Client(
-            base_url=self.base_url,
-            timeout=timeout,
-            headers=default_headers(headers),
-            transport=transport,
-            limits=LIMITS,
-        )
+        super().__init__(base_url, timeout=timeout, max_retries=max_retries, headers=headers)
+        self._http = httpx.Client(transport=transport, **self.http_options())
 
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:
@@ -102,9 +82,7 @@ class Client:
         retry: bool = True,
         timeout: httpx.Timeout | None = None,
     ) -> httpx.Response:
-        content = None if body is None else encode(body)
-        if content is not None:
-            headers = {"Content-Type": "application/json", **(headers or {})}
+        content, headers = encode(body, headers)
         attempts = Attempts(self.max_retries, method, path, idempotent=idempotent, retry=retry)
         while True:
             request = self._http.build_request(
@@ -226,8 +204,9 @@ class Client:
     ) -> dict[str, Any]:
         """``POST /v2/models/{name}[/versions/{v}]/infer``; ``inputs`` is the protocol's tensor list or a
         2-D list of numbers (sent as one FP64 tensor). Returns the response JSON."""
-        path = f"/v2/models/{model_name}" + (f"/versions/{version}" if version else "") + "/infer"
-        return self._json("POST", path, body=v2_body(inputs, outputs, parameters, id), idempotent=True)
+        return self._json(
+            "POST", v2_infer_path(model_name, version), body=v2_body(inputs, outputs, parameters, id), idempotent=True
+        )
 
     # -- models and health -------------------------------------------------------------------
     def models(self) -> list[dict[str, Any]]:

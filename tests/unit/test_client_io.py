@@ -22,6 +22,7 @@ from ferry.client._common import (
     JobEvents,
     StreamState,
     backoff_delay,
+    encode,
     error_from_response,
     parse_retry_after,
     retryable_transport_error,
@@ -226,6 +227,14 @@ def test_job_events_return_the_terminal_status_and_give_up_after_max_retries() -
     assert str(events.timeout(2.5)) == "job j1 still running after 2.5 s"
     done = events.handle(ServerSentEvent(event="status", data='{"status": "succeeded", "result": 1}'))
     assert done == {"status": "succeeded", "result": 1}
+
+
+def test_encode_refuses_nan_before_sending() -> None:
+    assert encode(None, {"A": "1"}) == (None, {"A": "1"})
+    assert encode({"record": [1.5]}, None) == (b'{"record":[1.5]}', {"Content-Type": "application/json"})
+    with pytest.raises(FerryClientError) as caught:
+        encode({"record": [float("nan")]}, None)
+    assert caught.value.code == "invalid_json"
 
 
 def test_error_from_response_reads_both_error_shapes() -> None:

@@ -130,6 +130,11 @@ def test_idempotency_cancel_and_not_found(server_with, store_env, record) -> Non
     assert events.text.count("event: status") == 1 and '"status":"canceled"' in events.text
     missing = httpx.get(f"{srv.url}/api/v1/jobs/{uuid.uuid4().hex}")
     assert (missing.status_code, missing.json()["code"]) == (404, "job_not_found")
+    many = [record] * 1500  # validated a slice at a time: an error keeps the record's own index
+    many[1234] = {**record, "contract_type": "lifetime"}
+    invalid = submit(srv.url, many)
+    assert (invalid.status_code, invalid.json()["code"]) == (422, "validation_error")
+    assert [d["loc"] for d in invalid.json()["details"]] == [["body", "records", 1234, "contract_type"]]
 
 
 def test_events_stream_follows_the_job_to_its_end(server_with, slow_model) -> None:

@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 import orjson
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from ferry.core import Core
 from ferry.errors import CircuitOpen, DeadlineExceeded, FerryError, ModelNotReady, Overloaded
@@ -52,7 +52,6 @@ class Runners:
         self.identity = f"{socket.gethostname()}:{os.getpid()}"
         self._tasks: list[asyncio.Task[Any]] = []
         self._releases: list[asyncio.Task[Any]] = []
-        self._records: TypeAdapter[Any] | None = None
 
     def start(self) -> None:
         self._tasks = [
@@ -176,10 +175,8 @@ class Runners:
         raw = await self.store.records(job_id)
         if raw is None:
             return "gone", None
-        if self._records is None:
-            self._records = TypeAdapter(list[self.core.schema.record_type])  # type: ignore[name-defined]
         try:
-            records = self._records.validate_json(raw)
+            records = self.core.schema.records_adapter.validate_json(raw)
         except ValidationError as exc:  # e.g. submitted for another model during a rollout
             return "failed", {
                 "code": "invalid_records",

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Body, Header, Path, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import ConfigDict, Field, TypeAdapter, create_model, field_validator
+from pydantic import ConfigDict, Field, SkipValidation, create_model, field_validator
 
 from ferry.api import sse
 from ferry.api.deps import CoreDep, RequestIdDep
@@ -55,7 +55,7 @@ def build_router(core: Core, jobs: JobService) -> APIRouter:
         __config__=ConfigDict(extra="forbid", json_schema_extra=example),
         __validators__={"metadata_size": field_validator("metadata")(metadata_size)},
         records=(
-            list[schema.record_type],  # type: ignore[name-defined]
+            list[SkipValidation[schema.record_type]],  # type: ignore[name-defined]  # see validate_records
             Field(min_length=1, max_length=max_records, description=f"1 to {max_records} records."),
         ),
         callback_url=(
@@ -73,8 +73,6 @@ def build_router(core: Core, jobs: JobService) -> APIRouter:
             Field(None, description=f"Free-form JSON object echoed back on the job (at most {max_metadata} bytes)."),
         ),
     )
-    # Records are stored as JSON; named-feature records are models, card-less ones plain lists.
-    as_json = TypeAdapter(list[schema.record_type])  # type: ignore[name-defined]
     router = APIRouter(route_class=OrjsonRoute, prefix="/api/v1/jobs", tags=["jobs"], responses=ERRORS)
 
     @router.post("", status_code=202, response_model=Job, summary="Submit records for asynchronous prediction")
@@ -94,7 +92,8 @@ def build_router(core: Core, jobs: JobService) -> APIRouter:
         ] = None,
     ) -> Response:
         doc, created = await jobs.submit(
-            as_json.dump_python(body.records, mode="json"),
+            # Stored as JSON: named-feature records are models, card-less ones plain lists.
+            schema.records_adapter.dump_python(await schema.validate_records(body.records), mode="json"),
             callback_url=body.callback_url,
             metadata=body.metadata,
             idempotency_key=idempotency_key,

@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request
-from pydantic import ConfigDict, Field, create_model
+from pydantic import ConfigDict, Field, SkipValidation, create_model
 
 from ferry.api import sse
 from ferry.api.deps import CoreDep, DeadlineDep, RequestIdDep
@@ -90,7 +90,7 @@ def build_router(core: Core) -> APIRouter:
         "StreamPredictRequest",
         __config__=ConfigDict(extra="forbid", json_schema_extra=example),
         records=(
-            list[record],
+            list[SkipValidation[record]],  # validated in the route, in slices: see validate_records
             Field(min_length=1, max_length=max_records, description=f"1 to {max_records} records."),
         ),
         chunk_size=(
@@ -136,7 +136,7 @@ def build_router(core: Core) -> APIRouter:
         request_id: RequestIdDep,
         deadline: DeadlineDep,
     ) -> sse.EventStreamResponse:
-        records = body.records
+        records = await core.schema.validate_records(body.records)
         if not core.holder.ready:
             raise ModelNotReady(retry_after_s=1)
         core.predictor.breaker.check()  # an open breaker is a 503 before the stream, not an event in it

@@ -85,10 +85,6 @@ def post_stream(client: httpx.Client, body: object, stop_after_chunks: int | Non
     return stream
 
 
-def access_lines(server: Server, request_id: str) -> list[dict]:
-    return [r for r in server.records() if r.get("event") == "request" and r.get("request_id") == request_id]
-
-
 def wait_streams_closed(server: Server, timeout: float = 5.0) -> str:
     deadline = time.monotonic() + timeout
     while True:
@@ -162,7 +158,7 @@ def test_stream_equals_batch_results_in_order(churn_server: Server, card: dict) 
         before, "ferry_stream_chunks_total", outcome="skipped"
     )
     assert (sent, skipped) == (7, 0)
-    (access,) = access_lines(churn_server, "stream-a")  # exactly one access line
+    (access,) = churn_server.requests(request_id="stream-a")  # exactly one access line
     assert (access["route"], access["status"], access["method"]) == (STREAM, 200, "POST")
     assert access["duration_ms"] >= summary.data["duration_ms"]  # measured to the end of the body
 
@@ -202,6 +198,12 @@ def test_invalid_requests_are_json_errors_before_any_stream(churn_server: Server
     too_many = httpx.post(url, json={"records": make_records(card, 3001)}, timeout=30).json()
     assert too_many["message"] == "at most 3000 records per request"  # the stream's limit, not the batch's
     assert httpx.post(url, json={"records": bad_record}).json()["details"][0]["loc"][:3] == ["body", "records", 5]
+    # Records are validated a slice at a time (features.VALIDATION_SLICE): errors keep the records' own index.
+    late = make_records(card, 2600)
+    late[2345] = {**late[2345], "contract_type": "lifetime"}
+    r = httpx.post(url, json={"records": late}, timeout=30)
+    assert (r.status_code, r.json()["code"]) == (422, "validation_error")
+    assert [d["loc"] for d in r.json()["details"]] == [["body", "records", 2345, "contract_type"]]
 
     over = json.dumps({"records": [good[0]] * 6000}).encode()  # ~1.2 MB, over FERRY_STREAM__MAX_BODY_BYTES
     assert len(over) > 1024 * 1024
@@ -210,8 +212,8 @@ def test_invalid_requests_are_json_errors_before_any_stream(churn_server: Server
     assert str(1024 * 1024) in r.json()["message"]
     chunked = httpx.post(url, content=iter([over[:600_000], over[600_000:]]))  # no Content-Length
     assert (chunked.status_code, chunked.json()["code"]) == (413, "payload_too_large")
-    refused = [r for r in churn_server.records() if r.get("event") == "request" and r.get("path") == STREAM]
-    assert [(a["route"], a["status"]) for a in refused if a["status"] == 413] == [(STREAM, 413)] * 2
+    refused = churn_server.requests(at_least=2, path=STREAM, status=413)
+    assert [(a["route"], a["status"]) for a in refused] == [(STREAM, 413)] * 2
 
 
 # -- a slow model: streaming, heartbeats, disconnects, model errors --------------------------------
@@ -298,7 +300,7 @@ def test_client_disconnect_stops_the_work(slow_server: Server) -> None:
     ended = [r for r in slow_server.records() if r.get("event") == "stream_ended"]
     assert ended[-1]["outcome"] == "disconnected" and ended[-1]["sent"] == sent
     request_id = stream.headers["x-request-id"]
-    (access,) = access_lines(slow_server, request_id)
+    (access,) = slow_server.requests(request_id=request_id)
     assert (access["route"], access["status"]) == (STREAM, 200)
 
 
@@ -372,5 +374,5 @@ def test_sigterm_ends_open_streams_with_a_shutdown_event(slow_model: Path, tmp_p
     assert exited < grace_s, exited
     ended = [r for r in server.records() if r.get("event") == "stream_ended"]
     assert [e["outcome"] for e in ended] == ["shutdown"]
-    (access,) = access_lines(server, stream.headers["x-request-id"])
+    (access,) = server.requests(request_id=stream.headers["x-request-id"])
     assert (access["route"], access["status"]) == (STREAM, 200)

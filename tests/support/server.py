@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -120,6 +121,24 @@ class Server:
     def records(self) -> list[dict]:
         """Every output line parsed as JSON (raises on the first line that is not)."""
         return [json.loads(line) for line in self.output().splitlines() if line]
+
+    def records_when(self, ready: Callable[[list[dict]], bool], timeout: float = 5.0) -> list[dict]:
+        """The records once ``ready(records)`` holds, or as they are after ``timeout``: a worker writes a
+        request's access line just after the answer is sent, so a client can see the answer first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            records = self.records()
+            if ready(records) or time.monotonic() > deadline:
+                return records
+            time.sleep(0.05)
+
+    def requests(self, at_least: int = 1, **fields: object) -> list[dict]:
+        """Access lines (``event: request``) whose fields include ``fields``, waiting for ``at_least``."""
+
+        def matching(records: list[dict]) -> list[dict]:
+            return [r for r in records if r.get("event") == "request" and all(r.get(k) == v for k, v in fields.items())]
+
+        return matching(self.records_when(lambda records: len(matching(records)) >= at_least))
 
     def worker_pids(self) -> list[int]:
         assert self.process is not None

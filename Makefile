@@ -143,6 +143,10 @@ bench: $(VENV)/.dev $(MODEL) ## Measure throughput/latency against real gunicorn
 	@command -v wrk >/dev/null || { echo "installing wrk (load generator)"; apt-get install -y -qq wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }; }
 	$(PY) scripts/bench.py --write docs/benchmarks.md
 
+.PHONY: bench-stream
+bench-stream: $(VENV)/.dev $(MODEL) ## A 100,000-record streamed prediction and the /livez latency beside it; updates docs/benchmarks.md
+	$(PY) scripts/bench_stream.py --write docs/benchmarks.md
+
 .PHONY: bench-jobs
 bench-jobs: $(VENV)/.dev tools $(MODEL) ## Async jobs through the real service, SQLite and Redis stores; updates docs/benchmarks.md
 	$(PY) scripts/bench_jobs.py --write docs/benchmarks.md

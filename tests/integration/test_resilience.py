@@ -65,18 +65,27 @@ def percentile(values: list[float], q: float) -> float:
 def test_breaker_opens_fails_fast_and_recovers(
     churn_model: Path, record: dict, faults: FaultFile, tmp_path: Path
 ) -> None:
-    env = fault_env(faults, FERRY_BREAKER__FAIL_MAX="3", FERRY_BREAKER__RESET_TIMEOUT_S="3")
+    # The open phase below must end before the first breaker's reset timeout, or a half-open trial call
+    # reaches the (still failing) model: 6 s leaves a slow CI machine room (typical here: ~1.5 s).
+    reset_s = 6
+    env = fault_env(faults, FERRY_BREAKER__FAIL_MAX="3", FERRY_BREAKER__RESET_TIMEOUT_S=str(reset_s))
     with Server(tmp_path, churn_model, env=env) as server:
         url = server.url + "/api/v1/predict"
         assert httpx.post(url, json={"record": record}).status_code == 200
         faults.set(error_rate=1.0)
+
+        def opened() -> set[int]:
+            changes = [r for r in server.records() if r.get("event") == "circuit_breaker_state_changed"]
+            return {r["pid"] for r in changes if r["new"] == "open"}
+
         codes = []
-        for _ in range(40):  # fresh connections, so both workers see failures
-            r = httpx.post(url, json={"record": record})
-            codes.append(r.json()["code"])
+        while len(opened()) < 2:  # fresh connections until both workers' breakers have opened
+            assert len(codes) < 200, f"both breakers never opened: {codes}"
+            codes.append(httpx.post(url, json={"record": record}).json()["code"])
         failures = codes.count("model_error")
         assert failures <= 2 * 3, codes  # at most FAIL_MAX per worker reach the model
-        assert codes[-10:] == ["circuit_open"] * 10, codes
+        codes = [httpx.post(url, json={"record": record}).json()["code"] for _ in range(10)]
+        assert codes == ["circuit_open"] * 10, codes
         calls_when_open = counter(scrape(server), "ferry_model_calls_total")
         assert counter(scrape(server), "ferry_breaker_state") == 2
 
@@ -87,12 +96,14 @@ def test_breaker_opens_fails_fast_and_recovers(
         assert percentile(served, 99) < 5, f"server-side p99 {percentile(served, 99):.2f} ms"
         assert counter(scrape(server), "ferry_model_calls_total") == calls_when_open  # the model was not called
 
+        both_open_by = time.monotonic()
         faults.set(error_rate=0.0)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + reset_s + 10
         while httpx.post(url, json={"record": record}).status_code != 200:
             assert time.monotonic() < deadline, "never recovered"
             time.sleep(0.2)
-        time.sleep(3.2)  # the other worker's breaker is due for its trial too
+        # The other worker's breaker (opened before both_open_by) is due for its trial too.
+        time.sleep(max(0.0, both_open_by + reset_s + 0.2 - time.monotonic()))
         assert all(httpx.post(url, json={"record": record}).status_code == 200 for _ in range(20))
         text = scrape(server)
         assert counter(text, "ferry_breaker_state") == 0

@@ -81,7 +81,6 @@ class FeatureSchema:
         else:
             self.example = [0.0]
             self.record_type = Annotated[list[FiniteNumber], Field(min_length=1, max_length=100_000)]
-
         self.records_adapter: TypeAdapter[list[Any]] = TypeAdapter(list[self.record_type])  # type: ignore[name-defined]
 
     async def validate_records(self, records: list[Any], loc: tuple[str, ...] = ("body", "records")) -> list[Any]:

@@ -214,10 +214,15 @@ def main() -> int:
         served += run_load(server, record, args.seconds, SCENARIOS, "batching on")
     limits = {rows: in_process_limit(model, rows) for rows in (1, 100)}
     text = table(served, ceiling, limits, via_executor_us(model), args.seconds)
-    print(text)
-    if args.write:
-        replace_section(args.write, START, END, text)
+    publish(text, args.write, START, END)
     return 0
+
+
+def publish(text: str, path: Path | None, start: str, end: str) -> None:
+    """Print a result, and with ``--write`` put it between its markers in the Markdown file."""
+    print(text)
+    if path is not None:
+        replace_section(path, start, end, text)
 
 
 def replace_section(path: Path, start: str, end: str, text: str) -> None:

@@ -27,7 +27,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "service"), str(ROOT / "tests")]
 
-from bench import replace_section  # noqa: E402
+from bench import publish  # noqa: E402
 
 from support.redis import RedisServer  # noqa: E402
 from support.server import Server  # noqa: E402
@@ -102,10 +102,7 @@ def main() -> int:
             f"| {store} | {int(r['succeeded'])} | {r['submit_per_s']:,.0f} | {r['done_per_s']:,.0f} | "
             f"{r['wait_p50_ms']:,.0f} | {r['total_p50_ms']:,.0f} | {r['total_p99_ms']:,.0f} |"
         )
-    text = "\n".join(lines)
-    print(text)
-    if args.write:
-        replace_section(args.write, START, END, text)
+    publish("\n".join(lines), args.write, START, END)
     return 0
 
 

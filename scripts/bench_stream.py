@@ -27,7 +27,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "service"), str(ROOT / "tests")]
 
-from bench import replace_section  # noqa: E402
+from bench import publish  # noqa: E402
 
 from support.server import Server  # noqa: E402
 
@@ -103,10 +103,7 @@ def main() -> int:
         f"| {args.records:,} | {median('chunks'):,.0f} | {median('first_s'):.2f} | {median('total_s'):.2f} | "
         f"{args.records / median('total_s'):,.0f} | {median('livez_p99_ms'):,.0f} | {median('livez_worst_ms'):,.0f} |",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.write:
-        replace_section(args.write, START, END, text)
+    publish("\n".join(lines), args.write, START, END)
     return 0
 
 

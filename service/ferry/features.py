@@ -97,7 +97,8 @@ class FeatureSchema:
                     {**e, "loc": (*loc, start + e["loc"][0], *e["loc"][1:])} for e in exc.errors(include_input=False)
                 ]
                 raise from_validation(errors, len(records)) from None
-            await asyncio.sleep(0)
+            if start + VALIDATION_SLICE < len(records):
+                await asyncio.sleep(0)  # let the loop serve others before the next slice
         return valid
 
     @property

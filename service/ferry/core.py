@@ -7,10 +7,12 @@ import contextlib
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
-from ferry.errors import BatchTooLarge, ModelNotReady
+from ferry.errors import BatchTooLarge, from_validation
 from ferry.features import FeatureSchema
 from ferry.inference import Prediction, Predictor
+from ferry.jobs.document import ModelRef
 from ferry.lifecycle import heartbeat
 from ferry.logging import get_logger
 from ferry.metrics import Metrics
@@ -76,21 +78,52 @@ class Core:
             self.metrics.refresh_process()
             await asyncio.sleep(self.settings.metrics.process_interval_s)
 
-    # -- inference ---------------------------------------------------------------------------
+    # -- what routes and runners need ------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self.holder.ready
+
+    @property
+    def model_ref(self) -> ModelRef:
+        return ModelRef(name=self.holder.name, version=self.holder.version)
+
+    def admit(self) -> None:
+        """Raise now what a prediction would raise before queueing: model not ready, breaker open.
+        For work that must be refused before it starts (a stream answers 503, not an event)."""
+        self.predictor.admit()
+
+    def deadline(self, requested_s: float | None, started: float) -> Deadline:
+        """The deadline of a request that arrived at ``started`` (monotonic) and asked for
+        ``requested_s`` seconds (None: the default); longer requests are clamped to the maximum."""
+        settings = self.settings.deadline
+        seconds = settings.default_s if requested_s is None else min(requested_s, settings.max_s)
+        return Deadline(at=started + seconds, budget_s=seconds)
+
+    async def validate_records(self, records: list[Any]) -> list[Any]:
+        """Records of a request body checked against the served model's record type (a slice at a
+        time, see ``FeatureSchema.validate_records``), and for a card-less model their width."""
+        valid = await self.schema.validate_records(records)
+        if not self.schema.typed:
+            self.schema.rows_from_records(valid)  # ragged or wrong-width records: 422 now
+        return valid
+
+    def records_from_json(self, raw: bytes) -> list[Any]:
+        """Stored records (a job's input) validated for the model served now."""
+        try:
+            return self.schema.records_adapter.validate_json(raw)
+        except ValidationError as exc:
+            raise from_validation(list(exc.errors(include_input=False)), self.settings.api.max_batch_size) from None
+
     def _check_batch(self, rows: int) -> None:
         if rows > self.settings.api.max_batch_size:
             raise BatchTooLarge(f"at most {self.settings.api.max_batch_size} records per request")
 
     async def predict_records(self, records: list[Any], deadline: Deadline) -> Prediction:
         """Records already validated against the schema's record type."""
-        if not self.holder.ready:
-            raise ModelNotReady(retry_after_s=1)
         self._check_batch(len(records))
         return await self.predictor.predict(self.schema.rows_from_records(records), deadline)
 
     async def predict_tensor(self, matrix: np.ndarray, loc: list[Any], deadline: Deadline) -> Prediction:
         """A numeric [rows, features] tensor (Open Inference Protocol)."""
-        if not self.holder.ready:
-            raise ModelNotReady(retry_after_s=1)
         self._check_batch(matrix.shape[0])
         return await self.predictor.predict(self.schema.rows_from_tensor(matrix, loc), deadline)

@@ -1,16 +1,13 @@
-"""One error hierarchy, one renderer.
+"""One error hierarchy.
 
-Every error a client can see is a ``FerryError`` with a stable ``code``. ``render`` turns any of them
-into the response body: ``{"code", "message", "request_id", "details"?}`` on ferry routes and the
-Open Inference Protocol shape ``{"error": message, ...}`` under ``/v2``.
+Every error a client can see is a ``FerryError`` with a stable ``code`` and the status that reports it
+(``status``: the HTTP status, which is also how job results and stream events classify errors).
+Raised anywhere; rendered only by the HTTP layer (``ferry.api.errors``).
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
-
-import orjson
-from starlette.responses import Response
 
 
 class FerryError(Exception):
@@ -121,17 +118,6 @@ class ModelNotReady(FerryError):
     status, code, default_message = 503, "model_not_ready", "the model is not loaded yet"
 
 
-def _status_error(status: int) -> type[FerryError]:
-    return {404: NotFound, 405: MethodNotAllowed, 413: PayloadTooLarge, 415: UnsupportedMediaType}.get(
-        status, BadRequest if 400 <= status < 500 else FerryError
-    )
-
-
-def from_status(status: int, message: str | None = None) -> FerryError:
-    """A FerryError for a bare HTTP status raised by the framework (unknown route, wrong method)."""
-    return _status_error(status)(message)
-
-
 def from_validation(errors: list[dict[str, Any]], max_batch_size: int) -> FerryError:
     """A FerryError for pydantic/FastAPI validation errors, without echoing the input back."""
     details = [
@@ -145,25 +131,3 @@ def from_validation(errors: list[dict[str, Any]], max_batch_size: int) -> FerryE
         limit = next((e.get("ctx", {}).get("max_length") for e in errors if e.get("type") == "too_long"), None)
         return BatchTooLarge(f"at most {limit or max_batch_size} records per request", details=details)
     return InvalidInput(details=details)
-
-
-def is_protocol_path(path: str) -> bool:
-    return path == "/v2" or path.startswith("/v2/")
-
-
-def render(error: FerryError, request_id: str, path: str) -> Response:
-    body: dict[str, Any]
-    status = error.status
-    if is_protocol_path(path):
-        # Open Inference Protocol error shape (code and request_id are extra, clients ignore them);
-        # the protocol reports invalid requests as 400.
-        body = {"error": error.message, "code": error.code, "request_id": request_id}
-        status = 400 if status == 422 else status
-    else:
-        body = {"code": error.code, "message": error.message, "request_id": request_id}
-    if error.details:
-        body["details"] = error.details
-    headers = dict(error.headers)
-    if error.retry_after_s is not None:
-        headers["retry-after"] = str(max(1, round(error.retry_after_s)))
-    return Response(orjson.dumps(body), status_code=status, headers=headers, media_type="application/json")

@@ -174,11 +174,16 @@ class Predictor:
             else:
                 request.future.set_result(outcome)
 
-    async def predict(self, rows: np.ndarray, deadline: Deadline) -> Prediction:
-        model = self.holder.loaded
-        if model is None or not self.holder.ready:
+    def admit(self) -> None:
+        """The checks made before anything is queued: the model is loaded, the breaker lets calls through."""
+        if self.holder.loaded is None or not self.holder.ready:
             raise ModelNotReady(retry_after_s=1)
         self.breaker.check()
+
+    async def predict(self, rows: np.ndarray, deadline: Deadline) -> Prediction:
+        self.admit()
+        model = self.holder.loaded
+        assert model is not None
         if deadline.expired():
             self.metrics.deadline_exceeded.labels("queued").inc()
             raise DeadlineExceeded()

@@ -5,6 +5,8 @@ gunicorn loads ``ferry.main:create_app()`` in each worker (see service/gunicorn.
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,15 +17,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from threadpoolctl import threadpool_limits
 
 from ferry import __version__
+from ferry.api.errors import from_status
+from ferry.api.middleware import RequestMiddleware
 from ferry.api.routes import health, jobs, models, predict, stream, v2
 from ferry.core import Core
-from ferry.errors import from_status, from_validation
-from ferry.jobs.runner import Housekeeper, Runners
+from ferry.errors import from_validation
+from ferry.jobs.callbacks import CallbackSender
+from ferry.jobs.delivery import CallbackDeliverer
+from ferry.jobs.housekeeping import Housekeeper
+from ferry.jobs.runner import JobRunners
 from ferry.jobs.service import JobService
 from ferry.jobs.store import open_store
 from ferry.logging import configure_logging, get_logger
 from ferry.metrics import Metrics
-from ferry.middleware import RequestMiddleware
 from ferry.settings import Settings
 
 log = get_logger("ferry.main")
@@ -56,8 +62,30 @@ def _build(settings: Settings, role: str) -> FastAPI:
     store = open_store(settings.jobs)
     job_service = JobService(settings, store, metrics)
     runner_count = max(1, settings.jobs.runners) if role == "worker" else settings.jobs.runners
-    runners = Runners(core, store, runner_count) if runner_count else None
-    housekeeper = Housekeeper(store, metrics)
+    # Job tasks of this process, started and stopped in this order (stopped in reverse).
+    tasks: list[JobRunners | CallbackDeliverer | Housekeeper] = [Housekeeper(store, metrics)]
+    if runner_count:
+        identity = f"{socket.gethostname()}:{os.getpid()}"
+        tasks.append(
+            CallbackDeliverer(
+                store,
+                CallbackSender(settings.callbacks, metrics),
+                settings.callbacks,
+                metrics=metrics,
+                poll_s=settings.jobs.poll_interval_s,
+            )
+        )
+        tasks.append(
+            JobRunners(
+                core,
+                store,
+                settings.jobs,
+                chunk_size=settings.api.max_batch_size,
+                metrics=metrics,
+                identity=identity,
+                count=runner_count,
+            )
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -65,9 +93,8 @@ def _build(settings: Settings, role: str) -> FastAPI:
         limits = threadpool_limits(limits=1)
         await store.open()
         await core.start()
-        housekeeper.start()
-        if runners is not None:
-            runners.start()
+        for task in tasks:
+            task.start()
         log.info(
             "worker_started",
             role=role,
@@ -79,9 +106,9 @@ def _build(settings: Settings, role: str) -> FastAPI:
         try:
             yield
         finally:
-            if runners is not None:
-                await runners.stop()  # first: hand running jobs back while the store is still open
-            await housekeeper.stop()
+            # Runners first: they hand running jobs back while the store is still open.
+            for task in reversed(tasks):
+                await task.stop()
             await core.stop()
             await store.close()
             limits.restore_original_limits()
@@ -97,6 +124,7 @@ def _build(settings: Settings, role: str) -> FastAPI:
         # A POST without Content-Type is JSON: Open Inference Protocol clients send none.
         strict_content_type=False,
     )
+    # For tools that wrap the app (tests, the benchmark's ceiling app); routes get the core from build_router.
     app.state.core = core
     app.state.settings = settings
 
@@ -112,15 +140,15 @@ def _build(settings: Settings, role: str) -> FastAPI:
         raise from_status(exc.status_code, str(exc.detail)) from None
 
     if role == "worker":
-        routers: tuple[APIRouter, ...] = (health.router,)
+        routers: tuple[APIRouter, ...] = (health.build_router(core),)
     else:
         routers = (
-            health.router,
+            health.build_router(core),
             predict.build_router(core),
             stream.build_router(core),
             jobs.build_router(core, job_service),
-            models.router,
-            v2.router,
+            models.build_router(core),
+            v2.build_router(core),
         )
     for router in routers:
         app.include_router(router)

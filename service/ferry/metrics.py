@@ -298,6 +298,11 @@ class Metrics:
         self.batch_size.labels(model).observe(rows)
         self.rows_predicted.labels(model).inc(rows)
 
+    def job_finished(self, status: str, seconds: float) -> None:
+        """A job reached a terminal state (``seconds`` from submission)."""
+        self.jobs.labels(status).inc()
+        self.job_duration.labels(status).observe(max(0.0, seconds))
+
     def count_classes(self, model: str, counts: Iterable[tuple[str, int]]) -> None:
         for label, n in counts:
             if n:

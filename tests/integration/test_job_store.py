@@ -1,4 +1,5 @@
-"""One contract, two stores: every test runs against SQLite and against a real redis-server."""
+"""One contract, three stores: every test runs against SQLite, a real redis-server, and the in-memory
+store the in-process tests use (so the fake is proven to behave like the real ones)."""
 
 from __future__ import annotations
 
@@ -6,20 +7,23 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ferry.jobs import state
+from ferry.jobs import transitions as t
+from ferry.jobs.document import Job, ModelRef, new_job
 from ferry.jobs.redis_store import RedisJobStore
 from ferry.jobs.sqlite_store import SqliteJobStore
 from ferry.jobs.store import JobStore
+from support.memory_store import MemoryJobStore
 
-MODEL = {"name": "m", "version": "1"}
+MODEL = ModelRef(name="m", version="1")
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "memory"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], JobStore]:
     """A factory: every call is a new store object (another process, as far as the store knows)
     over the same data."""
@@ -27,6 +31,9 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], J
     if request.param == "redis":
         url = request.getfixturevalue("redis_url")
         return lambda: RedisJobStore(url, prefix)
+    if request.param == "memory":
+        shared = MemoryJobStore()
+        return lambda: shared
     return lambda: SqliteJobStore(tmp_path / "jobs.sqlite3")
 
 
@@ -44,9 +51,9 @@ def run(make_store: Callable[[], JobStore], body: Callable[..., Awaitable[Any]],
     return asyncio.run(main())
 
 
-def job(now: float | None = None, *, key: str | None = None, callback: str | None = None, h: str = "h") -> state.Doc:
+def job(now: float | None = None, *, key: str | None = None, callback: str | None = None, h: str = "h") -> Job:
     now = time.time() if now is None else now
-    doc = state.new_job(
+    return new_job(
         now=now,
         records=1,
         callback_url=callback,
@@ -56,15 +63,14 @@ def job(now: float | None = None, *, key: str | None = None, callback: str | Non
         request_id="r",
         model=MODEL,
     )
-    return state.with_internal(doc, now)
 
 
-def claim(doc: state.Doc, owner: str = "a", now: float | None = None, lease_s: float = 30) -> state.Doc:
-    claimed = state.claim(
+def claim(doc: Job, owner: str = "a", now: float | None = None, lease_s: float = 30) -> Job:
+    claimed = t.claim(
         doc, owner=owner, now=time.time() if now is None else now, lease_s=lease_s, max_attempts=3, ttl_s=60
     )
     assert claimed is not None
-    return claimed[0]
+    return claimed
 
 
 def test_insert_get_and_records(make_store: Callable[[], JobStore]) -> None:
@@ -72,9 +78,9 @@ def test_insert_get_and_records(make_store: Callable[[], JobStore]) -> None:
         doc = job()
         stored = await store.insert(doc, b'[{"x": 1}]')
         assert stored.version == 1
-        found = await store.get(doc["id"])
-        assert found is not None and found.doc == doc
-        assert await store.records(doc["id"]) == b'[{"x": 1}]'
+        found = await store.get(doc.id)
+        assert found is not None and found.job == doc
+        assert await store.records(doc.id) == b'[{"x": 1}]'
         assert await store.get(uuid.uuid4().hex) is None
 
     run(make_store, body)
@@ -84,7 +90,7 @@ def test_same_idempotency_key_returns_the_first_job(make_store: Callable[[], Job
     async def body(a: JobStore, b: JobStore) -> None:
         first, second = job(key="k"), job(key="k")
         results = await asyncio.gather(a.insert(first, b"[]"), b.insert(second, b"[]"))
-        ids = {r.doc["id"] for r in results}
+        ids = {r.job.id for r in results}
         assert len(ids) == 1, "two jobs for one Idempotency-Key"
 
     run(make_store, body, stores=2)
@@ -93,11 +99,11 @@ def test_same_idempotency_key_returns_the_first_job(make_store: Callable[[], Job
 def test_swap_is_compare_and_set(make_store: Callable[[], JobStore]) -> None:
     async def body(store: JobStore) -> None:
         stored = await store.insert(job(), b"[]")
-        mine = await store.swap(stored, claim(stored.doc, "a"))
+        mine = await store.swap(stored, claim(stored.job, "a"))
         assert mine is not None and mine.version == 2
-        assert await store.swap(stored, claim(stored.doc, "b")) is None, "a stale version must not win"
-        found = await store.get(stored.doc["id"])
-        assert found is not None and found.doc["runner"] == "a"
+        assert await store.swap(stored, claim(stored.job, "b")) is None, "a stale version must not win"
+        found = await store.get(stored.job.id)
+        assert found is not None and found.job.runner == "a"
 
     run(make_store, body)
 
@@ -107,10 +113,10 @@ def test_exactly_one_of_many_racing_runners_claims_a_job(make_store: Callable[[]
         stored = await stores[0].insert(job(), b"[]")
 
         # Every runner reads the queued job first, then all write: only the compare-and-set decides.
-        reads = [await s.get(stored.doc["id"]) for s in stores]
+        reads = [await s.get(stored.job.id) for s in stores]
         assert all(r is not None and r.version == 1 for r in reads)
         wins = await asyncio.gather(
-            *(s.swap(r, claim(r.doc, f"r{i}")) for i, (s, r) in enumerate(zip(stores, reads, strict=True)) if r)
+            *(s.swap(r, claim(r.job, f"r{i}")) for i, (s, r) in enumerate(zip(stores, reads, strict=True)) if r)
         )
         assert sum(w is not None for w in wins) == 1
 
@@ -122,13 +128,13 @@ def test_due_holds_queued_jobs_and_expired_leases_only(make_store: Callable[[], 
         now = time.time()
         queued = await store.insert(job(now), b"[]")
         leased = await store.insert(job(now), b"[]")
-        await store.swap(leased, claim(leased.doc, "a", now=now, lease_s=30))
+        await store.swap(leased, claim(leased.job, "a", now=now, lease_s=30))
         expiring = await store.insert(job(now), b"[]")
-        await store.swap(expiring, claim(expiring.doc, "b", now=now, lease_s=0.5))
+        await store.swap(expiring, claim(expiring.job, "b", now=now, lease_s=0.5))
         due_now = await store.due("run", now + 0.1, 10)
-        assert due_now == [queued.doc["id"]]
+        assert due_now == [queued.job.id]
         due_later = await store.due("run", now + 1, 10)
-        assert set(due_later) == {queued.doc["id"], expiring.doc["id"]}, "a dead runner's job must come back"
+        assert set(due_later) == {queued.job.id, expiring.job.id}, "a dead runner's job must come back"
 
     run(make_store, body)
 
@@ -138,7 +144,7 @@ def test_queue_stats(make_store: Callable[[], JobStore]) -> None:
         assert (await store.stats()).queued == 0
         first = await store.insert(job(1000.0), b"[]")
         await store.insert(job(2000.0), b"[]")
-        await store.swap(first, claim(first.doc, "a"))
+        await store.swap(first, claim(first.job, "a"))
         stats = await store.stats()
         assert stats.queued == 1 and stats.oldest_queued_at == 2000.0
 
@@ -149,21 +155,21 @@ def test_callback_index_follows_delivery(make_store: Callable[[], JobStore]) -> 
     async def body(store: JobStore) -> None:
         now = time.time()
         stored = await store.insert(job(now, callback="https://example.com/h"), b"[]")
-        running = await store.swap(stored, claim(stored.doc, "a", now=now))
+        running = await store.swap(stored, claim(stored.job, "a", now=now))
         assert running is not None and await store.due("callback", now + 1, 10) == []
-        done = state.complete(running.doc, owner="a", now=now, status="succeeded", result={"predictions": []}, ttl_s=60)
+        done = t.succeed(running.job, owner="a", now=now, result={"predictions": []}, ttl_s=60)
         assert done is not None
         finished = await store.swap(running, done)
-        assert finished is not None and await store.due("callback", now + 0.01, 10) == [stored.doc["id"]]
-        leased = state.claim_callback(finished.doc, now=now + 0.01, lease_s=15)
+        assert finished is not None and await store.due("callback", now + 0.01, 10) == [stored.job.id]
+        leased = t.claim_callback(finished.job, now=now + 0.01, lease_s=15)
         assert leased is not None
         leased_v = await store.swap(finished, leased)
         assert leased_v is not None and await store.due("callback", now + 1, 10) == []
-        assert await store.due("callback", now + 16, 10) == [stored.doc["id"]], "a dead deliverer's lease expires"
-        delivered = state.callback_attempted(
-            leased_v.doc, now=now + 1, outcome="delivered", status_code=200, error=None, next_at=None
+        assert await store.due("callback", now + 16, 10) == [stored.job.id], "a dead deliverer's lease expires"
+        delivered = t.callback_attempted(
+            leased_v.job, now=now + 1, outcome=t.Delivery.DELIVERED, status_code=200, error=None, next_at=None
         )
-        assert await store.swap(leased_v, delivered) is not None
+        assert delivered is not None and await store.swap(leased_v, delivered) is not None
         assert await store.due("callback", now + 100, 10) == []
 
     run(make_store, body)
@@ -173,14 +179,14 @@ def test_finished_jobs_expire(make_store: Callable[[], JobStore]) -> None:
     async def body(store: JobStore) -> None:
         now = time.time()
         stored = await store.insert(job(now), b"[]")
-        canceled = state.cancel(stored.doc, now=now, ttl_s=0.5)
+        canceled = t.cancel(stored.job, now=now, ttl_s=0.5)
         assert canceled is not None
         assert await store.swap(stored, canceled) is not None
         kept = await store.insert(job(now), b"[]")
         await asyncio.sleep(0.7)
         await store.purge(time.time())
-        assert await store.get(stored.doc["id"]) is None, "a finished job outlived its TTL"
-        assert await store.get(kept.doc["id"]) is not None, "a queued job never expires"
+        assert await store.get(stored.job.id) is None, "a finished job outlived its TTL"
+        assert await store.get(kept.job.id) is not None, "a queued job never expires"
 
     run(make_store, body)
 
@@ -192,9 +198,41 @@ def test_forget_drops_a_vanished_job_from_the_redis_indexes(redis_url: str) -> N
     async def body(store: JobStore) -> None:
         assert isinstance(store, RedisJobStore)
         stored = await store.insert(job(), b"[]")
-        await store.redis.delete(store._key("job", stored.doc["id"]))
-        assert await store.due("run", time.time() + 1, 10) == [stored.doc["id"]]
-        await store.forget(stored.doc["id"])
+        await store.redis.delete(store._key("job", stored.job.id))
+        assert await store.due("run", time.time() + 1, 10) == [stored.job.id]
+        await store.forget(stored.job.id)
         assert await store.due("run", time.time() + 1, 10) == []
 
     run(lambda: store, body)
+
+
+def test_update_applies_every_concurrent_writer_once(make_store: Callable[[], JobStore]) -> None:
+    """Eight writers (eight stores: eight processes, as far as the store knows) change the same job at
+    once; update() re-reads after a lost compare-and-set, so no write is lost and none is doubled."""
+
+    async def body(*stores: JobStore) -> None:
+        stored = await stores[0].insert(job(), b"[]")
+
+        def mark(i: int) -> Callable[[Job], Job | None]:
+            return lambda doc: replace(doc, metadata={**doc.metadata, f"w{i}": len(doc.metadata)})
+
+        results = await asyncio.gather(*(s.update(stored.job.id, mark(i)) for i, s in enumerate(stores)))
+        assert all(r is not None and r.after is not None for r in results)
+        final = await stores[0].get(stored.job.id)
+        assert final is not None and final.version == 1 + len(stores)
+        marks = sorted(v for k, v in final.job.metadata.items() if k.startswith("w"))
+        assert marks == list(range(1, 1 + len(stores))), "each write saw the one before it"
+
+    run(make_store, body, stores=8)
+
+
+def test_update_reports_a_refused_transition_and_a_missing_job(make_store: Callable[[], JobStore]) -> None:
+    async def body(store: JobStore) -> None:
+        stored = await store.insert(job(), b"[]")
+        running = await store.update(stored.job.id, lambda doc: claim(doc, "a"))
+        assert running is not None and running.after is not None and running.before == stored.job
+        refused = await store.update(stored.job.id, lambda doc: t.cancel(doc, now=time.time(), ttl_s=60))
+        assert refused is not None and refused.after is None and refused.before == running.after
+        assert await store.update(uuid.uuid4().hex, lambda doc: doc) is None
+
+    run(make_store, body)

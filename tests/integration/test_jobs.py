@@ -287,7 +287,7 @@ def stored_statuses(env: dict[str, str], ids: list[str]) -> dict[str, str]:
             found = {job_id: await store.get(job_id) for job_id in ids}
         finally:
             await store.close()
-        return {job_id: v.doc["status"] if v else "missing" for job_id, v in found.items()}
+        return {job_id: v.job.status.value if v else "missing" for job_id, v in found.items()}
 
     return asyncio.run(read())
 

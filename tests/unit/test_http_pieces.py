@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from ferry.api.errors import from_status, render
+from ferry.api.middleware import is_json_content_type, request_id_from, trace_id_from
 from ferry.card import Feature
-from ferry.errors import BatchTooLarge, InvalidInput, MalformedJson, Overloaded, from_status, from_validation, render
+from ferry.errors import BatchTooLarge, InvalidInput, MalformedJson, Overloaded, from_validation
 from ferry.features import FeatureSchema
 from ferry.logging import JsonLineHandler, json_formatter
 from ferry.metrics import Metrics
-from ferry.middleware import is_json_content_type, request_id_from, trace_id_from
 
 
 def test_request_id() -> None:

@@ -8,12 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from ferry.api.deps import parse_timeout
+from ferry.api.routes.v2 import timeout_parameter
+from ferry.core import Core
 from ferry.errors import CircuitOpen, InvalidInput
 from ferry.metrics import Metrics
 from ferry.resilience.breaker import Breaker
-from ferry.resilience.deadline import Deadline, from_microseconds, parse_timeout_header
+from ferry.resilience.deadline import Deadline
 from ferry.resilience.faults import FaultInjector, Faults, InjectedFault
-from ferry.settings import BreakerSettings, DeadlineSettings, FaultSettings
+from ferry.settings import BreakerSettings, DeadlineSettings, FaultSettings, Settings
 
 
 def test_breaker_opens_after_fail_max_and_half_opens() -> None:
@@ -49,19 +52,30 @@ def test_disabled_breaker_never_refuses() -> None:
     breaker.check()
 
 
-def test_timeout_header() -> None:
-    settings = DeadlineSettings(default_s=5, max_s=30)
-    assert parse_timeout_header(None, settings) == 5
-    assert parse_timeout_header("0.5", settings) == 0.5
-    assert parse_timeout_header("120", settings) == 30
+def test_timeout_header_and_parameter() -> None:
+    assert parse_timeout(None) is None
+    assert parse_timeout("0.5") == 0.5
+    assert parse_timeout("120") == 120
     for bad in ("0", "-2", "abc", "nan", "inf", ""):
         with pytest.raises(InvalidInput):
-            parse_timeout_header(bad, settings)
-    assert from_microseconds(250_000, settings, current_s=5) == 0.25
-    assert from_microseconds(60_000_000, settings, current_s=5) == 5  # can only lower it
+            parse_timeout(bad)
+    assert timeout_parameter(250_000) == 0.25  # microseconds, as Triton clients send it
     for bad in (0, -1, "1", True):
         with pytest.raises(InvalidInput):
-            from_microseconds(bad, settings, current_s=5)
+            timeout_parameter(bad)
+
+
+def test_deadline_policy() -> None:
+    core = Core(Settings(deadline=DeadlineSettings(default_s=5, max_s=30)), Metrics())
+    assert core.deadline(None, started=100.0) == Deadline(at=105.0, budget_s=5)
+    assert core.deadline(0.5, started=100.0) == Deadline(at=100.5, budget_s=0.5)
+    assert core.deadline(120, started=100.0) == Deadline(at=130.0, budget_s=30), "clamped to the maximum"
+    five = core.deadline(None, started=100.0)
+    assert five.at_most(0.25) == Deadline(at=100.25, budget_s=0.25)
+    assert five.at_most(60) is five, "a deadline is only ever lowered"
+
+
+def test_deadline_expires() -> None:
     deadline = Deadline.after(0.05)
     assert not deadline.expired() and 0 < deadline.remaining() <= 0.05
     time.sleep(0.06)

@@ -1,46 +1,65 @@
-"""Dependencies shared by the routes.
+"""Per-request values the routes declare as dependencies: the request id and the deadline.
 
-All are ``async def``: FastAPI runs a plain ``def`` dependency in a worker thread, a thread hop per
-dependency per request (found profiling the HTTP ceiling: it tripled the per-request cost).
+Routes get the serving core one way only: ``build_router(core)`` closes over it. Dependencies are
+per request. All are ``async def``: FastAPI runs a plain ``def`` dependency in a worker thread, a
+thread hop per dependency per request (found profiling the HTTP ceiling: it tripled the per-request cost).
 """
 
 from __future__ import annotations
 
+import math
 import time
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
 
 from ferry.core import Core
-from ferry.resilience.deadline import Deadline, parse_timeout_header
+from ferry.errors import InvalidInput
+from ferry.resilience.deadline import Deadline
+
+TIMEOUT_HEADER_DOC = (
+    "Deadline in seconds (decimal) for queueing plus model time; may lower the default, values above the "
+    "configured maximum are clamped. Past it: 504 deadline_exceeded."
+)
 
 
-async def get_core(request: Request) -> Core:
-    return request.app.state.core
+def parse_timeout(value: str | None) -> float | None:
+    """Seconds from an ``X-Request-Timeout`` header (a positive decimal); None when absent."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:  # also refuses NaN
+        raise InvalidInput(
+            "X-Request-Timeout must be a positive number of seconds",
+            details=[
+                {"loc": ["header", "x-request-timeout"], "msg": "positive decimal seconds", "type": "value_error"}
+            ],
+        )
+    return seconds
 
 
 async def get_request_id(request: Request) -> str:
-    return request.scope.get("state", {}).get("request_id", "")
+    state: dict[str, Any] = request.scope.get("state", {})
+    return str(state.get("request_id", ""))
 
 
-async def get_deadline(
-    request: Request,
-    x_request_timeout: Annotated[
-        str | None,
-        Header(
-            description="Deadline in seconds (decimal) for queueing plus model time; may lower the default, "
-            "values above the configured maximum are clamped. Past it: 504 deadline_exceeded.",
-            examples=["0.5"],
-        ),
-    ] = None,
-) -> Deadline:
-    settings = request.app.state.core.settings.deadline
-    seconds = parse_timeout_header(x_request_timeout, settings)
-    # The clock starts when the request arrived (set by RequestMiddleware), not after body parsing.
-    started = request.scope.get("state", {}).get("started_monotonic", time.monotonic())
-    return Deadline(at=started + seconds, budget_s=seconds)
+def deadline_of(core: Core) -> Callable[..., Awaitable[Deadline]]:
+    """The dependency that gives a route its request's deadline."""
+
+    async def get_deadline(
+        request: Request,
+        x_request_timeout: Annotated[str | None, Header(description=TIMEOUT_HEADER_DOC, examples=["0.5"])] = None,
+    ) -> Deadline:
+        # The clock starts when the request arrived (set by RequestMiddleware), not after body parsing.
+        state: dict[str, Any] = request.scope.get("state", {})
+        started = float(state.get("started_monotonic", time.monotonic()))
+        return core.deadline(parse_timeout(x_request_timeout), started)
+
+    return get_deadline
 
 
-CoreDep = Annotated[Core, Depends(get_core)]
 RequestIdDep = Annotated[str, Depends(get_request_id)]
-DeadlineDep = Annotated[Deadline, Depends(get_deadline)]

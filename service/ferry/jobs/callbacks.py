@@ -16,7 +16,6 @@ import ssl
 import time
 from dataclasses import dataclass
 from datetime import UTC
-from typing import Literal
 from urllib.parse import urlsplit
 
 import httpx
@@ -24,10 +23,9 @@ import httpx
 from ferry import webhooks
 from ferry.errors import CallbackUrlForbidden
 from ferry.jobs.ssrf import CallbackTarget, Resolver, check_callback_url
+from ferry.jobs.transitions import Delivery
 from ferry.metrics import Metrics
 from ferry.settings import CallbacksSettings
-
-Outcome = Literal["delivered", "retry", "rejected", "forbidden"]
 
 MAX_RESPONSE_BYTES = 4096  # of the receiver's answer: enough for an error message, bounded memory
 MAX_ERROR_CHARS = 200
@@ -41,7 +39,7 @@ _rng = random.Random()
 class Attempt:
     """What one delivery attempt did. ``retry_after_s`` is the receiver's Retry-After, if it sent one."""
 
-    outcome: Outcome
+    outcome: Delivery
     status_code: int | None
     error: str | None
     retry_after_s: float | None
@@ -100,7 +98,7 @@ def _printable(raw: bytes) -> str:
 
 
 def _result(
-    outcome: Outcome, status: int | None = None, error: str | None = None, retry_after_s: float | None = None
+    outcome: Delivery, status: int | None = None, error: str | None = None, retry_after_s: float | None = None
 ) -> Attempt:
     return Attempt(outcome, status, error, retry_after_s, duration_s=0.0)
 
@@ -154,13 +152,13 @@ class CallbackSender:
         attempt = await self._attempt(url, webhook_id, body)
         attempt.duration_s = time.monotonic() - started
         if self._metrics is not None:
-            self._metrics.callback_attempts.labels(attempt.outcome).inc()
+            self._metrics.callback_attempts.labels(attempt.outcome.value).inc()
             self._metrics.callback_duration.observe(attempt.duration_s)
         return attempt
 
     async def _attempt(self, url: str, webhook_id: str, body: bytes) -> Attempt:
         if not self._secrets:  # the API refuses callback jobs without a secret; never send unsigned
-            return _result("rejected", error="no callback signing secret configured")
+            return _result(Delivery.REJECTED, error="no callback signing secret configured")
         timeout = self._settings.timeout_s
         deadline = asyncio.get_running_loop().time() + timeout  # one budget for DNS, connect and answer
         try:
@@ -173,13 +171,13 @@ class CallbackSender:
                 )
                 response = await self._client.send(self._request(target, webhook_id, body), stream=True)
         except CallbackUrlForbidden as exc:
-            return _result("forbidden", error=exc.message)
+            return _result(Delivery.FORBIDDEN, error=exc.message)
         except (TimeoutError, httpx.TimeoutException) as exc:  # TimeoutError first: it is an OSError
-            return _result("retry", error=f"timed out after {timeout:g}s ({type(exc).__name__})")
+            return _result(Delivery.RETRY, error=f"timed out after {timeout:g}s ({type(exc).__name__})")
         except (httpx.TransportError, OSError) as exc:
-            return _result("retry", error=f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])
+            return _result(Delivery.RETRY, error=f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])
         except httpx.InvalidURL as exc:
-            return _result("rejected", error=f"invalid callback URL: {exc}"[:MAX_ERROR_CHARS])
+            return _result(Delivery.REJECTED, error=f"invalid callback URL: {exc}"[:MAX_ERROR_CHARS])
         try:
             return await self._classify(response, deadline)
         finally:
@@ -197,14 +195,14 @@ class CallbackSender:
     async def _classify(self, response: httpx.Response, deadline: float) -> Attempt:
         status = response.status_code
         if 200 <= status < 300:
-            return _result("delivered", status)
+            return _result(Delivery.DELIVERED, status)
         detail = await self._read_prefix(response, deadline)
         error = f"HTTP {status}" + (f": {detail}" if detail else "")
         if status in RETRY_STATUSES or 500 <= status < 600:
-            return _result("retry", status, error, parse_retry_after(response.headers.get("retry-after")))
+            return _result(Delivery.RETRY, status, error, parse_retry_after(response.headers.get("retry-after")))
         if 300 <= status < 400:
             error = f"HTTP {status} redirect (redirects are not followed)"
-        return _result("rejected", status, error)
+        return _result(Delivery.REJECTED, status, error)
 
     @staticmethod
     async def _read_prefix(response: httpx.Response, deadline: float) -> str:

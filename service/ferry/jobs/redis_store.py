@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 
-from ferry.jobs.state import Doc, Index
-from ferry.jobs.store import JobStore, QueueStats, Versioned
+from ferry.jobs.document import Index, Job, decode, encode
+from ferry.jobs.store import DueKind, JobStore, QueueStats, Versioned
 
 # KEYS: job, idem ('' if none), run, queued, callback.  ARGV: id, doc, records, run_at, queued_since,
 # callback_at ('' = not indexed).  Returns {1} when stored, {0, existing_id} on an idempotent replay.
@@ -68,9 +67,8 @@ class RedisJobStore(JobStore):
     def _key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
-    def _idem(self, doc: Doc) -> str:
-        key = doc.get("idempotency_key")
-        return self._key("idem", key) if key else ""
+    def _idem(self, job: Job) -> str:
+        return self._key("idem", job.idempotency_key) if job.idempotency_key else ""
 
     def _index_keys(self) -> list[str]:
         return [self._key("run"), self._key("queued"), self._key("callback")]
@@ -91,14 +89,15 @@ class RedisJobStore(JobStore):
             client, self._redis = self._redis, None
             await client.aclose()
 
-    async def insert(self, doc: Doc, records: bytes) -> Versioned:
-        index = self.index(doc)
-        for _ in range(3):
+    async def insert(self, job: Job, records: bytes) -> Versioned:
+        index = self.index(job)
+        # A replay whose job was purged between the two calls below inserts anew: at most twice.
+        for _ in range(2):
             reply = await self._insert(
-                keys=[self._key("job", doc["id"]), self._idem(doc), *self._index_keys()],
+                keys=[self._key("job", job.id), self._idem(job), *self._index_keys()],
                 args=[
-                    doc["id"],
-                    orjson.dumps(doc),
+                    job.id,
+                    encode(job),
                     records,
                     _score(index.run_at),
                     _score(index.queued_since),
@@ -106,7 +105,7 @@ class RedisJobStore(JobStore):
                 ],
             )
             if int(reply[0]) == 1:
-                return Versioned(doc, 1)
+                return Versioned(job, 1)
             existing = await self.get(reply[1].decode())
             if existing is not None:
                 return existing
@@ -116,20 +115,20 @@ class RedisJobStore(JobStore):
         version, doc = await self.redis.hmget(self._key("job", job_id), ["version", "doc"])
         if version is None or doc is None:
             return None
-        return Versioned(orjson.loads(doc), int(version))
+        return Versioned(decode(doc), int(version))
 
     async def records(self, job_id: str) -> bytes | None:
         return await self.redis.hget(self._key("job", job_id), "records")
 
-    async def swap(self, old: Versioned, new: Doc) -> Versioned | None:
+    async def swap(self, old: Versioned, new: Job) -> Versioned | None:
         index: Index = self.index(new)
         expire = "" if index.expires_at is None or index.callback_at is not None else str(int(index.expires_at * 1000))
         version = await self._swap(
-            keys=[self._key("job", new["id"]), self._idem(new), *self._index_keys()],
+            keys=[self._key("job", new.id), self._idem(new), *self._index_keys()],
             args=[
                 old.version,
-                orjson.dumps(new),
-                new["id"],
+                encode(new),
+                new.id,
                 _score(index.run_at),
                 _score(index.queued_since),
                 _score(index.callback_at),
@@ -138,7 +137,7 @@ class RedisJobStore(JobStore):
         )
         return Versioned(new, int(version)) if int(version) else None
 
-    async def due(self, kind: str, now: float, limit: int) -> list[str]:
+    async def due(self, kind: DueKind, now: float, limit: int) -> list[str]:
         key = self._key({"run": "run", "callback": "callback"}[kind])
         ids = await self.redis.zrangebyscore(key, "-inf", now, start=0, num=limit)
         return [i.decode() for i in ids]

@@ -1,353 +1,250 @@
-"""Runners: take jobs from the store, predict through the same path as requests, record the
-outcome, and deliver callbacks.
+"""Job runners: take jobs from the store, predict through the same path as requests, record the outcome.
 
 At-least-once: a runner holds a lease on its job and renews it while it works. A runner that dies
 (kill -9, OOM, node loss) stops renewing; when the lease runs out another runner takes the job
-again, up to ``jobs.max_attempts`` runs. Every write is a compare-and-set (``store.swap``), so
-however runs overlap, exactly one terminal state is recorded.
+again, up to ``jobs.max_attempts`` runs. Every write is a transition applied by ``store.update``
+(compare-and-set), so however runs overlap, exactly one terminal state is recorded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
+import enum
 import random
-import socket
-import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-import orjson
-from pydantic import ValidationError
-
-from ferry.core import Core
-from ferry.errors import CircuitOpen, DeadlineExceeded, FerryError, ModelNotReady, Overloaded
-from ferry.jobs import state
-from ferry.jobs.callbacks import CallbackSender, next_delay
-from ferry.jobs.store import JobStore, Versioned
+from ferry.clock import SYSTEM_CLOCK, Clock
+from ferry.errors import CircuitOpen, DeadlineExceeded, FerryError, InvalidInput, ModelNotReady, Overloaded
+from ferry.inference import Prediction
+from ferry.jobs import transitions
+from ferry.jobs.document import Job, JobError, Status
+from ferry.jobs.loops import forever
+from ferry.jobs.store import JobStore, Transition
 from ferry.lifecycle import heartbeat
 from ferry.logging import get_logger
 from ferry.metrics import Metrics
 from ferry.resilience.deadline import Deadline
+from ferry.settings import JobsSettings
 
 log = get_logger("ferry.jobs")
 
 # Transient refusals of the inference path: wait and try the chunk again within the run's deadline.
 UNAVAILABLE = (CircuitOpen, Overloaded, ModelNotReady)
-STATS_INTERVAL_S = 2.0
-PURGE_INTERVAL_S = 60.0
+# Due jobs a runner looks at per claim; it starts at a random one of them (see _claim).
 CANDIDATES = 16
+# How long a stopping runner waits for the hand-back of the job it was running.
+RELEASE_TIMEOUT_S = 5.0
 
 
-class Runners:
-    """The runner tasks of one process: ``count`` job runners and one callback deliverer."""
+class Scorer(Protocol):
+    """What a runner needs of the serving core (``ferry.core.Core`` in production)."""
 
-    def __init__(self, core: Core, store: JobStore, count: int) -> None:
-        self.core = core
+    @property
+    def ready(self) -> bool: ...
+
+    def records_from_json(self, raw: bytes) -> list[Any]:
+        """The stored records, validated for the served model; ``InvalidInput`` if they do not fit."""
+        ...
+
+    async def predict_records(self, records: list[Any], deadline: Deadline) -> Prediction: ...
+
+
+class RunOutcome(enum.StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REQUEUE = "requeue"  # the model was unavailable for the whole run: run it again later
+    GONE = "gone"  # the job was purged while it ran: nothing to record
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """The outcome of one run, and what to record with it."""
+
+    outcome: RunOutcome
+    result: dict[str, Any] | None = None
+    error: JobError | None = None
+
+
+class JobRunners:
+    """``count`` runner tasks of one process, each running one job at a time."""
+
+    def __init__(
+        self,
+        scorer: Scorer,
+        store: JobStore,
+        settings: JobsSettings,
+        *,
+        chunk_size: int,
+        metrics: Metrics,
+        identity: str,
+        count: int,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.scorer = scorer
         self.store = store
+        self.settings = settings
+        self.chunk_size = chunk_size  # records per model call: the API's batch limit
+        self.metrics = metrics
+        self.identity = identity
         self.count = count
-        self.settings = core.settings
-        self.metrics = core.metrics
-        self.sender = CallbackSender(self.settings.callbacks, self.metrics)
-        self.identity = f"{socket.gethostname()}:{os.getpid()}"
-        self._tasks: list[asyncio.Task[Any]] = []
-        self._releases: list[asyncio.Task[Any]] = []
+        self.clock = clock
+        self._tasks: list[asyncio.Task[None]] = []
+        self._releases: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
         self._tasks = [
-            *(
-                asyncio.create_task(self._run_jobs(f"{self.identity}:{i}"), name=f"ferry-runner-{i}")
-                for i in range(self.count)
-            ),
-            asyncio.create_task(self._deliver_callbacks(), name="ferry-callbacks"),
+            asyncio.create_task(self._loop(f"{self.identity}:{i}"), name=f"ferry-runner-{i}") for i in range(self.count)
         ]
 
     async def stop(self) -> None:
-        """Cancel the tasks. A job cut off here keeps its lease until it expires, then another
-        runner (or this pod's successor) runs it again."""
+        """Cancel the runners; each hands its job back at once (see ``transitions.release``)."""
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self._releases:
-            await asyncio.wait(self._releases, timeout=5.0)
-        await self.sender.aclose()
+            await asyncio.wait(self._releases, timeout=RELEASE_TIMEOUT_S)
 
-    # -- loops -------------------------------------------------------------------------------
-    async def _forever(self, step: Any, what: str) -> None:
-        """Run ``step`` until cancelled; it returns True when it did work (loop at once) and False
-        when idle (sleep a poll interval). A store outage is logged and retried, never fatal."""
-        poll = self.settings.jobs.poll_interval_s
-        while True:
-            try:
-                busy = await step()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a runner must survive store/network errors
-                log.error("jobs_loop_error", loop=what, error=f"{type(exc).__name__}: {exc}")
-                busy = False
-                await asyncio.sleep(min(5.0, poll * 10))
-            if not busy:
-                await asyncio.sleep(poll)
+    async def _loop(self, owner: str) -> None:
+        await forever(lambda: self.run_one(owner), name="run", poll_s=self.settings.poll_interval_s, clock=self.clock)
 
-    async def _run_jobs(self, owner: str) -> None:
-        await self._forever(lambda: self._run_one(owner), "run")
-
-    async def _deliver_callbacks(self) -> None:
-        await self._forever(self._deliver_one, "callback")
-
-    # -- jobs --------------------------------------------------------------------------------
-    async def _claim(self, owner: str) -> Versioned | None:
-        jobs = self.settings.jobs
-        due = await self.store.due("run", time.time(), CANDIDATES)
-        # Runners that all start at the head of the queue collide on every claim; starting at a
-        # random place among the earliest few keeps them on different jobs (FIFO within a window).
-        random.shuffle(due)
-        for job_id in due:
-            current = await self.store.get(job_id)
-            if current is None:
-                await self.store.forget(job_id)
-                continue
-            claimed = state.claim(
-                current.doc,
-                owner=owner,
-                now=time.time(),
-                lease_s=jobs.lease_s,
-                max_attempts=jobs.max_attempts,
-                ttl_s=jobs.result_ttl_s,
-            )
-            if claimed is None:
-                continue
-            new, kind = claimed
-            stored = await self.store.swap(current, new)
-            if stored is None:
-                continue  # another runner was faster
-            self.metrics.job_runs.labels(kind).inc()
-            if kind == "reclaim":
-                log.warning("job_reclaimed", job_id=job_id, lost_runner=current.doc["runner"])
-            if new["status"] in state.TERMINAL:
-                self._count_terminal(new)
-                continue
-            return stored
-        return None
-
-    async def _run_one(self, owner: str) -> bool:
-        if not self.core.holder.ready:
+    async def run_one(self, owner: str) -> bool:
+        """Claim one due job, run it and record the outcome; False when there was nothing to run."""
+        if not self.scorer.ready:
             return False  # a worker without its model takes no jobs; ready siblings do
-        claimed = await self._claim(owner)
-        if claimed is None:
+        job = await self._claim(owner)
+        if job is None:
             return False
         self.metrics.jobs_running.inc()
-        lease = asyncio.create_task(self._keep_lease(claimed, owner))
+        lease = asyncio.create_task(self._keep_lease(job.id, owner))
         try:
-            outcome = await self._execute(claimed.doc["id"])
+            run = await self._execute(job)
         except asyncio.CancelledError:
             # Stopping: hand the job back now rather than after its lease expires.
-            self._releases.append(asyncio.create_task(self._release(claimed.doc["id"], owner)))
+            self._releases.append(asyncio.create_task(self._release(job.id, owner)))
             raise
         finally:
             lease.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await lease
             self.metrics.jobs_running.dec()
-        await self._record(claimed.doc["id"], owner, outcome)
+        await self._record(job, owner, run)
         return True
 
-    async def _keep_lease(self, claimed: Versioned, owner: str) -> None:
-        lease_s = self.settings.jobs.lease_s
-        current = claimed
-        while True:
-            await asyncio.sleep(lease_s / 3)
-            heartbeat()
-            for _ in range(3):
-                fresh = await self.store.get(current.doc["id"])
-                new = None if fresh is None else state.renew(fresh.doc, owner=owner, now=time.time(), lease_s=lease_s)
-                if fresh is None or new is None:
-                    return  # lost the job; the run's result will be refused by the store
-                stored = await self.store.swap(fresh, new)
-                if stored is not None:
-                    current = stored
-                    break
+    async def _claim(self, owner: str) -> Job | None:
+        jobs = self.settings
+        due = await self.store.due("run", self.clock.time(), CANDIDATES)
+        # Runners that all start at the head of the queue collide on every claim; starting at a
+        # random place among the earliest few keeps them on different jobs (FIFO within a window).
+        random.shuffle(due)
+        for job_id in due:
+            updated = await self.store.update(
+                job_id,
+                lambda job: transitions.claim(
+                    job,
+                    owner=owner,
+                    now=self.clock.time(),
+                    lease_s=jobs.lease_s,
+                    max_attempts=jobs.max_attempts,
+                    ttl_s=jobs.result_ttl_s,
+                ),
+            )
+            if updated is None:
+                await self.store.forget(job_id)  # purged, but still in an index
+                continue
+            if updated.after is None:
+                continue  # another runner was faster, or it is not due any more
+            kind = transitions.run_kind(updated.before)
+            self.metrics.job_runs.labels(kind.value).inc()
+            if kind is transitions.RunKind.RECLAIM:
+                log.warning("job_reclaimed", job_id=job_id, lost_runner=updated.before.runner)
+            if updated.after.status.terminal:  # reclaimed once too often: failed instead of run
+                self._finished(updated.after)
+                continue
+            return updated.after
+        return None
 
-    async def _execute(self, job_id: str) -> tuple[str, Any]:
-        """('succeeded', result) | ('failed', error) | ('requeue', error)."""
-        raw = await self.store.records(job_id)
+    async def _keep_lease(self, job_id: str, owner: str) -> None:
+        lease_s = self.settings.lease_s
+        while True:
+            await self.clock.sleep(lease_s / 3)
+            heartbeat()
+            updated = await self.store.update(
+                job_id, lambda job: transitions.renew(job, owner=owner, now=self.clock.time(), lease_s=lease_s)
+            )
+            if updated is None or updated.after is None:
+                return  # lost the job; the run's result will be refused when recorded
+
+    async def _execute(self, job: Job) -> Run:
+        raw = await self.store.records(job.id)
         if raw is None:
-            return "gone", None
+            return Run(RunOutcome.GONE)
         try:
-            records = self.core.schema.records_adapter.validate_json(raw)
-        except ValidationError as exc:  # e.g. submitted for another model during a rollout
-            return "failed", {
-                "code": "invalid_records",
-                "message": f"records do not fit the served model: {exc}"[:2000],
-            }
-        jobs = self.settings.jobs
-        chunk = self.settings.api.max_batch_size
-        run_deadline = time.monotonic() + jobs.run_timeout_s
+            records = self.scorer.records_from_json(raw)
+        except InvalidInput as exc:  # e.g. submitted for another model version during a rollout
+            message = f"records do not fit the served model: {exc.message} {exc.details or ''}".strip()
+            return Run(RunOutcome.FAILED, error=JobError(code="invalid_records", message=message[:2000]))
+        timeout_s = self.settings.run_timeout_s
+        ends = self.clock.monotonic() + timeout_s
         results: list[dict[str, Any]] = []
-        for offset in range(0, len(records), chunk):
-            part = records[offset : offset + chunk]
+        for offset in range(0, len(records), self.chunk_size):
+            part = records[offset : offset + self.chunk_size]
             while True:
-                remaining = run_deadline - time.monotonic()
+                remaining = ends - self.clock.monotonic()
                 if remaining <= 0:
-                    error = DeadlineExceeded(f"the job did not finish within {jobs.run_timeout_s} s")
-                    return "requeue", {"code": error.code, "message": error.message}
+                    error = DeadlineExceeded(f"the job did not finish within {timeout_s:g} s")
+                    return Run(RunOutcome.REQUEUE, error=JobError(code=error.code, message=error.message))
                 try:
-                    prediction = await self.core.predict_records(
-                        part, Deadline(at=time.monotonic() + remaining, budget_s=remaining)
-                    )
+                    prediction = await self.scorer.predict_records(part, Deadline.after(remaining))
                     break
                 except DeadlineExceeded:
                     continue  # the run's time is up: requeued above
                 except UNAVAILABLE as exc:
-                    await asyncio.sleep(min(remaining, max(0.05, exc.retry_after_s or 0.5)))
+                    await self.clock.sleep(min(remaining, max(0.05, exc.retry_after_s or 0.5)))
                 except FerryError as exc:
-                    return "failed", {"code": exc.code, "message": exc.message}
+                    return Run(RunOutcome.FAILED, error=JobError(code=exc.code, message=exc.message))
             results.extend(prediction.rows())
-        return "succeeded", {"predictions": results}
+        return Run(RunOutcome.SUCCEEDED, result={"predictions": results})
 
     async def _release(self, job_id: str, owner: str) -> None:
-        for _ in range(5):
-            current = await self.store.get(job_id)
-            new = None if current is None else state.release(current.doc, owner=owner, now=time.time())
-            if current is None or new is None or await self.store.swap(current, new) is not None:
-                return
+        await self.store.update(job_id, lambda job: transitions.release(job, owner=owner, now=self.clock.time()))
 
-    async def _record(self, job_id: str, owner: str, outcome: tuple[str, Any]) -> None:
-        kind, value = outcome
-        jobs = self.settings.jobs
-        for _ in range(20):
-            current = await self.store.get(job_id)
-            if current is None:
-                return
-            now = time.time()
-            if kind == "requeue" and current.doc["attempts"] >= jobs.max_attempts:
-                kind = "failed"
-            if kind == "requeue":
-                new = state.requeue(current.doc, owner=owner, now=now, delay_s=jobs.retry_delay_s, reason=value)
-            elif kind == "succeeded":
-                new = state.complete(
-                    current.doc, owner=owner, now=now, status="succeeded", result=value, ttl_s=jobs.result_ttl_s
+    def _transition(self, owner: str, run: Run) -> Transition:
+        jobs = self.settings
+
+        def record(job: Job) -> Job | None:
+            now = self.clock.time()
+            if run.outcome is RunOutcome.SUCCEEDED:
+                assert run.result is not None
+                return transitions.succeed(job, owner=owner, now=now, result=run.result, ttl_s=jobs.result_ttl_s)
+            assert run.error is not None
+            if run.outcome is RunOutcome.FAILED:
+                return transitions.fail(job, owner=owner, now=now, error=run.error, ttl_s=jobs.result_ttl_s)
+            if job.attempts >= jobs.max_attempts:  # REQUEUE, but this was the last run it gets
+                error = JobError(
+                    code="attempts_exhausted",
+                    message=f"{job.attempts} runs did not finish; the last: {run.error.message}",
                 )
-            else:
-                new = state.complete(
-                    current.doc, owner=owner, now=now, status="failed", error=value, ttl_s=jobs.result_ttl_s
-                )
-            if new is None:
-                log.warning("job_result_discarded", job_id=job_id, runner=owner, reason="lease lost to another runner")
-                return
-            if await self.store.swap(current, new) is not None:
-                if new["status"] in state.TERMINAL:
-                    self._count_terminal(new)
-                return
+                return transitions.fail(job, owner=owner, now=now, error=error, ttl_s=jobs.result_ttl_s)
+            return transitions.requeue(job, owner=owner, now=now, delay_s=jobs.retry_delay_s, reason=run.error)
 
-    def _count_terminal(self, doc: state.Doc) -> None:
-        self.metrics.jobs.labels(doc["status"]).inc()
-        self.metrics.job_duration.labels(doc["status"]).observe(max(0.0, doc["finished_at"] - doc["created_at"]))
-        if doc["status"] == "failed":
-            log.warning("job_failed", job_id=doc["id"], code=doc["error"]["code"])
+        return record
 
-    # -- callbacks ---------------------------------------------------------------------------
-    async def _deliver_one(self) -> bool:
-        callbacks = self.settings.callbacks
-        lease_s = callbacks.timeout_s + 5
-        for job_id in await self.store.due("callback", time.time(), CANDIDATES):
-            current = await self.store.get(job_id)
-            if current is None:
-                await self.store.forget(job_id)
-                continue
-            new = state.claim_callback(current.doc, now=time.time(), lease_s=lease_s)
-            if new is None:
-                continue
-            claimed = await self.store.swap(current, new)
-            if claimed is None:
-                continue
-            await self._attempt(claimed)
-            return True
-        return False
+    async def _record(self, job: Job, owner: str, run: Run) -> None:
+        if run.outcome is RunOutcome.GONE:
+            return
+        updated = await self.store.update(job.id, self._transition(owner, run))
+        if updated is None:
+            return  # purged meanwhile
+        if updated.after is None:
+            log.warning("job_result_discarded", job_id=job.id, runner=owner, reason="lease lost to another runner")
+        elif updated.after.status.terminal:
+            self._finished(updated.after)
 
-    async def _attempt(self, claimed: Versioned) -> None:
-        callbacks = self.settings.callbacks
-        doc = claimed.doc
-        callback = doc["callback"]
-        body = orjson.dumps(
-            {"type": f"job.{doc['status']}", "timestamp": state.iso(time.time()), "data": state.public(doc)}
-        )
-        attempt = await self.sender.deliver(callback["url"], callback["webhook_id"], body)
-        now = time.time()
-        number = callback["attempts"] + 1
-        next_at: float | None = None
-        if attempt.outcome == "retry" and number < callbacks.max_attempts:
-            delay = next_delay(
-                number,
-                base_s=callbacks.backoff_base_s,
-                max_s=callbacks.backoff_max_s,
-                retry_after_s=attempt.retry_after_s,
-            )
-            if now + delay - doc["finished_at"] <= callbacks.max_age_s:
-                next_at = now + delay
-        for _ in range(20):
-            new = state.callback_attempted(
-                claimed.doc,
-                now=now,
-                outcome=attempt.outcome,
-                status_code=attempt.status_code,
-                error=attempt.error,
-                next_at=next_at,
-            )
-            if await self.store.swap(claimed, new) is not None:
-                break
-            fresh = await self.store.get(doc["id"])  # a lease renewal or redeliver raced us
-            if fresh is None:
-                return
-            claimed = fresh
-        status = new["callback"]["status"]
-        if status == "dead_letter":
-            self.metrics.callback_dead_letters.inc()
-            log.error(
-                "callback_dead_lettered",
-                job_id=doc["id"],
-                webhook_id=callback["webhook_id"],
-                attempts=number,
-                last_status_code=attempt.status_code,
-                last_error=attempt.error,
-            )
-
-
-class Housekeeper:
-    """Queue gauges and the purge of expired jobs. Runs in every process, runners or not: a queue
-    that nobody works on is exactly what the backlog alert must see."""
-
-    def __init__(self, store: JobStore, metrics: Metrics) -> None:
-        self.store = store
-        self.metrics = metrics
-        self._task: asyncio.Task[Any] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self.run(), name="ferry-jobs-housekeeping")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def run(self) -> None:
-        last_purge = 0.0
-        while True:
-            try:
-                stats = await self.store.stats()
-                self.metrics.jobs_queue_depth.set(stats.queued)
-                age = 0.0 if stats.oldest_queued_at is None else max(0.0, time.time() - stats.oldest_queued_at)
-                self.metrics.jobs_oldest_queued_age.set(age)
-                if time.monotonic() - last_purge > PURGE_INTERVAL_S:
-                    last_purge = time.monotonic()
-                    purged = await self.store.purge(time.time())
-                    if purged:
-                        log.info("jobs_purged", count=purged)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.error("jobs_loop_error", loop="housekeeping", error=f"{type(exc).__name__}: {exc}")
-            await asyncio.sleep(STATS_INTERVAL_S)
+    def _finished(self, job: Job) -> None:
+        self.metrics.job_finished(job.status.value, (job.finished_at or job.created_at) - job.created_at)
+        if job.error is not None and job.status is Status.FAILED:
+            log.warning("job_failed", job_id=job.id, code=job.error.code)

@@ -10,13 +10,12 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
-import orjson
-
-from ferry.jobs.state import Doc
-from ferry.jobs.store import JobStore, QueueStats, Versioned
+from ferry.jobs.document import Job, decode, encode
+from ferry.jobs.store import DueKind, JobStore, QueueStats, Versioned
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -36,6 +35,7 @@ CREATE INDEX IF NOT EXISTS jobs_callback_at ON jobs(callback_at) WHERE callback_
 CREATE INDEX IF NOT EXISTS jobs_expires_at ON jobs(expires_at) WHERE expires_at IS NOT NULL;
 """
 BUSY_TIMEOUT_MS = 10_000
+T = TypeVar("T")
 
 
 class SqliteJobStore(JobStore):
@@ -54,11 +54,11 @@ class SqliteJobStore(JobStore):
         conn.executescript(SCHEMA)
         self._conn = conn
 
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        def call() -> Any:
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
             with self._lock:
                 assert self._conn is not None, "store not open"
-                return fn(self._conn, *args)
+                return fn(self._conn)
 
         return await asyncio.to_thread(call)
 
@@ -71,40 +71,33 @@ class SqliteJobStore(JobStore):
             await asyncio.to_thread(conn.close)
 
     # -- contract ----------------------------------------------------------------------------
-    async def insert(self, doc: Doc, records: bytes) -> Versioned:
-        index = self.index(doc)
+    async def insert(self, job: Job, records: bytes) -> Versioned:
+        index = self.index(job)
+        row = (job.id, job.idempotency_key, encode(job), records, index.run_at, index.queued_since, index.callback_at)
 
         def insert(conn: sqlite3.Connection) -> Versioned:
-            try:
+            # One transaction: the existing job of an idempotency key cannot be purged in between.
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                if job.idempotency_key is not None:
+                    found = conn.execute(
+                        "SELECT doc, version FROM jobs WHERE idempotency_key = ?", (job.idempotency_key,)
+                    ).fetchone()
+                    if found is not None:
+                        return Versioned(decode(found[0]), found[1])
                 conn.execute(
-                    "INSERT INTO jobs (id, version, idempotency_key, doc, records, run_at, queued_since, callback_at,"
-                    " expires_at) VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        doc["id"],
-                        doc.get("idempotency_key"),
-                        orjson.dumps(doc),
-                        records,
-                        index.run_at,
-                        index.queued_since,
-                        index.callback_at,
-                        index.expires_at,
-                    ),
+                    "INSERT INTO jobs (id, version, idempotency_key, doc, records, run_at, queued_since, callback_at)"
+                    " VALUES (?, 1, ?, ?, ?, ?, ?, ?)",
+                    row,
                 )
-                return Versioned(doc, 1)
-            except sqlite3.IntegrityError:
-                row = conn.execute(
-                    "SELECT doc, version FROM jobs WHERE idempotency_key = ?", (doc["idempotency_key"],)
-                ).fetchone()
-                if row is None:  # purged between the two statements: try once more
-                    return insert(conn)
-                return Versioned(orjson.loads(row[0]), row[1])
+                return Versioned(job, 1)
 
         return await self._run(insert)
 
     async def get(self, job_id: str) -> Versioned | None:
         def get(conn: sqlite3.Connection) -> Versioned | None:
             row = conn.execute("SELECT doc, version FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            return None if row is None else Versioned(orjson.loads(row[0]), row[1])
+            return None if row is None else Versioned(decode(row[0]), row[1])
 
         return await self._run(get)
 
@@ -115,7 +108,7 @@ class SqliteJobStore(JobStore):
 
         return await self._run(records)
 
-    async def swap(self, old: Versioned, new: Doc) -> Versioned | None:
+    async def swap(self, old: Versioned, new: Job) -> Versioned | None:
         index = self.index(new)
 
         def swap(conn: sqlite3.Connection) -> Versioned | None:
@@ -123,12 +116,12 @@ class SqliteJobStore(JobStore):
                 "UPDATE jobs SET version = version + 1, doc = ?, run_at = ?, queued_since = ?, callback_at = ?,"
                 " expires_at = ? WHERE id = ? AND version = ?",
                 (
-                    orjson.dumps(new),
+                    encode(new),
                     index.run_at,
                     index.queued_since,
                     index.callback_at,
                     index.expires_at,
-                    old.doc["id"],
+                    old.job.id,
                     old.version,
                 ),
             )
@@ -136,7 +129,7 @@ class SqliteJobStore(JobStore):
 
         return await self._run(swap)
 
-    async def due(self, kind: str, now: float, limit: int) -> list[str]:
+    async def due(self, kind: DueKind, now: float, limit: int) -> list[str]:
         column = {"run": "run_at", "callback": "callback_at"}[kind]
 
         def due(conn: sqlite3.Connection) -> list[str]:

@@ -1,31 +1,55 @@
 """The job store contract, and the choice of store from settings.
 
-A store keeps JSON documents under a version number and four indexes (see ``state.Index``). It
-never decides anything about a job: every change is read, computed by ``state``, and written back
-with :meth:`JobStore.swap`, which succeeds only if nobody wrote the job in between. Two runners that
-race for the same job therefore cannot both win, and a runner whose lease was taken over cannot
-overwrite the new owner's work: exactly one terminal state is ever recorded.
+A store keeps job documents under a version number and four indexes (``document.Index``). It never
+decides anything about a job: every change is a pure transition (``jobs.transitions``) applied by
+:meth:`JobStore.update`, which reads the job, computes the next document and writes it back only if
+nobody wrote the job in between (compare-and-set on the version), reading again when somebody did.
+Two runners that race for the same job therefore cannot both win, and a runner whose lease was taken
+over cannot overwrite the new owner's work: exactly one terminal state is ever recorded.
 """
 
 from __future__ import annotations
 
+import asyncio
+import random
 import sqlite3
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import redis.exceptions
 
-from ferry.jobs.state import Doc, Index, index_of
+from ferry.errors import JobConflict
+from ferry.jobs.document import Index, Job, index_of
 from ferry.settings import JobsSettings
 
+# A transition: the next document, or None when the change does not apply in the job's state.
+Transition = Callable[[Job], Job | None]
+DueKind = Literal["run", "callback"]
 
-@dataclass(frozen=True)
+# How often update() reads again after losing a compare-and-set, and the most it sleeps in between.
+# Writers hold a job for microseconds, so losing 20 times in a row means something is wrong.
+UPDATE_ATTEMPTS = 20
+UPDATE_BACKOFF_S = 0.005
+
+
+@dataclass(frozen=True, slots=True)
 class Versioned:
-    doc: Doc
+    job: Job
     version: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
+class Updated:
+    """What :meth:`JobStore.update` did: ``after`` is the stored document, or None when the
+    transition refused the job as it was (``before``)."""
+
+    before: Job
+    after: Job | None
+
+
+@dataclass(frozen=True, slots=True)
 class QueueStats:
     queued: int
     oldest_queued_at: float | None
@@ -41,9 +65,9 @@ class JobStore(ABC):
     async def close(self) -> None: ...
 
     @abstractmethod
-    async def insert(self, doc: Doc, records: bytes) -> Versioned:
+    async def insert(self, job: Job, records: bytes) -> Versioned:
         """Store a new job and its input (JSON bytes). With an idempotency key already in use,
-        store nothing and return the existing job instead (its id differs from ``doc``'s)."""
+        store nothing and return the existing job instead (its id differs from ``job``'s)."""
 
     @abstractmethod
     async def get(self, job_id: str) -> Versioned | None: ...
@@ -53,12 +77,13 @@ class JobStore(ABC):
         """The job's input as submitted (JSON array of records)."""
 
     @abstractmethod
-    async def swap(self, old: Versioned, new: Doc) -> Versioned | None:
+    async def swap(self, old: Versioned, new: Job) -> Versioned | None:
         """Replace ``old`` by ``new`` (re-indexed from ``new``) if the stored version is still
-        ``old.version``; None when another writer got there first or the job is gone."""
+        ``old.version``; None when another writer got there first or the job is gone.
+        Callers use :meth:`update`; stores implement this."""
 
     @abstractmethod
-    async def due(self, kind: str, now: float, limit: int) -> list[str]:
+    async def due(self, kind: DueKind, now: float, limit: int) -> list[str]:
         """Ids whose ``run_at`` (kind 'run') or ``callback_at`` (kind 'callback') is ``<= now``,
         earliest first."""
 
@@ -73,9 +98,25 @@ class JobStore(ABC):
     async def forget(self, job_id: str) -> None:
         """Drop a job that no longer exists from every index."""
 
+    async def update(self, job_id: str, transition: Transition) -> Updated | None:
+        """Apply ``transition`` to the job and store the result atomically; None if there is no
+        such job. The one compare-and-set loop of the job path: on a lost race it reads the job
+        again and re-applies the transition to what is there now (so ``transition`` must be pure
+        and read any clock itself), up to ``UPDATE_ATTEMPTS`` times, then raises ``JobConflict``."""
+        for attempt in range(UPDATE_ATTEMPTS):
+            current = await self.get(job_id)
+            if current is None:
+                return None
+            new = transition(current.job)
+            if new is None or await self.swap(current, new) is not None:
+                return Updated(current.job, new)
+            if attempt:  # read again at once the first time; then jitter, so colliding writers fall out of step
+                await asyncio.sleep(random.uniform(0, UPDATE_BACKOFF_S * min(attempt, 4)))
+        raise JobConflict("the job kept changing under concurrent writers; try again")
+
     @staticmethod
-    def index(doc: Doc) -> Index:
-        return index_of(doc)
+    def index(job: Job) -> Index:
+        return index_of(job)
 
 
 # What a store raises when its backend is down or refuses: the API answers 503, runners retry.

@@ -5,37 +5,38 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
-from ferry.api.deps import CoreDep
 from ferry.api.orjson_route import OrjsonRoute
 from ferry.api.schemas import Health
+from ferry.core import Core
 from ferry.lifecycle import is_draining
 
-router = APIRouter(route_class=OrjsonRoute, tags=["health"])
 
+def build_router(core: Core) -> APIRouter:
+    router = APIRouter(route_class=OrjsonRoute, tags=["health"])
 
-@router.get("/livez", response_model=Health, summary="Liveness: the process answers (never touches the model)")
-async def livez() -> Health:
-    return Health(status="ok")
+    @router.get("/livez", response_model=Health, summary="Liveness: the process answers (never touches the model)")
+    async def livez() -> Health:
+        return Health(status="ok")
 
+    @router.get(
+        "/readyz",
+        response_model=Health,
+        summary="Readiness: model loaded and verified, not draining",
+        responses={503: {"model": Health, "description": "Loading, failed or draining"}},
+    )
+    async def readyz() -> Response:
+        holder = core.holder
+        if is_draining():
+            body = Health(status="draining", model=holder.name, version=holder.version)
+        elif holder.ready:
+            return JSONResponse(Health(status="ready", model=holder.name, version=holder.version).model_dump())
+        else:
+            body = Health(status=holder.state.value, model=holder.name, version=holder.version, reason=holder.reason)
+        return JSONResponse(body.model_dump(), status_code=503, headers={"retry-after": "1"})
 
-@router.get(
-    "/readyz",
-    response_model=Health,
-    summary="Readiness: model loaded and verified, not draining",
-    responses={503: {"model": Health, "description": "Loading, failed or draining"}},
-)
-async def readyz(core: CoreDep) -> Response:
-    holder = core.holder
-    if is_draining():
-        body = Health(status="draining", model=holder.name, version=holder.version)
-    elif holder.ready:
-        return JSONResponse(Health(status="ready", model=holder.name, version=holder.version).model_dump())
-    else:
-        body = Health(status=holder.state.value, model=holder.name, version=holder.version, reason=holder.reason)
-    return JSONResponse(body.model_dump(), status_code=503, headers={"retry-after": "1"})
+    @router.get("/metrics", summary="Prometheus metrics of all workers", response_class=Response)
+    async def metrics() -> Response:
+        payload, content_type = core.metrics.exposition()
+        return Response(payload, media_type=content_type)
 
-
-@router.get("/metrics", summary="Prometheus metrics of all workers", response_class=Response)
-async def metrics(core: CoreDep) -> Response:
-    payload, content_type = core.metrics.exposition()
-    return Response(payload, media_type=content_type)
+    return router

@@ -13,17 +13,18 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ConfigDict, Field, SkipValidation, create_model, field_validator
 
 from ferry.api import sse
-from ferry.api.deps import CoreDep, RequestIdDep
+from ferry.api.deps import RequestIdDep
 from ferry.api.orjson_route import OrjsonRoute
 from ferry.api.schemas import ErrorBody, Job
 from ferry.core import Core
+from ferry.jobs.document import TERMINAL
 from ferry.jobs.service import JobService
-from ferry.jobs.state import TERMINAL
 from ferry.lifecycle import is_draining
 
 JOB_ID = Path(
     description="Job id (32 hex characters).", pattern="^[0-9a-f]{32}$", examples=["5f0c8e0b7d3a4f4e9a1c2b3d4e5f6a7b"]
 )
+TERMINAL_STATUSES = frozenset(status.value for status in TERMINAL)
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in {
@@ -78,7 +79,6 @@ def build_router(core: Core, jobs: JobService) -> APIRouter:
     @router.post("", status_code=202, response_model=Job, summary="Submit records for asynchronous prediction")
     async def submit(
         body: Annotated[job_request, Body()],  # type: ignore[valid-type]
-        core: CoreDep,
         request_id: RequestIdDep,
         idempotency_key: Annotated[
             str | None,
@@ -93,12 +93,12 @@ def build_router(core: Core, jobs: JobService) -> APIRouter:
     ) -> Response:
         doc, created = await jobs.submit(
             # Stored as JSON: named-feature records are models, card-less ones plain lists.
-            schema.records_adapter.dump_python(await schema.validate_records(body.records), mode="json"),
+            schema.records_adapter.dump_python(await core.validate_records(body.records), mode="json"),
             callback_url=body.callback_url,
             metadata=body.metadata,
             idempotency_key=idempotency_key,
             request_id=request_id,
-            model={"name": core.holder.name, "version": core.holder.version},
+            model=core.model_ref,
         )
         headers = {"location": f"/api/v1/jobs/{doc['id']}"}
         if not created:
@@ -138,7 +138,7 @@ def build_router(core: Core, jobs: JobService) -> APIRouter:
                 last = None
                 async for last in jobs.follow(job_id, is_draining):
                     yield sse.encode(last, event="status", id=len(last["history"]))
-                if is_draining() and (last is None or last["status"] not in TERMINAL):
+                if is_draining() and (last is None or last["status"] not in TERMINAL_STATUSES):
                     yield sse.encode({"message": "server shutting down; reconnect to follow the job"}, event="shutdown")
             finally:
                 gauge.dec()

@@ -6,13 +6,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from ferry.api.deps import CoreDep
 from ferry.api.orjson_route import OrjsonRoute
 from ferry.api.schemas import CardSection
 from ferry.core import Core
 from ferry.errors import ModelNotFound
-
-router = APIRouter(route_class=OrjsonRoute, prefix="/api/v1/models", tags=["models"])
 
 
 def _summary(core: Core) -> dict[str, Any]:
@@ -25,20 +22,23 @@ def _summary(core: Core) -> dict[str, Any]:
     }
 
 
-@router.get("", summary="List served models")
-async def list_models(core: CoreDep) -> dict[str, Any]:
-    return {"models": [_summary(core)]}
+def build_router(core: Core) -> APIRouter:
+    router = APIRouter(route_class=OrjsonRoute, prefix="/api/v1/models", tags=["models"])
 
+    @router.get("", summary="List served models")
+    async def list_models() -> dict[str, Any]:
+        return {"models": [_summary(core)]}
 
-@router.get("/{name}", summary="A model's card; ?section= returns one section")
-async def get_model(
-    name: str,
-    core: CoreDep,
-    section: Annotated[CardSection | None, Query(description="Return only this section of the card.")] = None,
-) -> dict[str, Any]:
-    if name != core.holder.name:
-        raise ModelNotFound(f"no model named {name!r}")
-    card = core.holder.describe()
-    if section is None:
-        return {**card, "status": core.holder.state.value}
-    return {"name": card["name"], "version": card["version"], section: card.get(section)}
+    @router.get("/{name}", summary="A model's card; ?section= returns one section")
+    async def get_model(
+        name: str,
+        section: Annotated[CardSection | None, Query(description="Return only this section of the card.")] = None,
+    ) -> dict[str, Any]:
+        if name != core.holder.name:
+            raise ModelNotFound(f"no model named {name!r}")
+        card = core.holder.describe()
+        if section is None:
+            return {**card, "status": core.holder.state.value}
+        return {"name": card["name"], "version": card["version"], section: card.get(section)}
+
+    return router

@@ -6,13 +6,14 @@ No `from __future__ import annotations` here: FastAPI must see the request types
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Depends
 from pydantic import ConfigDict, Field, create_model
 
-from ferry.api.deps import CoreDep, DeadlineDep, RequestIdDep
+from ferry.api.deps import RequestIdDep, deadline_of
 from ferry.api.orjson_route import OrjsonRoute
 from ferry.api.schemas import BatchResponse, ErrorBody, PredictResponse
 from ferry.core import Core
+from ferry.resilience.deadline import Deadline
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
@@ -25,6 +26,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         504: "Deadline exceeded",
     }.items()
 }
+
+
+def model_json(core: Core) -> dict[str, str]:
+    return {"name": core.holder.name, "version": core.holder.version}
 
 
 def build_router(core: Core) -> APIRouter:
@@ -53,32 +58,31 @@ def build_router(core: Core) -> APIRouter:
         ),
     )
     router = APIRouter(route_class=OrjsonRoute, prefix="/api/v1", tags=["predict"], responses=ERRORS)
+    deadline_dep = Depends(deadline_of(core))
 
     @router.post("/predict", response_model=PredictResponse, summary="Predict one record")
     async def predict(
         body: Annotated[predict_request, Body()],  # type: ignore[valid-type]
-        core: CoreDep,
         request_id: RequestIdDep,
-        deadline: DeadlineDep,
+        deadline: Annotated[Deadline, deadline_dep],
     ) -> dict[str, Any]:
         prediction = await core.predict_records([body.record], deadline)
         return {
             **prediction.rows()[0],
-            "model": {"name": core.holder.name, "version": core.holder.version},
+            "model": model_json(core),
             "request_id": request_id,
         }
 
     @router.post("/predict/batch", response_model=BatchResponse, summary="Predict 1..N records in one model call")
     async def predict_batch(
         body: Annotated[batch_request, Body()],  # type: ignore[valid-type]
-        core: CoreDep,
         request_id: RequestIdDep,
-        deadline: DeadlineDep,
+        deadline: Annotated[Deadline, deadline_dep],
     ) -> dict[str, Any]:
         prediction = await core.predict_records(body.records, deadline)
         return {
             "predictions": prediction.rows(),
-            "model": {"name": core.holder.name, "version": core.holder.version},
+            "model": model_json(core),
             "request_id": request_id,
         }
 

@@ -32,15 +32,15 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Body, Depends, Request
 from pydantic import ConfigDict, Field, SkipValidation, create_model
 
 from ferry.api import sse
-from ferry.api.deps import CoreDep, DeadlineDep, RequestIdDep
+from ferry.api.deps import RequestIdDep, deadline_of
 from ferry.api.orjson_route import OrjsonRoute
-from ferry.api.routes.predict import ERRORS
+from ferry.api.routes.predict import ERRORS, model_json
 from ferry.core import Core
-from ferry.errors import FerryError, ModelNotReady
+from ferry.errors import FerryError
 from ferry.lifecycle import is_draining
 from ferry.logging import get_logger
 from ferry.resilience.deadline import Deadline
@@ -114,6 +114,7 @@ def build_router(core: Core) -> APIRouter:
         for code in (413, 415, 422, 503)
     }
     router = APIRouter(route_class=OrjsonRoute, prefix="/api/v1", tags=["predict"], responses=errors)
+    deadline_dep = Depends(deadline_of(core))
 
     @router.post(
         "/predict/stream",
@@ -132,16 +133,11 @@ def build_router(core: Core) -> APIRouter:
     async def predict_stream(
         request: Request,
         body: Annotated[stream_request, Body()],  # type: ignore[valid-type]
-        core: CoreDep,
         request_id: RequestIdDep,
-        deadline: DeadlineDep,
+        deadline: Annotated[Deadline, deadline_dep],
     ) -> sse.EventStreamResponse:
-        records = await core.schema.validate_records(body.records)
-        if not core.holder.ready:
-            raise ModelNotReady(retry_after_s=1)
-        core.predictor.breaker.check()  # an open breaker is a 503 before the stream, not an event in it
-        if not core.schema.typed:
-            core.schema.rows_from_records(records)  # ragged or wrong-width records: 422 now, not mid-stream
+        records = await core.validate_records(body.records)  # bad records: 422 now, not mid-stream
+        core.admit()  # not ready or breaker open: 503 before the stream, not an event in it
         started = request.scope.get("state", {}).get("started_monotonic", time.monotonic())
         events = _events(core, records, body.chunk_size or chunk_max, deadline.budget_s, request_id, started)
         return sse.EventStreamResponse(events, heartbeat_s=core.settings.stream.heartbeat_s)
@@ -184,7 +180,7 @@ async def _events(
             "records": len(records),
             "chunks": total,
             "duration_ms": round((time.monotonic() - started) * 1000, 3),
-            "model": {"name": core.holder.name, "version": core.holder.version},
+            "model": model_json(core),
             "request_id": request_id,
         }
         yield sse.encode(summary, event="summary", id=len(records))

@@ -2,19 +2,20 @@
 
 JSON tensors only (no binary tensor extension). Input: one numeric tensor of shape
 [rows, n_features]. Outputs: ``predict`` (labels) and ``predict_proba`` ([rows, n_classes], FP64).
+
+No `from __future__ import annotations` here: FastAPI must see the deadline dependency built in
+`build_router` as an object.
 """
 
-from __future__ import annotations
-
 import math
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from ferry import __version__
-from ferry.api.deps import CoreDep, DeadlineDep
+from ferry.api.deps import deadline_of
 from ferry.api.orjson_route import OrjsonRoute
 from ferry.api.schemas import (
     NUMERIC_DATATYPES,
@@ -25,11 +26,10 @@ from ferry.api.schemas import (
     TensorMetadata,
 )
 from ferry.core import Core
-from ferry.errors import BadRequest, ModelNotFound
+from ferry.errors import BadRequest, InvalidInput, ModelNotFound
 from ferry.inference import Prediction
-from ferry.resilience.deadline import Deadline, from_microseconds
+from ferry.resilience.deadline import Deadline
 
-router = APIRouter(route_class=OrjsonRoute, prefix="/v2", tags=["open inference protocol v2"])
 INPUT_NAME = "input-0"
 OUTPUTS = ("predict", "predict_proba")
 
@@ -38,22 +38,6 @@ def _model(core: Core, name: str, version: str | None = None) -> Core:
     if name != core.holder.name or (version not in (None, "", core.holder.version)):
         raise ModelNotFound(f"no model {name!r}" + (f" version {version!r}" if version else ""))
     return core
-
-
-@router.get("", summary="Server metadata")
-async def server_metadata() -> dict[str, Any]:
-    return {"name": "ferry", "version": __version__, "extensions": []}
-
-
-@router.get("/health/live", summary="Server live")
-async def server_live() -> dict[str, bool]:
-    return {"live": True}
-
-
-@router.get("/health/ready", summary="Server ready")
-async def server_ready(core: CoreDep) -> JSONResponse:
-    ready = core.holder.ready
-    return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
 
 def _metadata(core: Core) -> ModelMetadata:
@@ -86,29 +70,9 @@ def _metadata(core: Core) -> ModelMetadata:
     )
 
 
-@router.get("/models/{name}", response_model=ModelMetadata, response_model_exclude_none=True)
-async def model_metadata(name: str, core: CoreDep) -> ModelMetadata:
-    return _metadata(_model(core, name))
-
-
-@router.get("/models/{name}/versions/{version}", response_model=ModelMetadata, response_model_exclude_none=True)
-async def model_version_metadata(name: str, version: str, core: CoreDep) -> ModelMetadata:
-    return _metadata(_model(core, name, version))
-
-
 def _ready(core: Core, name: str, version: str | None = None) -> JSONResponse:
     ready = _model(core, name, version).holder.ready
     return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
-
-
-@router.get("/models/{name}/ready", summary="Model ready")
-async def model_ready(name: str, core: CoreDep) -> JSONResponse:
-    return _ready(core, name)
-
-
-@router.get("/models/{name}/versions/{version}/ready", summary="Model version ready")
-async def model_version_ready(name: str, version: str, core: CoreDep) -> JSONResponse:
-    return _ready(core, name, version)
 
 
 def _tensor(request: InferRequest) -> np.ndarray:
@@ -157,24 +121,69 @@ async def _infer(core: Core, request: InferRequest, version: str | None, deadlin
     holder = _model(core, core.holder.name, version).holder
     wanted = _wanted(request)
     timeout = (request.parameters or {}).get("timeout")
-    if timeout is not None:  # Triton clients send microseconds; it may only lower the deadline
-        seconds = from_microseconds(timeout, core.settings.deadline, deadline.budget_s)
-        deadline = Deadline(at=deadline.at - deadline.budget_s + seconds, budget_s=seconds)
+    if timeout is not None:  # it may only lower the deadline already in force
+        deadline = deadline.at_most(timeout_parameter(timeout))
     prediction = await core.predict_tensor(_tensor(request), loc=["inputs", 0], deadline=deadline)
     return InferResponse(
         model_name=holder.name, model_version=holder.version, id=request.id, outputs=_outputs(wanted, prediction)
     )
 
 
-@router.post("/models/{name}/infer", response_model=InferResponse, response_model_exclude_none=True)
-async def infer(name: str, request: InferRequest, core: CoreDep, deadline: DeadlineDep) -> InferResponse:
-    _model(core, name)
-    return await _infer(core, request, None, deadline)
+def timeout_parameter(value: object) -> float:
+    """Seconds from the protocol's ``timeout`` parameter (microseconds, as Triton clients send it)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise InvalidInput(
+            "parameters.timeout must be a positive number of microseconds",
+            details=[{"loc": ["body", "parameters", "timeout"], "msg": "positive microseconds", "type": "value_error"}],
+        )
+    return value / 1e6
 
 
-@router.post("/models/{name}/versions/{version}/infer", response_model=InferResponse, response_model_exclude_none=True)
-async def infer_version(
-    name: str, version: str, request: InferRequest, core: CoreDep, deadline: DeadlineDep
-) -> InferResponse:
-    _model(core, name, version)
-    return await _infer(core, request, version, deadline)
+def build_router(core: Core) -> APIRouter:
+    router = APIRouter(route_class=OrjsonRoute, prefix="/v2", tags=["open inference protocol v2"])
+    deadline_dep = Depends(deadline_of(core))
+
+    @router.get("", summary="Server metadata")
+    async def server_metadata() -> dict[str, Any]:
+        return {"name": "ferry", "version": __version__, "extensions": []}
+
+    @router.get("/health/live", summary="Server live")
+    async def server_live() -> dict[str, bool]:
+        return {"live": True}
+
+    @router.get("/health/ready", summary="Server ready")
+    async def server_ready() -> JSONResponse:
+        ready = core.holder.ready
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    @router.get("/models/{name}", response_model=ModelMetadata, response_model_exclude_none=True)
+    async def model_metadata(name: str) -> ModelMetadata:
+        return _metadata(_model(core, name))
+
+    @router.get("/models/{name}/versions/{version}", response_model=ModelMetadata, response_model_exclude_none=True)
+    async def model_version_metadata(name: str, version: str) -> ModelMetadata:
+        return _metadata(_model(core, name, version))
+
+    @router.get("/models/{name}/ready", summary="Model ready")
+    async def model_ready(name: str) -> JSONResponse:
+        return _ready(core, name)
+
+    @router.get("/models/{name}/versions/{version}/ready", summary="Model version ready")
+    async def model_version_ready(name: str, version: str) -> JSONResponse:
+        return _ready(core, name, version)
+
+    @router.post("/models/{name}/infer", response_model=InferResponse, response_model_exclude_none=True)
+    async def infer(name: str, request: InferRequest, deadline: Annotated[Deadline, deadline_dep]) -> InferResponse:
+        _model(core, name)
+        return await _infer(core, request, None, deadline)
+
+    @router.post(
+        "/models/{name}/versions/{version}/infer", response_model=InferResponse, response_model_exclude_none=True
+    )
+    async def infer_version(
+        name: str, version: str, request: InferRequest, deadline: Annotated[Deadline, deadline_dep]
+    ) -> InferResponse:
+        _model(core, name, version)
+        return await _infer(core, request, version, deadline)
+
+    return router

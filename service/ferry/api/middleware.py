@@ -17,7 +17,8 @@ import structlog
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ferry.errors import FerryError, PayloadTooLarge, UnsupportedMediaType, render
+from ferry.api.errors import render
+from ferry.errors import FerryError, PayloadTooLarge, UnsupportedMediaType
 from ferry.lifecycle import is_draining
 from ferry.logging import get_logger
 from ferry.metrics import Metrics

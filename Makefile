@@ -84,14 +84,17 @@ check-generated: $(VENV)/.dev k8s-tools ## Fail if a generated file differs from
 
 # --- quality ---------------------------------------------------------------------------------
 .PHONY: lint
-lint: $(VENV)/.dev ## ruff (lint + format check) and hadolint on the Dockerfile
+lint: $(VENV)/.dev ## ruff (lint + format check), mypy --strict on service/ferry, hadolint on the Dockerfile
 	$(VENV)/bin/ruff check service tests scripts dashboards loadtest
 	$(VENV)/bin/ruff format --check service tests scripts dashboards loadtest
+	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint service/Dockerfile
 
 .PHONY: test
-test: $(VENV)/.dev tools lint check-generated helm-validate ## Install what is needed, then run every test tier
-	$(PY) -m pytest -m "unit or integration or deploy or alerts or live" $(PYTEST_ARGS)
+test: $(VENV)/.dev tools lint check-generated helm-validate ## Install what is needed, then run every test tier (with coverage)
+	$(PY) -m coverage erase
+	$(PY) -m coverage run -m pytest -m "unit or integration or deploy or alerts or live" $(PYTEST_ARGS)
+	$(PY) -m coverage report
 
 .PHONY: test-unit test-integration test-deploy test-alerts test-live
 test-unit: $(VENV)/.dev ## Only the unit tier (in-process, seconds)

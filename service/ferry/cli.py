@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from ferry import __version__
@@ -81,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     health.set_defaults(func=_healthcheck)
     add_client_commands(commands)  # predict, jobs
     args = parser.parse_args(argv)
-    return args.func(args)
+    command: Callable[[argparse.Namespace], int] = args.func
+    return command(args)
 
 
 if __name__ == "__main__":

@@ -112,7 +112,8 @@ class Core:
         try:
             return self.schema.records_adapter.validate_json(raw)
         except ValidationError as exc:
-            raise from_validation(list(exc.errors(include_input=False)), self.settings.api.max_batch_size) from None
+            errors: list[dict[str, Any]] = [dict(e) for e in exc.errors(include_input=False)]
+            raise from_validation(errors, self.settings.api.max_batch_size) from None
 
     def _check_batch(self, rows: int) -> None:
         if rows > self.settings.api.max_batch_size:

@@ -15,7 +15,7 @@ import asyncio
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+from pydantic import BeforeValidator, ConfigDict, Field, SkipValidation, TypeAdapter, ValidationError, create_model
 
 from ferry.card import Feature
 from ferry.errors import InvalidInput, from_validation
@@ -40,7 +40,7 @@ def _field(feature: Feature) -> tuple[Any, Any]:
     kwargs: dict[str, Any] = {"description": feature.description}
     if feature.type == "categorical":
         assert feature.categories is not None
-        return Literal[tuple(feature.categories)], Field(..., **kwargs)  # type: ignore[return-value]
+        return Literal[tuple(feature.categories)], Field(..., **kwargs)
     if feature.type == "boolean":
         return bool, Field(..., **kwargs)
     if feature.minimum is not None:
@@ -50,6 +50,16 @@ def _field(feature: Feature) -> tuple[Any, Any]:
     if feature.type == "integer":
         return Annotated[int, BeforeValidator(_numbers_only)], Field(..., **kwargs)
     return float, Field(..., allow_inf_nan=False, **kwargs)
+
+
+def _list_of(item: Any) -> Any:
+    """``list[item]`` for a type built at run time: pydantic and FastAPI follow it, a type checker cannot."""
+    return list[item]
+
+
+def _unvalidated(item: Any) -> Any:
+    """``SkipValidation[item]``, spelt as what it is at run time."""
+    return Annotated[item, SkipValidation()]  # type: ignore[type-arg]  # generic only to type checkers
 
 
 def _default_example(feature: Feature) -> Any:
@@ -73,7 +83,7 @@ class FeatureSchema:
         if features:
             fields = {f.name: _field(f) for f in features}
             self.example: Any = {f.name: _default_example(f) for f in features} | (example or {})
-            self.record_type: Any = create_model(  # type: ignore[call-overload]
+            self.record_type: Any = create_model(  # type: ignore[call-overload]  # fields built from the card
                 "Record",
                 __config__=ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [self.example]}),
                 **fields,
@@ -81,7 +91,10 @@ class FeatureSchema:
         else:
             self.example = [0.0]
             self.record_type = Annotated[list[FiniteNumber], Field(min_length=1, max_length=100_000)]
-        self.records_adapter: TypeAdapter[list[Any]] = TypeAdapter(list[self.record_type])  # type: ignore[name-defined]
+        self.list_type = _list_of(self.record_type)
+        # Declared by bodies that validate their records in slices (see validate_records).
+        self.unvalidated_list_type = _list_of(_unvalidated(self.record_type))
+        self.records_adapter: TypeAdapter[list[Any]] = TypeAdapter(self.list_type)
 
     async def validate_records(self, records: list[Any], loc: tuple[str, ...] = ("body", "records")) -> list[Any]:
         """Records validated against the record type, a slice at a time with a yield to the event loop
@@ -93,8 +106,9 @@ class FeatureSchema:
             try:
                 valid.extend(self.records_adapter.validate_python(records[start : start + VALIDATION_SLICE]))
             except ValidationError as exc:
-                errors = [
-                    {**e, "loc": (*loc, start + e["loc"][0], *e["loc"][1:])} for e in exc.errors(include_input=False)
+                errors: list[dict[str, Any]] = [
+                    {**e, "loc": (*loc, start + int(e["loc"][0]), *e["loc"][1:])}
+                    for e in exc.errors(include_input=False)
                 ]
                 raise from_validation(errors, len(records)) from None
             if start + VALIDATION_SLICE < len(records):

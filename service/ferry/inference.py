@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import functools
 import time
 from collections import Counter as Tally
 from concurrent.futures import ThreadPoolExecutor
@@ -41,7 +42,7 @@ log = get_logger("ferry.inference")
 
 @dataclass(frozen=True)
 class Prediction:
-    labels: list  # one predicted label per row (class label, or a number for regressors)
+    labels: list[Any]  # one predicted label per row (class label, or a number for regressors)
     probabilities: np.ndarray | None  # [rows, classes], None for models without predict_proba
     classes: list[str] | None
 
@@ -56,19 +57,23 @@ class Prediction:
         ]
 
 
+# What one model call gives each of its requests: labels, and class probabilities when the model has them.
+_Output = tuple[list[Any], np.ndarray | None]
+
+
 @dataclass(eq=False)
 class _Request:
     rows: np.ndarray
     deadline: Deadline
-    future: asyncio.Future[tuple[list, np.ndarray | None]]
+    future: asyncio.Future[_Output]
     enqueued: float = field(default_factory=time.perf_counter)
     started: bool = False
 
 
-_Outcome = tuple[list, np.ndarray | None] | BaseException
+_Outcome = _Output | BaseException
 
 
-def _call_model(model: LoadedModel, rows: np.ndarray) -> tuple[list, np.ndarray | None]:
+def _call_model(model: LoadedModel, rows: np.ndarray) -> _Output:
     estimator = model.estimator
     if model.has_proba:
         proba = np.asarray(estimator.predict_proba(rows), dtype=np.float64)
@@ -132,7 +137,7 @@ class Predictor:
                 self.metrics.queue_wait.observe(started - request.enqueued)
             context = contextvars.copy_context()
             call = loop.run_in_executor(self._executor, context.run, self._call, model, batch)
-            call.add_done_callback(lambda done, batch=batch: self._finish(done, batch))
+            call.add_done_callback(functools.partial(self._finish, batch=batch))
 
     def _take(self, rows: int = 0) -> list[_Request]:
         """Waiting requests for one model call, oldest first; expired ones are answered 504 here."""
@@ -159,7 +164,7 @@ class Predictor:
             request.future.set_exception(DeadlineExceeded())
         self.metrics.deadline_exceeded.labels(stage).inc()
 
-    def _finish(self, done: asyncio.Future, batch: list[_Request]) -> None:
+    def _finish(self, done: asyncio.Future[list[_Outcome]], batch: list[_Request]) -> None:
         self._free += 1
         self.metrics.model_calls_in_flight.dec()
         assert self._wakeup is not None
@@ -238,7 +243,7 @@ class Predictor:
         except FerryError as error:
             return error
 
-    def _guarded_call(self, model: LoadedModel, rows: np.ndarray, requests: int) -> tuple[list, np.ndarray | None]:
+    def _guarded_call(self, model: LoadedModel, rows: np.ndarray, requests: int) -> _Output:
         started = time.perf_counter()
         try:
             with self.breaker.guard():
@@ -256,7 +261,7 @@ class Predictor:
         self._record(model, labels, len(rows), requests, seconds)
         return labels, proba
 
-    def _record(self, model: LoadedModel, labels: list, rows: int, requests: int, seconds: float) -> None:
+    def _record(self, model: LoadedModel, labels: list[Any], rows: int, requests: int, seconds: float) -> None:
         name = self.holder.name
         self.metrics.observe_inference(name, rows, seconds)
         self.metrics.batch_requests.observe(requests)

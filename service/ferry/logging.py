@@ -13,6 +13,7 @@ import logging.config
 import os
 import sys
 import threading
+from collections.abc import MutableMapping
 from typing import Any
 
 import orjson
@@ -52,7 +53,7 @@ def _add_pid(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
-def _drop_noise(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+def _drop_noise(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     event.pop("color_message", None)  # uvicorn's ANSI-coloured duplicate of the message
     return event
 

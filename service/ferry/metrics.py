@@ -326,7 +326,7 @@ class Metrics:
         path = multiprocess_dir()
         if path:
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry, path=path)
+            multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
         else:
             registry = self.registry
         return generate_latest(registry), CONTENT_TYPE_LATEST
@@ -335,4 +335,4 @@ class Metrics:
 def mark_worker_dead(pid: int) -> None:
     """gunicorn ``child_exit`` hook: drop the dead worker's live gauges."""
     if multiprocess_dir():
-        multiprocess.mark_process_dead(pid)
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

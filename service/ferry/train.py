@@ -98,7 +98,7 @@ class TrainParams:
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-z))
+    return np.asarray(1.0 / (1.0 + np.exp(-z)))
 
 
 def generate(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -139,7 +139,7 @@ def generate(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def build_pipeline(params: TrainParams):
+def build_pipeline(params: TrainParams) -> Any:
     from sklearn.compose import ColumnTransformer
     from sklearn.ensemble import GradientBoostingClassifier
     from sklearn.pipeline import Pipeline
@@ -168,7 +168,7 @@ def build_pipeline(params: TrainParams):
     return Pipeline([("encode", encode), ("model", model)])
 
 
-def _metrics(pipeline, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+def _metrics(pipeline: Any, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
 
     proba = pipeline.predict_proba(x)

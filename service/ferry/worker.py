@@ -76,7 +76,7 @@ class DrainingServer(Server):
             listener.close()
 
 
-class FerryWorker(UvicornWorker):
+class FerryWorker(UvicornWorker):  # type: ignore[misc]  # uvicorn-worker ships no type information
     CONFIG_KWARGS: dict[str, Any] = {  # noqa: RUF012 - overrides the parent's class attribute
         "loop": "uvloop",
         "http": "httptools",

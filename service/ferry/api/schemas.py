@@ -1,10 +1,55 @@
-"""Response bodies and Open Inference Protocol v2 request/response bodies."""
+"""Request and response bodies, and Open Inference Protocol v2 request/response bodies."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+# -- request bodies typed from the model card ------------------------------------------------------
+def _body_examples(schema: dict[str, Any], model: type[Any]) -> None:
+    schema["examples"] = model.examples
+
+
+class CardBody(BaseModel):
+    """A request body whose records are typed from the served model's card.
+
+    Each route subclasses one of these at start-up (``create_model(__base__=...)``) with the card's
+    record type in place of ``Any``; the static fields here type the route handlers, the subclass
+    validates. ``examples`` (set on the subclass) is the complete example /docs shows.
+    """
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_body_examples)
+    examples: ClassVar[list[Any]] = []
+
+
+class PredictBody(CardBody):
+    record: Any
+
+
+class BatchBody(CardBody):
+    records: list[Any]
+
+
+class StreamBody(CardBody):
+    records: list[Any]
+    chunk_size: int | None = None
+
+
+class JobBody(CardBody):
+    records: list[Any]
+    callback_url: str | None = None
+    metadata: dict[str, Any] | None = None
+    max_metadata_bytes: ClassVar[int] = 4096
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_size(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and len(orjson.dumps(value)) > cls.max_metadata_bytes:
+            raise ValueError(f"metadata is larger than {cls.max_metadata_bytes} bytes as JSON")
+        return value
 
 
 class ModelRef(BaseModel):

@@ -14,8 +14,10 @@ import random
 import re
 import ssl
 import time
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import UTC
+from typing import cast
 from urllib.parse import urlsplit
 
 import httpx
@@ -209,7 +211,9 @@ class CallbackSender:
         """The start of the answer, for the error message; a slow or broken body does not change the outcome."""
         buf = bytearray()
         try:
-            async with asyncio.timeout_at(deadline), contextlib.aclosing(response.aiter_raw()) as chunks:
+            # aiter_raw is an async generator (typed as an iterator): close it when we stop early.
+            raw = cast(AsyncGenerator[bytes, None], response.aiter_raw())
+            async with asyncio.timeout_at(deadline), contextlib.aclosing(raw) as chunks:
                 async for chunk in chunks:
                     buf += chunk
                     if len(buf) >= MAX_RESPONSE_BYTES:

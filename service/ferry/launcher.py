@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -21,23 +23,41 @@ GUNICORN_CONF = Path(ferry.__file__).resolve().parent.parent / "gunicorn.conf.py
 # Native thread pools default to one thread per core in *every* worker; pin them to 1 so that
 # workers x inference threads is the whole CPU budget. A value the operator set wins.
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+# Names the metrics directory this launch created (so gunicorn's on_exit may remove it). Not FERRY_*:
+# it is no setting, and must never be mistaken for a directory the operator configured.
+PRIVATE_METRICS_DIR = "_FERRY_PRIVATE_METRICS_DIR"
 
 
 def reset_metrics_dir(path: Path) -> None:
-    """Empty the multiprocess directory: stale files from a previous run would resurrect old counts."""
-    if path.exists():
-        for entry in path.iterdir():
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
+    """Empty the configured multiprocess directory of prometheus-client's files (``*.db``): stale files
+    from a previous run would resurrect old counts. Nothing else in it is touched."""
     path.mkdir(parents=True, exist_ok=True)
+    for entry in path.glob("*.db"):
+        entry.unlink()
+
+
+def metrics_dir(settings: Settings, env: dict[str, str]) -> Path:
+    """The configured directory, emptied; or, by default, a fresh private one for this launch only, so
+    two instances on one machine never share (or wipe) each other's files."""
+    env.pop(PRIVATE_METRICS_DIR, None)
+    if settings.metrics.dir is not None:
+        reset_metrics_dir(settings.metrics.dir)
+        return settings.metrics.dir
+    path = Path(tempfile.mkdtemp(prefix="ferry-metrics-"))
+    env[PRIVATE_METRICS_DIR] = str(path)
+    return path
+
+
+def remove_private_metrics_dir(environ: Mapping[str, str]) -> None:
+    """gunicorn's on_exit: remove the directory the launcher created for this launch (never a configured one)."""
+    path = environ.get(PRIVATE_METRICS_DIR)
+    if path and path == environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def prepare_environment(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
-    reset_metrics_dir(settings.metrics.dir)
-    env["PROMETHEUS_MULTIPROC_DIR"] = str(settings.metrics.dir)
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir(settings, env))
     for name in THREAD_ENV:
         env.setdefault(name, "1")
     env.setdefault("PYTHONUNBUFFERED", "1")

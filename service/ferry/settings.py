@@ -220,10 +220,13 @@ class LoggingSettings(_Group):
 class MetricsSettings(_Group):
     """Prometheus metrics (multiprocess mode)."""
 
-    dir: Path = Field(
-        Path("/tmp/ferry-metrics"),
-        description="prometheus-client multiprocess directory. The launcher wipes it, exports "
-        "PROMETHEUS_MULTIPROC_DIR and only then starts gunicorn. Use a per-pod emptyDir.",
+    dir: Annotated[Path | None, BeforeValidator(lambda v: v or None)] = Field(
+        None,
+        description="prometheus-client multiprocess directory, exported as PROMETHEUS_MULTIPROC_DIR before "
+        "gunicorn starts. Unset (or empty): a fresh private directory per launch (ferry-metrics-* in the "
+        "temporary directory), removed when gunicorn exits, so instances on one machine never mix counts. "
+        "Set: that directory, emptied of metric files at every start, or a previous run's files would "
+        "resurrect old counts; in Kubernetes the chart sets a per-pod emptyDir.",
     )
     process_interval_s: float = Field(
         5.0, gt=0, le=300, description="How often each worker refreshes its process_* metrics."

@@ -86,6 +86,8 @@ def test_image_entrypoint_serves_and_exits_zero_on_sigterm(tmp_path: Path) -> No
     env["PATH"] = env["PATH"].replace("$PATH", os.environ["PATH"])
     port = free_port()
     env.update(FERRY_PORT=str(port), FERRY_SERVER__GRACEFUL_TIMEOUT_S="10")
+    # The container's own /tmp, not this machine's, which other runs use.
+    env["FERRY_METRICS__DIR"] = env["FERRY_METRICS__DIR"].replace("/tmp", str(tmp_path), 1)
     entrypoint = json.loads(runtime["ENTRYPOINT"])
     healthcheck = json.loads(runtime["HEALTHCHECK"].split("CMD", 1)[1])
     workdir = runtime.get("WORKDIR", "/").replace("/app", str(app))

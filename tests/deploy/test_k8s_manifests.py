@@ -50,7 +50,7 @@ def test_overlays_are_patches_only() -> None:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_builds_and_validates(overlay: str) -> None:
     docs = kv.build_overlay(overlay)
-    problems, counted = kv.validate_docs(f"overlay-{overlay}", docs, None)
+    problems, counted = kv.validate_docs(f"overlay-{overlay}", docs)
     assert problems == []
     assert counted["core"] == len(docs)
 

@@ -1,5 +1,6 @@
 """Micro-batching: concurrent single-record requests (REST and OIP v2) share model calls, and each
-caller gets exactly its own answer (trap 15), property-tested with distinct generated inputs."""
+caller gets exactly its own answer (never a neighbour's row or parameters), property-tested with
+distinct generated inputs."""
 
 from __future__ import annotations
 

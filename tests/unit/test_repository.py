@@ -38,3 +38,26 @@ def test_make_help_lists_every_target() -> None:
     listed = set(re.findall(r"^\s+(?:\x1b\[\d+m)?([a-zA-Z0-9_-]+)", out, re.M))
     assert {"run", "test"} <= listed
     assert phony - listed == set(), "targets without a ## description"
+
+
+# A note that points at a document outside the repository ("see item N of a list kept elsewhere") is
+# useless to whoever clones it: the reason must be written where it applies. (Each alternative is
+# spelt so that this line does not match itself.)
+FOREIGN_REFERENCE = re.compile(r"\btraps? #?\d+|\.\./shared\b|/work/[s]hared\b|TRAPS\.md", re.IGNORECASE)
+
+
+def test_nothing_refers_to_documents_outside_the_repository() -> None:
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.split(b"\0")
+    found = []
+    for name in filter(None, (f.decode() for f in files)):
+        path = ROOT / name
+        if name.endswith(".lock") or not path.is_file():
+            continue
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            continue
+        found += [
+            f"{name}:{text.count(chr(10), 0, m.start()) + 1}: {m.group()}" for m in FOREIGN_REFERENCE.finditer(text)
+        ]
+    assert found == [], "write the reason itself instead:\n" + "\n".join(found)

@@ -133,7 +133,7 @@ lock-checkov: $(VENV)/.dev ## Re-resolve requirements/checkov.lock from requirem
 	$(VENV)/bin/uv pip compile requirements/checkov.in --python-version 3.11 --generate-hashes -q -o requirements/checkov.lock
 
 .PHONY: helm-validate
-helm-validate: $(VENV)/.dev k8s-tools checkov ## Chart + overlays: lint, render, strict schemas, checkov, yamllint, drift
+helm-validate: $(VENV)/.dev k8s-tools checkov ## Chart + overlays: lint, render, strict schemas, checkov, yamllint
 	$(PY) scripts/k8s_validate.py
 
 # --- dashboards ----------------------------------------------------------------------------

@@ -12,8 +12,10 @@ Steps (each prints one summary line; the run fails when any step fails):
 4. every kustomize overlay built with ``kubectl kustomize`` and validated the same way;
 5. checkov (``--skip-download``, helm on PATH) on the chart and on everything rendered, with the
    skips in ``deploy/helm/checkov-skips.yaml`` (each with its reason);
-6. yamllint on the values files and overlays; hadolint on the Dockerfile;
-7. the generated chart files, README and ``deploy/k8s`` base drift-checked.
+6. yamllint on the values files and overlays.
+
+hadolint (``make lint``) and the drift check of the generated files (``make check-generated``) run
+once, in their own targets, which ``make test`` runs beside this one.
 
 The functions are importable: ``tests/deploy`` renders the same scenarios with them.
 """
@@ -487,22 +489,6 @@ def main() -> int:
         return f"{len(files)} files"
 
     report.step("yamllint (values, overlays)", yamllint)
-
-    def hadolint() -> str:
-        result = run([str(Path(sys.executable).parent / "hadolint"), str(ROOT / "service/Dockerfile")])
-        if result.returncode != 0:
-            raise Failure(result.stdout + result.stderr)
-        return "service/Dockerfile"
-
-    report.step("hadolint", hadolint)
-
-    def generated() -> str:
-        result = run([sys.executable, str(ROOT / "scripts/generate_deploy.py"), "--check"])
-        if result.returncode != 0:
-            raise Failure(result.stdout + result.stderr)
-        return "chart files/, chart README, deploy/k8s base and canary"
-
-    report.step("generated files up to date", generated)
 
     failed = report.failed
     skipped = [name for name, ok, _ in report.rows if ok is None]

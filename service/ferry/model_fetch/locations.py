@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Literal
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from ferry.card import CARD_SUFFIX
 from ferry.model_fetch.failures import UsageError
@@ -90,7 +90,8 @@ def card_location(model: Location) -> Location:
 
 
 def redact_url(url: str) -> str:
-    """``url`` without secrets: the password of ``user:password@`` and every query value are replaced."""
+    """``url`` without secrets: the password of ``user:password@`` (or a lone user, often a token) and
+    every query value (a presigned URL's signature) are replaced; a fragment is dropped."""
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
@@ -99,14 +100,11 @@ def redact_url(url: str) -> str:
         return "<unparsable URL>"
     netloc = parts.netloc
     if "@" in netloc:
-        user = parts.username or ""
-        netloc = f"{user}:{REDACTED}@" if parts.password is not None else f"{user}@"
-        netloc += f"[{host}]" if ":" in host else host
-        if port is not None:
-            netloc += f":{port}"
-    query = "&".join(f"{key}={REDACTED}" for key, _ in parse_qsl(parts.query, keep_blank_values=True))
-    if parts.query and not query:
-        query = REDACTED
+        user = f"{parts.username}:{REDACTED}" if parts.password is not None else REDACTED
+        netloc = f"{user}@" + (f"[{host}]" if ":" in host else host) + (f":{port}" if port is not None else "")
+    query = "&".join(
+        f"{item.split('=', 1)[0]}={REDACTED}" if "=" in item else REDACTED for item in parts.query.split("&") if item
+    )
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 

@@ -387,12 +387,15 @@ def test_s3_endpoint_refusing_connections_is_retried_then_fails(model: Model, tm
     env = {"AWS_ACCESS_KEY_ID": "AKIAX", "AWS_SECRET_ACCESS_KEY": "x", "AWS_REGION": "us-east-1",
            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}  # fmt: skip
     url = "s3://ferry-models/churn/v1/model.joblib"
-    run = fetch("--url", url, "--sha256", model.sha256, "--no-card", "--out", str(tmp_path), "--allow-http",
-                "--retries", "1", *FAST, env=env)  # fmt: skip
+    run = fetch("--url", url, "--sha256", model.sha256, "--out", str(tmp_path), "--allow-http", "--retries", "1",
+                *FAST, env=env)  # fmt: skip
     assert run.code == 3
     assert len(run.events("model_fetch_retry")) == 1
     error = run.failure["error"]
-    assert error.startswith(f"cannot fetch {url} after 2 attempts:") and "Connection refused" in error
+    card = url.replace("model.joblib", "model.card.json")  # the card comes first
+    assert error.startswith(f"cannot fetch {card} after 2 attempts:") and "Connection refused" in error
+    assert "--no-card" not in error  # nothing answered: not a missing card
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_s3_wrong_credentials_fail_at_once(model: Model, tmp_path: Path) -> None:

@@ -174,7 +174,10 @@ def fetch_model(
                 try:
                     download(sources.for_location(plan.card), card_landing)
                 except SourceUnavailable as exc:
-                    hint = "(the card: pass --card-url, or --no-card for a model without one)"
+                    last = exc.__cause__
+                    if not (isinstance(last, Transient) and last.not_found):
+                        raise
+                    hint = "(no card there: pass --card-url, or --no-card for a model without one)"
                     raise SourceUnavailable(f"{exc} {hint}") from exc
                 _check_card(card_landing.read(), plan)  # a card for another file stops us before the big download
             model_landing = Landing(plan.out, plan.model_name, max_bytes=options.max_bytes, what=plan.model.redacted)

@@ -24,10 +24,11 @@ RETRY_AFTER_CAP_S = 60.0  # a source asking for longer is waited for this long, 
 class Transient(Exception):
     """One attempt failed in a way a later attempt may not (connection refused, 404 while uploading, 503...)."""
 
-    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+    def __init__(self, message: str, retry_after_s: float | None = None, *, not_found: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after_s = retry_after_s
+        self.not_found = not_found  # the source answered, without the object (404, NoSuchKey)
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,8 @@ class HttpSource:
         if str(response.url) != self.location.url:
             answer += f" from {redact_url(str(response.url))}"
         if retried_status(status):
-            raise Transient(answer, parse_retry_after(response.headers.get("retry-after")))
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            raise Transient(answer, retry_after, not_found=status == 404)
         raise SourceRefused(f"{self.location.redacted} answered {answer}; not retried (check the URL and credentials)")
 
     @staticmethod
@@ -234,5 +235,5 @@ def _store_failure(exc: Exception, location: Location) -> Exception:
         )
     status = store_status(text)
     if isinstance(exc, FileNotFoundError) or status is None or retried_status(status):
-        return Transient(summary)
+        return Transient(summary, not_found=isinstance(exc, FileNotFoundError) or status == 404)
     return SourceRefused(f"{location.redacted}: {summary}; not retried")

@@ -4,6 +4,7 @@ sleep, seeded randomness), obstore error summaries, the landing file, option che
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from obstore.exceptions import GenericError, PermissionDeniedError, Unauthentica
 from ferry.card import card_path_for
 from ferry.cli import main
 from ferry.model_fetch import FetchOptions
-from ferry.model_fetch.command import make_plan
+from ferry.model_fetch.command import _check_card, make_plan
 from ferry.model_fetch.failures import (
     SourceRefused,
     SourceUnavailable,
@@ -346,3 +347,20 @@ def test_bad_flags_exit_2(extra: list[str], capsys: pytest.CaptureFixture[str]) 
         main(["model", "fetch", "--url", "https://h/m", "--sha256", SHA, "--out", "/nonexistent", *extra])
     assert caught.value.code == 2
     assert "usage: ferry model fetch" in capsys.readouterr().err
+
+
+def test_the_card_must_be_a_card_for_the_pinned_file(tmp_path: Path) -> None:
+    card = {"name": "churn", "version": "3", "sha256": "cd" * 32, "features": [{"name": "x", "type": "number"}]}
+    plan = make_plan(FetchOptions(url="https://h/m.joblib", sha256=card["sha256"], out=tmp_path))
+    _check_card(json.dumps(card).encode(), plan)
+    other = make_plan(FetchOptions(url="https://h/m.joblib", sha256=SHA, out=tmp_path))
+    with pytest.raises(VerificationFailed) as caught:
+        _check_card(json.dumps(card).encode(), other)
+    assert str(caught.value) == (
+        f"the card https://h/m.card.json describes another file: its sha256 is {card['sha256']}, "
+        f"the pinned one is {SHA}; nothing was written to {tmp_path}"
+    )
+    with pytest.raises(VerificationFailed, match=r"not a usable model card: .*Expecting value"):
+        _check_card(b"<html>login page</html>", plan)
+    with pytest.raises(VerificationFailed, match=r"not a usable model card: 1 error\(s\), first features"):
+        _check_card(json.dumps({**card, "features": []}).encode(), plan)

@@ -139,31 +139,6 @@ def fetch_model(
     for leftover in remove_leftovers(plan.out, [plan.model_name, plan.card_name]):
         log.info("model_fetch_leftover_removed", path=str(leftover))
 
-    def download(source: Source, landing: Landing) -> Landed:
-        def attempt() -> Landed:
-            landing.restart()
-            with source.open() as body:
-                landing.expect_size(body.size)
-                for chunk in body.chunks:
-                    landing.write(chunk)
-            landed = landing.finish()
-            if body.size is not None and landed.size != body.size:
-                raise Transient(f"the transfer ended after {landed.size} of {body.size} bytes")
-            return landed
-
-        def on_retry(number: int, exc: Transient, delay: float) -> None:
-            log.warning(
-                "model_fetch_retry",
-                url=source.location.redacted,
-                attempt=number,
-                attempts=options.retry.attempts,
-                error=exc.message,
-                retry_in_s=round(delay, 3),
-            )
-
-        what = source.location.redacted
-        return with_retries(attempt, options.retry, what=what, on_retry=on_retry, sleep=sleep, rng=rng)
-
     landings: list[Landing] = []
     with Sources(allow_http=options.allow_http, timeout_s=options.timeout_s) as sources:
         try:
@@ -172,7 +147,7 @@ def fetch_model(
                 card_landing = Landing(plan.out, plan.card_name, max_bytes=MAX_CARD_BYTES, what=plan.card.redacted)
                 landings.append(card_landing)
                 try:
-                    download(sources.for_location(plan.card), card_landing)
+                    _download(sources.for_location(plan.card), card_landing, options.retry, sleep, rng)
                 except SourceUnavailable as exc:
                     last = exc.__cause__
                     if not (isinstance(last, Transient) and last.not_found):
@@ -182,7 +157,7 @@ def fetch_model(
                 _check_card(card_landing.read(), plan)  # a card for another file stops us before the big download
             model_landing = Landing(plan.out, plan.model_name, max_bytes=options.max_bytes, what=plan.model.redacted)
             landings.append(model_landing)
-            landed = download(sources.for_location(plan.model), model_landing)
+            landed = _download(sources.for_location(plan.model), model_landing, options.retry, sleep, rng)
             if landed.sha256 != plan.sha256:
                 raise VerificationFailed(
                     f"sha256 mismatch for {plan.model.redacted}: expected {plan.sha256}, got {landed.sha256}; "
@@ -192,6 +167,39 @@ def fetch_model(
         finally:
             for landing in landings:
                 landing.discard()
+
+
+def _download(
+    source: Source,
+    landing: Landing,
+    policy: RetryPolicy,
+    sleep: Callable[[float], None],
+    rng: random.Random | None,
+) -> Landed:
+    """One file into its landing, every attempt starting over; the hash is checked by the caller."""
+
+    def attempt() -> Landed:
+        landing.restart()
+        with source.open() as body:
+            landing.expect_size(body.size)
+            for chunk in body.chunks:
+                landing.write(chunk)
+        landed = landing.finish()
+        if body.size is not None and landed.size != body.size:
+            raise Transient(f"the transfer ended after {landed.size} of {body.size} bytes")
+        return landed
+
+    def on_retry(number: int, exc: Transient, delay: float) -> None:
+        log.warning(
+            "model_fetch_retry",
+            url=source.location.redacted,
+            attempt=number,
+            attempts=policy.attempts,
+            error=exc.message,
+            retry_in_s=round(delay, 3),
+        )
+
+    return with_retries(attempt, policy, what=source.location.redacted, on_retry=on_retry, sleep=sleep, rng=rng)
 
 
 def _prepare(out: Path) -> None:

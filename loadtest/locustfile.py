@@ -33,15 +33,15 @@ from typing import Any, ClassVar
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-if (HERE.parent / "service" / "ferry").is_dir():  # the repository; in the image ferry is on PYTHONPATH
-    sys.path.insert(0, str(HERE.parent / "service"))
+if (HERE.parent / "service" / "ferry").is_dir():  # the repository; in the image both are on PYTHONPATH
+    sys.path[:0] = [str(HERE.parent / "service"), str(HERE.parent / "clients" / "python" / "src")]
 
 import slo_gate  # noqa: E402
 from locust import HttpUser, LoadTestShape, between, events, task  # noqa: E402
 from locust.runners import MasterRunner, WorkerRunner  # noqa: E402
 
-from ferry.client.sse import SSEParser  # noqa: E402
 from ferry.webhooks import WebhookVerificationError, verify  # noqa: E402
+from ferry_client.sse import SSEParser  # noqa: E402
 
 log = logging.getLogger("ferry.gate")
 TERMINAL = {"succeeded", "failed", "canceled"}

@@ -1,4 +1,4 @@
-"""``ferry`` command line: serve, train, healthcheck; predict and jobs (client side, ferry.client)."""
+"""``ferry`` command line: serve, train, healthcheck; predict and jobs (the client's, from ferry_client.cli)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ferry import __version__
-from ferry.client.cli_commands import add_commands as add_client_commands
+from ferry_client.cli import add_commands as add_client_commands
 
 
 def _worker(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""ferry.client (sync, async, fan-out, streams, jobs) and the `ferry predict` / `ferry jobs` commands,
+"""ferry_client (sync, async, fan-out, streams, jobs) and the `ferry predict` / `ferry jobs` commands,
 against the real service. No HTTP mocks: a recording transport only wraps httpx's real one."""
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import joblib
 import pytest
 
 from ferry.card import Feature
-from ferry.client import AsyncClient, Client, FerryClientError
 from ferry.features import FeatureSchema
+from ferry_client import AsyncClient, Client, FerryClientError
 from support.records import make_records
 from support.server import REPO, Server, free_port
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from ferry.client._common import (
+from ferry_client._common import (
     DEFAULT_BATCH_SIZE,
     EVENT_STREAM,
     JOBS,
@@ -34,8 +34,8 @@ from ferry.client._common import (
     v2_body,
     v2_infer_path,
 )
-from ferry.client.errors import FerryClientError
-from ferry.client.sse import iter_events
+from ferry_client.errors import FerryClientError
+from ferry_client.sse import iter_events
 
 
 class Client(ClientSettings):
@@ -156,7 +156,7 @@ class Client(ClientSettings):
                 "Client.predict_many starts its own event loop and cannot run inside a running one; "
                 "in async code use `await AsyncClient(...).predict_many(...)` instead"
             )
-        from ferry.client.aio import AsyncClient
+        from ferry_client.aio import AsyncClient
 
         async def run() -> list[dict[str, Any]]:
             async with AsyncClient(

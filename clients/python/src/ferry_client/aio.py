@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from ferry.client._common import (
+from ferry_client._common import (
     DEFAULT_BATCH_SIZE,
     EVENT_STREAM,
     JOBS,
@@ -33,8 +33,8 @@ from ferry.client._common import (
     v2_body,
     v2_infer_path,
 )
-from ferry.client.errors import FerryClientError
-from ferry.client.sse import aiter_events
+from ferry_client.errors import FerryClientError
+from ferry_client.sse import aiter_events
 
 
 class AsyncClient(ClientSettings):

@@ -13,9 +13,9 @@ from typing import Any
 
 import httpx
 
-from ferry import __version__
-from ferry.client.errors import FerryClientError
-from ferry.client.sse import ServerSentEvent
+from ferry_client import __version__
+from ferry_client.errors import FerryClientError
+from ferry_client.sse import ServerSentEvent
 
 RETRY_STATUSES = frozenset({429, 503})
 BACKOFF_BASE_S = 0.25

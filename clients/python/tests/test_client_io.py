@@ -1,4 +1,4 @@
-"""ferry.client pieces that need no server: the SSE parser, stream bookkeeping, retry policy, error
+"""ferry_client pieces that need no server: the SSE parser, stream bookkeeping, retry policy, error
 decoding, and the CSV / JSON Lines reading and writing of `ferry predict`."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ferry.client import FerryClientError, SSEParser
-from ferry.client._common import (
+from ferry_client import FerryClientError, SSEParser
+from ferry_client._common import (
     BACKOFF_CAP_S,
     Attempts,
     JobEvents,
@@ -28,7 +28,7 @@ from ferry.client._common import (
     retryable_transport_error,
     v2_body,
 )
-from ferry.client.io import (
+from ferry_client.io import (
     InputError,
     Progress,
     convert,
@@ -38,7 +38,7 @@ from ferry.client.io import (
     read_records,
     write_predictions,
 )
-from ferry.client.sse import ServerSentEvent, iter_events
+from ferry_client.sse import ServerSentEvent, iter_events
 
 CARD = {
     "name": "churn",
@@ -94,20 +94,6 @@ def test_sse_parser_handles_bom_and_line_endings() -> None:
     assert parser.feed("data: 1\r") is None
     assert parser.feed("\r\n") == ServerSentEvent(event="a", data="1")
     assert parser.feed("id: bad\0id") is None and parser.last_event_id is None
-
-
-def test_sse_parser_reads_what_the_server_writes() -> None:
-    sse = pytest.importorskip("ferry.api.sse")
-    stream = (
-        sse.encode({"offset": 0, "predictions": [{"prediction": "stay"}]}, event="chunk", id=0)
-        + sse.comment("ping")
-        + sse.encode("two\nlines", event="note")
-        + sse.encode({"records": 1}, event="summary", id=1)
-    )
-    got = events(stream.decode())
-    assert [(e.event, e.id) for e in got] == [("chunk", "0"), ("note", "0"), ("summary", "1")]
-    assert got[0].json() == {"offset": 0, "predictions": [{"prediction": "stay"}]}
-    assert got[1].data == "two\nlines"
 
 
 # -- stream bookkeeping ----------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from ferry_client._common import (
     backoff_delay,
     encode,
     error_from_response,
-    parse_retry_after,
+    retry_after,
     retryable_transport_error,
     v2_body,
 )
@@ -142,15 +142,17 @@ def test_stream_state_gives_up_without_progress_and_ends_when_all_answered() -> 
 
 
 # -- retry policy and errors -----------------------------------------------------------------------
-def test_parse_retry_after() -> None:
-    assert parse_retry_after("3") == 3.0
-    assert parse_retry_after(" 1.5 ") == 1.5
-    assert parse_retry_after("-4") == 0.0
-    assert parse_retry_after("999999") == 120.0
-    assert parse_retry_after(None) is None and parse_retry_after("soon") is None and parse_retry_after("nan") is None
-    now = time.time()
-    date = email.utils.formatdate(now + 30, usegmt=True)
-    assert 28 <= parse_retry_after(date, now=now) <= 31
+def test_retry_after_is_read_then_capped() -> None:
+    def read(value: str) -> float | None:
+        return retry_after(httpx.Headers({"retry-after": value}))
+
+    assert read("3") == 3.0
+    assert read(" 1.5 ") == 1.5
+    assert read("999999") == 120.0  # the client's ceiling; the protocol reading itself is not capped
+    assert retry_after(httpx.Headers()) is None and read("soon") is None and read("nan") is None
+    assert read("-4") is None  # not delay-seconds: as if absent (RFC 9110), so the backoff applies
+    date = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 28 <= (read(date) or 0) <= 31
 
 
 def test_backoff_honours_retry_after_else_full_jitter() -> None:

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import random
-import re
 import ssl
 import time
 from dataclasses import dataclass
-from datetime import UTC
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -26,6 +23,7 @@ from ferry.errors import CallbackUrlForbidden
 from ferry.jobs.ssrf import CallbackTarget, Resolver, check_callback_url
 from ferry.metrics import Metrics
 from ferry.settings import CallbacksSettings
+from ferry_client.protocol import parse_retry_after
 
 Outcome = Literal["delivered", "retry", "rejected", "forbidden"]
 
@@ -33,7 +31,6 @@ MAX_RESPONSE_BYTES = 4096  # of the receiver's answer: enough for an error messa
 MAX_ERROR_CHARS = 200
 RETRY_STATUSES = frozenset({408, 429})  # plus every 5xx
 USER_AGENT = "ferry-callbacks"
-_DELTA_SECONDS = re.compile(r"\d+(\.\d+)?")
 _rng = random.Random()
 
 
@@ -69,21 +66,6 @@ def next_delay(
     if retry_after_s is not None and retry_after_s > 0:
         delay = max(delay, min(retry_after_s, max_s))
     return delay
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds a Retry-After header asks for (delta-seconds or HTTP-date); None if absent or invalid."""
-    if value is None or not (value := value.strip()):
-        return None
-    if _DELTA_SECONDS.fullmatch(value):
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)  # HTTP-dates are GMT
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def _pinned_url(target: CallbackTarget) -> str:

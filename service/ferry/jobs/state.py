@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-Status = Literal["queued", "running", "succeeded", "failed", "canceled"]
-TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
+# A job's statuses are part of the HTTP protocol: clients wait for the same terminal ones.
+from ferry_client.protocol import TERMINAL_JOB_STATUSES as TERMINAL
+from ferry_client.protocol import JobStatus as Status
+
 CallbackStatus = Literal["pending", "delivered", "dead_letter"]
 
 Doc = dict[str, Any]

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import email.utils
 import json
-import math
 import random
-import time
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -15,6 +12,7 @@ import httpx
 
 from ferry_client import __version__
 from ferry_client.errors import FerryClientError
+from ferry_client.protocol import TERMINAL_JOB_STATUSES, parse_retry_after, v2_tensor
 from ferry_client.sse import ServerSentEvent
 
 RETRY_STATUSES = frozenset({429, 503})
@@ -23,7 +21,6 @@ BACKOFF_CAP_S = 10.0
 RETRY_AFTER_CAP_S = 120.0
 RETRY_AFTER_JITTER = 0.2  # up to +20% on top of Retry-After, so shed callers do not return in lockstep
 DEFAULT_BATCH_SIZE = 500
-TERMINAL_JOB_STATUSES = frozenset({"succeeded", "failed", "canceled"})
 USER_AGENT = f"ferry-client/{__version__}"
 EVENT_STREAM = {"Accept": "text/event-stream"}
 
@@ -83,24 +80,11 @@ def v2_infer_path(model_name: str, version: str | None) -> str:
     return f"/v2/models/{model_name}" + (f"/versions/{version}" if version else "") + "/infer"
 
 
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Retry-After as seconds to wait: delta-seconds or an HTTP date; None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when is None:
-            return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    if not math.isfinite(seconds):
-        return None
-    return min(max(seconds, 0.0), RETRY_AFTER_CAP_S)
+def retry_after(headers: httpx.Headers) -> float | None:
+    """The answer's Retry-After in seconds (``protocol.parse_retry_after``), at most RETRY_AFTER_CAP_S:
+    a server asking for longer is retried after the cap, within ``max_retries``."""
+    seconds = parse_retry_after(headers.get("retry-after"))
+    return None if seconds is None else min(seconds, RETRY_AFTER_CAP_S)
 
 
 def backoff_delay(attempt: int, retry_after: float | None = None, rng: random.Random | None = None) -> float:
@@ -159,7 +143,7 @@ def error_from_response(response: httpx.Response) -> FerryClientError:
         code=str(code) if code is not None else None,
         request_id=request_id,
         details=details,
-        retry_after=parse_retry_after(response.headers.get("retry-after")),
+        retry_after=retry_after(response.headers),
     )
 
 
@@ -184,7 +168,7 @@ class Attempts:
         if response.status_code not in RETRY_STATUSES or self.made >= self.left:
             return None
         self.made += 1
-        return backoff_delay(self.made - 1, parse_retry_after(response.headers.get("retry-after")))
+        return backoff_delay(self.made - 1, retry_after(response.headers))
 
 
 class JobEvents:
@@ -234,15 +218,7 @@ def v2_body(
     """An Open Inference Protocol request. ``inputs``: the protocol's tensor list, or a 2-D list of
     numbers sent as the one FP64 tensor ``input-0``."""
     if isinstance(inputs, list) and inputs and all(isinstance(row, list | tuple) for row in inputs):
-        width = len(inputs[0])
-        inputs = [
-            {
-                "name": "input-0",
-                "shape": [len(inputs), width],
-                "datatype": "FP64",
-                "data": [value for row in inputs for value in row],
-            }
-        ]
+        inputs = [v2_tensor(inputs)]
     body: dict[str, Any] = {"inputs": inputs}
     if outputs is not None:
         body["outputs"] = [{"name": name} for name in outputs]

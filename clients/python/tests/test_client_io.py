@@ -19,6 +19,7 @@ from ferry_client import FerryClientError, SSEParser
 from ferry_client._common import (
     BACKOFF_CAP_S,
     Attempts,
+    Deadline,
     JobEvents,
     StreamState,
     backoff_delay,
@@ -200,6 +201,37 @@ def test_attempts_retry_what_may_be_retried_up_to_max_retries() -> None:
         is None
     )  # only 429 and 503 are retried
     assert Attempts(5, "GET", "/readyz", idempotent=True, retry=False).after_error_answer(shed) is None
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_deadline_bounds_each_attempt_and_each_wait() -> None:
+    clock = FakeClock()
+    deadline = Deadline(2.0, clock)
+    assert (deadline.remaining(), deadline.expired(), deadline.cap(5.0), deadline.cap(0.5)) == (2.0, False, 2.0, 0.5)
+    request = httpx.Request("GET", "http://x/api/v1/jobs/j")
+    attempts = Attempts(5, "GET", "/api/v1/jobs/j", idempotent=True, retry=True, deadline=deadline)
+    assert attempts.timeout(30.0) == httpx.Timeout(2.0)  # a request never outlives the deadline
+    clock.now += 1.5
+    assert attempts.timeout(30.0) == httpx.Timeout(0.5)
+    shed = httpx.Response(503, headers={"retry-after": "3"}, request=request)
+    assert attempts.after_error_answer(shed) == 0.5  # Retry-After 3 s, cut at the deadline
+    assert attempts.after_transport_error(httpx.ReadTimeout("slow", request=request)) <= 0.5
+    clock.now += 0.5
+    assert deadline.expired() and deadline.cap(1.0) == 0.0
+    with pytest.raises(FerryClientError) as caught:
+        attempts.timeout(30.0)  # no attempt starts after the deadline
+    assert caught.value.code == "timeout"
+
+    unlimited = Deadline(None, clock)
+    assert (unlimited.remaining(), unlimited.expired(), unlimited.cap(7.0)) == (None, False, 7.0)
+    assert Attempts(5, "GET", "/x", idempotent=True, retry=True).timeout(30.0) == httpx.Timeout(30.0)
 
 
 def test_job_events_return_the_terminal_status_and_give_up_after_max_retries() -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import random
+import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import httpx
@@ -147,28 +148,74 @@ def error_from_response(response: httpx.Response) -> FerryClientError:
     )
 
 
+class Deadline:
+    """When a call with a time limit (``wait_job(timeout=...)``) must end, on the monotonic clock.
+    ``seconds`` None: no limit."""
+
+    def __init__(self, seconds: float | None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self.clock = clock
+        self.at = None if seconds is None else clock() + seconds
+
+    def remaining(self) -> float | None:
+        return None if self.at is None else self.at - self.clock()
+
+    def expired(self) -> bool:
+        left = self.remaining()
+        return left is not None and left <= 0
+
+    def cap(self, delay: float) -> float:
+        """``delay``, shortened so that it ends at the deadline at the latest."""
+        left = self.remaining()
+        return delay if left is None else max(0.0, min(delay, left))
+
+
 class Attempts:
     """The retry policy of one call, free of I/O, so both clients follow it to the letter: after each
-    failure it says how long to wait before the next attempt, or that there is none."""
+    failure it says how long to wait before the next attempt, or that there is none. With a
+    ``deadline``, no attempt starts after it and none may last beyond it."""
 
-    def __init__(self, max_retries: int, method: str, path: str, *, idempotent: bool, retry: bool) -> None:
+    def __init__(
+        self,
+        max_retries: int,
+        method: str,
+        path: str,
+        *,
+        idempotent: bool,
+        retry: bool,
+        deadline: Deadline | None = None,
+    ) -> None:
         self.left = max_retries if retry else 0
         self.method, self.path, self.idempotent = method, path, idempotent
+        self.deadline = deadline
         self.made = 0
+
+    def timeout(self, default: float) -> httpx.Timeout:
+        """The timeout of the attempt about to be sent: ``default``, or the time left before the deadline
+        if that is shorter. FerryClientError ``timeout`` when the deadline has passed."""
+        left = None if self.deadline is None else self.deadline.remaining()
+        if left is None:
+            return httpx.Timeout(default)
+        if left <= 0:
+            raise FerryClientError(f"{self.method} {self.path}: the call's time limit has passed", code="timeout")
+        return httpx.Timeout(min(default, left))
 
     def after_transport_error(self, exc: httpx.TransportError) -> float:
         """Seconds to wait before sending again; raises FerryClientError when the request may not be resent."""
         if self.made >= self.left or not retryable_transport_error(exc, self.method, self.idempotent):
             raise transport_error(exc, self.method, self.path) from exc
         self.made += 1
-        return backoff_delay(self.made - 1)
+        return self._within_deadline(backoff_delay(self.made - 1))
 
     def after_error_answer(self, response: httpx.Response) -> float | None:
         """Seconds to wait before retrying a 429/503, or None: the answer is final (read it, then raise it)."""
         if response.status_code not in RETRY_STATUSES or self.made >= self.left:
             return None
         self.made += 1
-        return backoff_delay(self.made - 1, retry_after(response.headers))
+        return self._within_deadline(backoff_delay(self.made - 1, retry_after(response.headers)))
+
+    def _within_deadline(self, delay: float) -> float:
+        return delay if self.deadline is None else self.deadline.cap(delay)
 
 
 class JobEvents:

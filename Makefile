@@ -91,9 +91,10 @@ check-generated: $(VENV)/.dev k8s-tools ## Fail if a generated file differs from
 
 # --- quality ---------------------------------------------------------------------------------
 .PHONY: lint
-lint: $(VENV)/.dev ## ruff (lint + format check) and hadolint on the Dockerfile
+lint: $(VENV)/.dev ## ruff (lint + format check), mypy --strict on the client package, hadolint on the Dockerfile
 	$(VENV)/bin/ruff check service clients tests scripts dashboards loadtest
 	$(VENV)/bin/ruff format --check service clients tests scripts dashboards loadtest
+	$(VENV)/bin/mypy --strict clients/python/src clients/python/tests clients/python/tools
 	$(VENV)/bin/hadolint service/Dockerfile
 
 .PHONY: test
@@ -176,4 +177,4 @@ capacity: $(VENV)/.dev $(MODEL) ## Capacity search: step load until an SLO objec
 
 .PHONY: clean
 clean: ## Remove the virtualenv, built model and caches
-	rm -rf $(VENV) models .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) models .pytest_cache .ruff_cache .mypy_cache .hypothesis

@@ -11,6 +11,7 @@ import random
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -41,7 +42,7 @@ from ferry_client.io import (
 )
 from ferry_client.sse import ServerSentEvent, iter_events
 
-CARD = {
+CARD: dict[str, Any] = {
     "name": "churn",
     "features": [
         {"name": "tenure", "type": "integer", "minimum": 0, "maximum": 120},
@@ -51,7 +52,7 @@ CARD = {
     ],
     "classes": ["churn", "stay"],
 }
-GENERIC = {
+GENERIC: dict[str, Any] = {
     "name": "m",
     "description": "model served without a card: generic numeric schema",
     "features": [{"name": "x0", "type": "number"}, {"name": "x1", "type": "number"}],
@@ -102,16 +103,22 @@ def chunk(offset: int, n: int) -> ServerSentEvent:
     return ServerSentEvent(event="chunk", data=json.dumps({"offset": offset, "predictions": [{}] * n}))
 
 
+def handled(state: StreamState, sse: ServerSentEvent) -> dict[str, Any]:
+    event = state.handle(sse)
+    assert event is not None
+    return event
+
+
 def test_stream_state_resumes_with_offsets_in_the_callers_records() -> None:
     state = StreamState(range(10), chunk_size=3, max_retries=2)
     assert state.body() == {"records": list(range(10)), "chunk_size": 3}
     assert state.handle(chunk(0, 3)) == {"event": "chunk", "data": {"offset": 0, "predictions": [{}] * 3}}
-    assert state.handle(chunk(3, 3))["data"]["offset"] == 3
+    assert handled(state, chunk(3, 3))["data"]["offset"] == 3
     shutdown = ServerSentEvent(event="shutdown", data='{"next_offset": 6, "message": "bye"}')
     assert state.handle(shutdown) is None and state.resume
     assert 0 <= state.interrupted(None) <= 0.25
     assert state.body() == {"records": [6, 7, 8, 9], "chunk_size": 3}
-    assert state.handle(chunk(0, 3))["data"]["offset"] == 6
+    assert handled(state, chunk(0, 3))["data"]["offset"] == 6
     with pytest.raises(FerryClientError) as caught:
         state.handle(ServerSentEvent(event="error", data='{"code": "model_error", "message": "m", "offset": 3}'))
     assert (caught.value.code, caught.value.offset, caught.value.status) == ("model_error", 9, None)
@@ -191,8 +198,8 @@ def test_attempts_retry_what_may_be_retried_up_to_max_retries() -> None:
 
     shed = httpx.Response(503, headers={"retry-after": "3"}, request=request)
     attempts = Attempts(2, "POST", "/api/v1/predict", idempotent=True, retry=True)
-    assert 3.0 <= attempts.after_error_answer(shed) <= 3.6  # Retry-After, plus a little jitter
-    assert 3.0 <= attempts.after_error_answer(shed) <= 3.6
+    assert 3.0 <= (attempts.after_error_answer(shed) or 0) <= 3.6  # Retry-After, plus a little jitter
+    assert 3.0 <= (attempts.after_error_answer(shed) or 0) <= 3.6
     assert attempts.after_error_answer(shed) is None  # max_retries used up: the 503 is final
     with pytest.raises(FerryClientError):
         attempts.after_transport_error(refused)  # the same budget covers both kinds of failure

@@ -332,13 +332,13 @@ class StreamState:
             return {"event": name, "data": data}
         if name == "error":
             info = data if isinstance(data, dict) else {"message": str(data)}
-            offset = info.get("offset")
+            at = info.get("offset")
             raise FerryClientError(
                 str(info.get("message") or "the stream failed"),
                 code=info.get("code"),
                 request_id=info.get("request_id"),
                 details=info.get("details"),
-                offset=self.base + int(offset) if isinstance(offset, int) else None,
+                offset=self.base + at if isinstance(at, int) else None,
             )
         if name == "shutdown":
             # The worker is stopping: {"next_offset"} is the first record it did not answer, which is

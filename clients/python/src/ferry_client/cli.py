@@ -12,7 +12,11 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ferry_client.sync import Client
 
 PROG = "ferry-client"
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -121,7 +125,7 @@ def _describe(exc: Exception) -> str:
     return text
 
 
-def _client(args: argparse.Namespace) -> Any:
+def _client(args: argparse.Namespace) -> Client:
     from ferry_client import Client
 
     return Client(args.url, timeout=args.http_timeout, max_retries=args.retries)
@@ -162,8 +166,9 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_job(job: dict[str, Any]) -> None:
+def _print_job(job: dict[str, Any]) -> int:
     print(json.dumps(job, indent=2))
+    return 0
 
 
 def _finished(job: dict[str, Any]) -> int:
@@ -171,7 +176,7 @@ def _finished(job: dict[str, Any]) -> int:
     return 0 if job.get("status") == "succeeded" else EXIT_FAILED
 
 
-def _wait(client: Any, job_id: str, args: argparse.Namespace) -> int:
+def _wait(client: Client, job_id: str, args: argparse.Namespace) -> int:
     try:
         job = client.wait_job(
             job_id, timeout=args.wait_timeout, poll_interval=args.poll_interval, use_events=args.events
@@ -181,7 +186,7 @@ def _wait(client: Any, job_id: str, args: argparse.Namespace) -> int:
     return _finished(job)
 
 
-def _run_job_command(name: str, args: argparse.Namespace, body: Any) -> int:
+def _run_job_command(name: str, args: argparse.Namespace, body: Callable[[Client], int]) -> int:
     from ferry_client import FerryClientError
     from ferry_client.io import InputError
 
@@ -200,7 +205,7 @@ def _jobs_submit(args: argparse.Namespace) -> int:
     if args.metadata is not None and not isinstance(args.metadata, dict):
         return _fail(args, "jobs submit", "--metadata must be a JSON object", EXIT_INPUT)
 
-    def body(client: Any) -> int:
+    def body(client: Client) -> int:
         kind = file_format(args.file, args.format) if args.file != "-" else (args.format or "jsonl")
         card = client.model_card(args.model) if kind == "csv" else {}
         records = read_records(args.file, card, kind)
@@ -209,14 +214,13 @@ def _jobs_submit(args: argparse.Namespace) -> int:
         )
         if args.wait:
             return _wait(client, job["id"], args)
-        _print_job(job)
-        return 0
+        return _print_job(job)
 
     return _run_job_command("submit", args, body)
 
 
 def _jobs_status(args: argparse.Namespace) -> int:
-    return _run_job_command("status", args, lambda client: _print_job(client.get_job(args.id)) or 0)
+    return _run_job_command("status", args, lambda client: _print_job(client.get_job(args.id)))
 
 
 def _jobs_wait(args: argparse.Namespace) -> int:
@@ -224,8 +228,8 @@ def _jobs_wait(args: argparse.Namespace) -> int:
 
 
 def _jobs_cancel(args: argparse.Namespace) -> int:
-    return _run_job_command("cancel", args, lambda client: _print_job(client.cancel_job(args.id)) or 0)
+    return _run_job_command("cancel", args, lambda client: _print_job(client.cancel_job(args.id)))
 
 
 def _jobs_redeliver(args: argparse.Namespace) -> int:
-    return _run_job_command("redeliver", args, lambda client: _print_job(client.redeliver_callback(args.id)) or 0)
+    return _run_job_command("redeliver", args, lambda client: _print_job(client.redeliver_callback(args.id)))

@@ -9,8 +9,7 @@ it for its ``ferry predict`` / ``ferry jobs`` commands and for the protocol fact
 :mod:`ferry_client.protocol`.
 """
 
-__version__ = "0.1.0"  # also the User-Agent: ferry-client/<version>
-
+from ferry_client._version import __version__
 from ferry_client.aio import AsyncClient
 from ferry_client.errors import FerryClientError
 from ferry_client.sse import ServerSentEvent, SSEParser

@@ -1,4 +1,5 @@
-"""What the sync and async clients share: retry policy, error decoding, stream resumption, batching."""
+"""What the sync and async clients share: retry policy, deadlines, error decoding, stream resumption,
+batching."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from ferry_client import __version__
+from ferry_client._version import __version__
 from ferry_client.errors import FerryClientError
 from ferry_client.protocol import TERMINAL_JOB_STATUSES, parse_retry_after, v2_tensor
 from ferry_client.sse import ServerSentEvent

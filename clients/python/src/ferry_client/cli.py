@@ -44,7 +44,7 @@ def _records_input(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """The ``ferry-client`` program."""
-    from ferry_client import __version__
+    from ferry_client._version import __version__
 
     parser = argparse.ArgumentParser(prog=PROG, description="Predict and run jobs through a ferry service.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")

@@ -28,7 +28,14 @@ $(VENV)/.created:
 	printf '#!/bin/sh\nexec "$$(dirname "$$0")/python" -m ferry "$$@"\n' > $(VENV)/bin/ferry && chmod +x $(VENV)/bin/ferry
 	touch $@
 
-$(VENV)/.service: requirements/service.lock $(VENV)/.created
+# The client distribution (clients/python, package ferry_client), which the service reuses, goes on
+# the path the same way, with its `ferry-client` command: its only dependency, httpx, is in the locks.
+$(VENV)/.client: $(VENV)/.created
+	$(PY) -c 'import sysconfig, pathlib; pathlib.Path(sysconfig.get_paths()["purelib"], "ferry-client-src.pth").write_text(str(pathlib.Path("clients/python/src").resolve()) + "\n")'
+	printf '#!/bin/sh\nexec "$$(dirname "$$0")/python" -m ferry_client "$$@"\n' > $(VENV)/bin/ferry-client && chmod +x $(VENV)/bin/ferry-client
+	touch $@
+
+$(VENV)/.service: requirements/service.lock $(VENV)/.client
 	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r $<
 	touch $@
 
@@ -86,10 +93,11 @@ check-generated: $(VENV)/.dev k8s-tools ## Fail if a generated file differs from
 
 # --- quality ---------------------------------------------------------------------------------
 .PHONY: lint
-lint: $(VENV)/.dev ## ruff (lint + format check), mypy --strict on service/ferry, hadolint on the Dockerfile
-	$(VENV)/bin/ruff check service tests scripts dashboards loadtest
-	$(VENV)/bin/ruff format --check service tests scripts dashboards loadtest
+lint: $(VENV)/.dev ## ruff (lint + format check), mypy --strict (service and client packages), hadolint on the Dockerfile
+	$(VENV)/bin/ruff check service clients tests scripts dashboards loadtest
+	$(VENV)/bin/ruff format --check service clients tests scripts dashboards loadtest
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --strict clients/python/src clients/python/tests clients/python/tools
 	$(VENV)/bin/hadolint service/Dockerfile
 
 .PHONY: test
@@ -173,4 +181,4 @@ capacity: $(VENV)/.dev $(MODEL) ## Capacity search: step load until an SLO objec
 
 .PHONY: clean
 clean: ## Remove the virtualenv, built model and caches
-	rm -rf $(VENV) models .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) models .pytest_cache .ruff_cache .mypy_cache .hypothesis

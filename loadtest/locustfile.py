@@ -33,18 +33,19 @@ from typing import Any, ClassVar
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-if (HERE.parent / "service" / "ferry").is_dir():  # the repository; in the image ferry is on PYTHONPATH
-    sys.path.insert(0, str(HERE.parent / "service"))
+if (HERE.parent / "service" / "ferry").is_dir():  # the repository; in the image both are on PYTHONPATH
+    sys.path[:0] = [str(HERE.parent / "service"), str(HERE.parent / "clients" / "python" / "src")]
 
 import slo_gate  # noqa: E402
 from locust import HttpUser, LoadTestShape, between, events, task  # noqa: E402
 from locust.runners import MasterRunner, WorkerRunner  # noqa: E402
 
-from ferry.client.sse import SSEParser  # noqa: E402
 from ferry.webhooks import WebhookVerificationError, verify  # noqa: E402
+from ferry_client.protocol import TERMINAL_JOB_STATUSES as TERMINAL  # noqa: E402
+from ferry_client.protocol import record_row, v2_tensor  # noqa: E402
+from ferry_client.sse import SSEParser  # noqa: E402
 
 log = logging.getLogger("ferry.gate")
-TERMINAL = {"succeeded", "failed", "canceled"}
 USER_KEYS = {
     "predict": "PredictUser",
     "batch": "BatchUser",
@@ -111,14 +112,7 @@ class Payloads:
 
     def row(self, record: dict[str, Any]) -> list[float]:
         """The OIP v2 encoding (GET /v2/models/{name}): feature order, boolean 0/1, categorical index."""
-        row: list[float] = []
-        for f in self.features:
-            value = record[f["name"]]
-            if f.get("type") == "categorical":
-                row.append(float(f["categories"].index(value)))
-            else:
-                row.append(float(value))
-        return row
+        return record_row(record, self.features)
 
 
 # --- callback receiver ---------------------------------------------------------------------------
@@ -258,7 +252,7 @@ class V2InferUser(GateUser):
     @task
     def infer(self) -> None:
         rows = [self.payloads.row(r) for r in self.payloads.records(2)]
-        body = {"inputs": [{"name": "input-0", "shape": [len(rows), len(rows[0])], "datatype": "FP64", "data": rows}]}
+        body = {"inputs": [v2_tensor(rows)]}
         self.client.post(f"/v2/models/{self.model}/infer", json=body, name="/v2/models/{name}/infer")
 
 

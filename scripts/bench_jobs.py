@@ -29,6 +29,7 @@ sys.path[:0] = [str(ROOT / "service"), str(ROOT / "tests")]
 
 from bench import publish  # noqa: E402
 
+from ferry_client.protocol import TERMINAL_JOB_STATUSES  # noqa: E402
 from support.redis import RedisServer  # noqa: E402
 from support.server import Server  # noqa: E402
 
@@ -52,7 +53,7 @@ def run(server: Server, record: dict[str, Any], jobs: int) -> dict[str, float]:
         submitted = time.perf_counter() - started
         while True:
             docs = list(pool.map(lambda job_id: client.get(f"/api/v1/jobs/{job_id}").json(), ids))
-            if all(d["status"] in ("succeeded", "failed", "canceled") for d in docs):
+            if all(d["status"] in TERMINAL_JOB_STATUSES for d in docs):
                 break
             time.sleep(0.2)
     first = min(_ts(d["created_at"]) for d in docs)

@@ -356,6 +356,13 @@ def dashboards() -> dict[str, str]:
     }
 
 
+def sync_client() -> str:
+    sys.path.insert(0, str(ROOT / "clients/python/tools"))
+    import unasync
+
+    return unasync.generate()
+
+
 GENERATORS: dict[str, Callable[[], str]] = {
     **{
         path: (lambda path=path: dashboards()[path])
@@ -364,6 +371,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "deploy/rules/ferry.rules.yaml": rules_yaml,
     "docs/configuration.md": configuration_md,
     "docs/metrics.md": metrics_md,
+    "clients/python/src/ferry_client/sync.py": sync_client,
 }
 
 

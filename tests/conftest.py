@@ -11,11 +11,16 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 TIERS = ("unit", "integration", "deploy", "alerts", "live")
+CLIENT_TESTS = ROOT / "clients/python/tests"  # the client distribution's own tests: in-process, so unit
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        parts = Path(str(item.fspath)).relative_to(ROOT / "tests").parts
+        path = Path(str(item.fspath))
+        if path.is_relative_to(CLIENT_TESTS):
+            item.add_marker(pytest.mark.unit)
+            continue
+        parts = path.relative_to(ROOT / "tests").parts
         tier = parts[0] if parts else ""
         if tier not in TIERS:
             raise pytest.UsageError(f"{item.nodeid}: tests live in tests/<tier>/ with tier in {TIERS}")

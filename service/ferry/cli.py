@@ -1,4 +1,4 @@
-"""``ferry`` command line: serve, train, healthcheck, model fetch; predict and jobs (client side, ferry.client)."""
+"""``ferry`` command line: serve, worker, train, healthcheck, model fetch; predict and jobs (from ferry_client.cli)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ferry import __version__
-from ferry.client.cli_commands import add_commands as add_client_commands
+from ferry_client.cli import add_commands as add_client_commands
 
 
 def _worker(args: argparse.Namespace) -> int:

@@ -31,6 +31,7 @@ from ferry.jobs.store import open_store
 from ferry.logging import configure_logging, get_logger
 from ferry.metrics import Metrics
 from ferry.settings import Settings
+from ferry_client.protocol import record_row, v2_tensor
 
 log = get_logger("ferry.main")
 
@@ -175,12 +176,7 @@ def _install_openapi(app: FastAPI, core: Core) -> None:
         if app.openapi_schema is not None:
             return app.openapi_schema
         schema = build()
-        width = core.schema.n_features or 1
-        row = [_numeric(value, feature) for value, feature in _example_row(core)]
-        example = {
-            "id": "example-1",
-            "inputs": [{"name": v2.INPUT_NAME, "shape": [1, width], "datatype": "FP64", "data": [row]}],
-        }
+        example = {"id": "example-1", "inputs": [v2_tensor([_example_row(core)], name=v2.INPUT_NAME)]}
         schema["components"]["schemas"]["InferRequest"]["examples"] = [example]
         _enumerate_path_parameters(schema, {"name": core.holder.name, "version": core.holder.version})
         app.openapi_schema = schema if core.holder.ready else None
@@ -198,14 +194,9 @@ def _enumerate_path_parameters(schema: dict[str, Any], values: dict[str, str]) -
                     parameter["schema"]["enum"] = [values[parameter["name"]]]
 
 
-def _example_row(core: Core) -> list[tuple[Any, Any]]:
+def _example_row(core: Core) -> list[float]:
+    """The example record in the Open Inference Protocol encoding (a generic model's is a row already)."""
     schema = core.schema
     if schema.features:
-        return [(schema.example[f.name], f) for f in schema.features]
-    return [(v, None) for v in schema.example]
-
-
-def _numeric(value: Any, feature: Any) -> float:
-    if feature is not None and feature.type == "categorical":
-        return float(feature.categories.index(value))
-    return float(value)
+        return record_row(schema.example, [f.model_dump() for f in schema.features])
+    return [float(v) for v in schema.example]

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from ferry.card import Feature
 from ferry.features import FeatureSchema
+from ferry_client.protocol import record_row, v2_tensor
 from support.metrics import counter, scrape
 from support.server import Server
 
@@ -50,30 +51,13 @@ def test_concurrent_callers_each_get_their_own_answer(batching_server: Server, c
         row = schema.rows_from_records([schema.record_type.model_validate(record)])
         return estimator.predict_proba(row)[0].tolist()
 
-    def as_tensor_row(record: dict) -> list[float]:
-        row = []
-        for f in card["features"]:
-            value = record[f["name"]]
-            row.append(float(f["categories"].index(value)) if f["type"] == "categorical" else float(value))
-        return row
-
     async def fire(records: list[dict]) -> list[list[float]]:
         limits = httpx.Limits(max_connections=len(records))
         async with httpx.AsyncClient(base_url=batching_server.url, limits=limits, timeout=30) as client:
 
             async def one(i: int, record: dict) -> list[float]:
                 if i % 3 == 2:  # every third caller speaks the Open Inference Protocol
-                    body = {
-                        "inputs": [
-                            {
-                                "name": "input-0",
-                                "shape": [1, len(names)],
-                                "datatype": "FP64",
-                                "data": as_tensor_row(record),
-                            }
-                        ],
-                        "id": str(i),
-                    }
+                    body = {"inputs": [v2_tensor([record_row(record, card["features"])])], "id": str(i)}
                     r = await client.post("/v2/models/churn/infer", json=body)
                     assert r.status_code == 200, r.text
                     out = {o["name"]: o for o in r.json()["outputs"]}

@@ -7,7 +7,6 @@ verifies the signature the way a customer would, with ``ferry.webhooks.verify``.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import random
 import shutil
 import ssl
@@ -24,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ferry import webhooks
-from ferry.jobs.callbacks import Attempt, CallbackSender, next_delay, parse_retry_after
+from ferry.jobs.callbacks import Attempt, CallbackSender, next_delay
 from ferry.metrics import Metrics
 from ferry.settings import CallbacksSettings
 from support.server import free_port
@@ -420,13 +419,3 @@ def test_next_delay_is_full_jitter_growing_exponentially() -> None:
     assert next_delay(1, base_s=1, max_s=60, retry_after_s=3600, rng=rng) == 60
     with pytest.raises(ValueError, match="start at 1"):
         next_delay(0, base_s=1, max_s=60)
-
-
-def test_parse_retry_after() -> None:
-    now = 1_700_000_000.0
-    assert parse_retry_after("7") == 7.0
-    assert parse_retry_after(" 120 ") == 120.0
-    assert parse_retry_after(email.utils.formatdate(now + 30, usegmt=True), now=now) == pytest.approx(30)
-    assert parse_retry_after(email.utils.formatdate(now - 30, usegmt=True), now=now) == 0.0
-    for bad in (None, "", "soon", "-5", "1e3"):
-        assert parse_retry_after(bad) is None

@@ -1,4 +1,4 @@
-"""ferry.client (sync, async, fan-out, streams, jobs) and the `ferry predict` / `ferry jobs` commands,
+"""ferry_client (sync, async, fan-out, streams, jobs) and the `ferry predict` / `ferry jobs` commands,
 against the real service. No HTTP mocks: a recording transport only wraps httpx's real one."""
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ import joblib
 import pytest
 
 from ferry.card import Feature
-from ferry.client import AsyncClient, Client, FerryClientError
 from ferry.features import FeatureSchema
+from ferry_client import AsyncClient, Client, FerryClientError
+from ferry_client.protocol import record_row
 from support.records import make_records
 from support.server import REPO, Server, free_port
 
@@ -48,14 +49,6 @@ def in_process(churn_model: Path, card: dict, records: list[dict]) -> list[dict]
     return [
         {"prediction": str(label), "probabilities": dict(zip(classes, p, strict=True))}
         for label, p in zip(labels, proba, strict=True)
-    ]
-
-
-def tensor_row(card: dict, record: dict) -> list[float]:
-    """A record in the Open Inference Protocol encoding (categorical = index, boolean = 0/1)."""
-    return [
-        float(f["categories"].index(record[f["name"]])) if f["type"] == "categorical" else float(record[f["name"]])
-        for f in card["features"]
     ]
 
 
@@ -263,7 +256,7 @@ def test_predict_batch_v2_models_ready(srv: Server, churn_model: Path, card: dic
         assert len(recorder.to("/api/v1/predict/batch")) == 3
         assert client.predict_batch(some[:7], batch_size=2) == want[:7]
 
-        v2 = client.infer_v2(card["name"], [tensor_row(card, r) for r in some[:5]])
+        v2 = client.infer_v2(card["name"], [record_row(r, card["features"]) for r in some[:5]])
         outputs = {o["name"]: o for o in v2["outputs"]}
         assert outputs["predict"]["data"] == [w["prediction"] for w in want[:5]]
         classes = card["classes"]
@@ -273,7 +266,7 @@ def test_predict_batch_v2_models_ready(srv: Server, churn_model: Path, card: dic
         ]
         tensor = {"name": "input-0", "shape": [1, len(card["features"])], "datatype": "FP64"}
         raw = client.infer_v2(
-            card["name"], [{**tensor, "data": tensor_row(card, some[0])}], outputs=["predict"], id="abc"
+            card["name"], [{**tensor, "data": record_row(some[0], card["features"])}], outputs=["predict"], id="abc"
         )
         assert raw["id"] == "abc" and [o["name"] for o in raw["outputs"]] == ["predict"]
 
@@ -291,7 +284,7 @@ def test_predict_batch_v2_models_ready(srv: Server, churn_model: Path, card: dic
             answer = await client.predict(some[1])
             assert {k: answer[k] for k in ("prediction", "probabilities")} == want[1]
             assert await client.predict_batch(some[:600]) == want[:600]
-            v2 = await client.infer_v2(card["name"], [tensor_row(card, some[1])], outputs=["predict"])
+            v2 = await client.infer_v2(card["name"], [record_row(some[1], card["features"])], outputs=["predict"])
             assert v2["outputs"][0]["data"] == [want[1]["prediction"]]
             assert (await client.models())[0]["name"] == card["name"]
             assert (await client.model_card())["classes"] == card["classes"]
@@ -323,7 +316,7 @@ def test_error_answers_carry_code_message_and_request_id(srv: Server, card: dict
         assert caught.value.status == 400 and caught.value.code and caught.value.message
         assert caught.value.request_id == "client-test-1"
         with pytest.raises(FerryClientError) as caught:
-            client.infer_v2("no-such-model", [tensor_row(card, record)])
+            client.infer_v2("no-such-model", [record_row(record, card["features"])])
         assert (caught.value.status, caught.value.code) == (404, "model_not_found")
     # none of these was retried: one request each
     assert len(recorder.calls) == 4, recorder.calls

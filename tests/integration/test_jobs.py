@@ -19,12 +19,13 @@ import pytest
 
 from ferry import webhooks
 from ferry.jobs.redis_store import RedisJobStore
+from ferry_client.protocol import TERMINAL_JOB_STATUSES
 from support.models import SlowModel
 from support.receiver import Receiver
 from support.server import Server
 
 SECRET = webhooks.generate_secret()
-TERMINAL = {"succeeded", "failed", "canceled"}
+TERMINAL = TERMINAL_JOB_STATUSES
 
 
 def job_env(store: str, redis_url: str | None, **extra: str) -> dict[str, str]:

@@ -23,7 +23,7 @@ from ferry.model_fetch.failures import (
 )
 from ferry.model_fetch.landing import Landing, remove_leftovers
 from ferry.model_fetch.locations import card_location, parse_location, redact_text, redact_url
-from ferry.model_fetch.retry import RETRY_AFTER_CAP_S, RetryPolicy, Transient, parse_retry_after, with_retries
+from ferry.model_fetch.retry import RETRY_AFTER_CAP_S, RetryPolicy, Transient, with_retries
 from ferry.model_fetch.sources import S3Source, _store_failure, retried_status, summarize_store_error
 
 SHA = "ab" * 32
@@ -152,14 +152,6 @@ def test_retry_after_is_a_lower_bound_with_a_cap() -> None:
     assert policy.delay(1, retry_after_s=0.0, rng=random.Random(1)) <= 0.01
     with pytest.raises(ValueError, match="start at 1"):
         policy.delay(0)
-
-
-@pytest.mark.parametrize(
-    ("header", "seconds"),
-    [("7", 7.0), (" 0 ", 0.0), ("Thu, 01 Jan 1970 00:01:40 GMT", 60.0), ("soon", None), ("", None), (None, None)],
-)
-def test_parse_retry_after(header: str | None, seconds: float | None) -> None:
-    assert parse_retry_after(header, now=40.0) == seconds
 
 
 def test_transient_failures_are_retried_with_backoff_then_succeed() -> None:

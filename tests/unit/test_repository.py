@@ -30,6 +30,17 @@ def test_every_dependency_is_pinned_with_hashes() -> None:
         assert len(hashed) == len(pins(ROOT / "requirements" / lock)), lock
 
 
+def test_the_client_needs_nothing_the_service_lock_lacks() -> None:
+    """The service reuses clients/python from the source tree, so the client's dependencies must be
+    in the service's lock (the client itself is never resolved from an index)."""
+    service = pins(ROOT / "requirements/service.lock")
+    client = tomllib.loads((ROOT / "clients/python/pyproject.toml").read_text())["project"]
+    assert client["dependencies"], "the client depends on httpx"
+    for requirement in client["dependencies"]:
+        assert re.split(r"[<>=\[ ;]", requirement)[0].lower() in service, requirement
+    assert "ferry-client" not in service
+
+
 def test_make_help_lists_every_target() -> None:
     """Every phony target (what a person runs) has a `## description`, so `make help` is complete."""
     makefile = (ROOT / "Makefile").read_text()

@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from ferry.api import sse
+from ferry_client.sse import iter_events
 
 
 def run(coro: Any, timeout: float = 10.0) -> Any:
@@ -216,3 +217,16 @@ def test_wait_for_disconnect_skips_other_messages() -> None:
             next(messages)  # consumed up to and including the disconnect
 
     run(go())
+
+
+def test_the_client_parser_reads_what_the_server_writes() -> None:
+    stream = (
+        sse.encode({"offset": 0, "predictions": [{"prediction": "stay"}]}, event="chunk", id=0)
+        + sse.comment("ping")
+        + sse.encode("two\nlines", event="note")
+        + sse.encode({"records": 1}, event="summary", id=1)
+    )
+    got = list(iter_events(stream.decode().splitlines()))
+    assert [(e.event, e.id) for e in got] == [("chunk", "0"), ("note", "0"), ("summary", "1")]
+    assert got[0].json() == {"offset": 0, "predictions": [{"prediction": "stay"}]}
+    assert got[1].data == "two\nlines"

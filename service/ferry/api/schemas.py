@@ -7,6 +7,8 @@ from typing import Any, ClassVar, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ferry_client.protocol import JobStatus
+
 
 # -- request bodies typed from the model card ------------------------------------------------------
 def _body_examples(schema: dict[str, Any], model: type[Any]) -> None:
@@ -167,7 +169,6 @@ class ModelMetadata(BaseModel):
 
 
 # -- async jobs ------------------------------------------------------------------------------
-JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 
 
 class JobError(BaseModel):

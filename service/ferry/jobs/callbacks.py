@@ -9,32 +9,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import random
-import re
 import ssl
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from datetime import UTC
 from typing import cast
 from urllib.parse import urlsplit
 
 import httpx
 
 from ferry import webhooks
+from ferry.backoff import full_jitter
 from ferry.errors import CallbackUrlForbidden
 from ferry.jobs.ssrf import CallbackTarget, Resolver, check_callback_url
 from ferry.jobs.transitions import Delivery
 from ferry.metrics import Metrics
 from ferry.settings import CallbacksSettings
+from ferry_client.protocol import parse_retry_after
 
 MAX_RESPONSE_BYTES = 4096  # of the receiver's answer: enough for an error message, bounded memory
 MAX_ERROR_CHARS = 200
 RETRY_STATUSES = frozenset({408, 429})  # plus every 5xx
 USER_AGENT = "ferry-callbacks"
-_DELTA_SECONDS = re.compile(r"\d+(\.\d+)?")
-_rng = random.Random()
 
 
 @dataclass
@@ -56,34 +53,9 @@ def next_delay(
     retry_after_s: float | None = None,
     rng: random.Random | None = None,
 ) -> float:
-    """Seconds to wait after failed attempt number ``attempt`` (1-based).
-
-    Full jitter, uniform(0, min(max_s, base_s * 2**(attempt-1))), spreads retries of many callbacks
-    that failed together (a receiver outage) instead of hitting the receiver again in lockstep. A
-    receiver's Retry-After is honoured as a lower bound, capped at ``max_s``.
-    """
-    if attempt < 1:
-        raise ValueError("attempt numbers start at 1")
-    cap = min(max_s, base_s * 2.0 ** min(attempt - 1, 64))  # the exponent cap avoids float overflow
-    delay = (rng or _rng).uniform(0.0, cap)
-    if retry_after_s is not None and retry_after_s > 0:
-        delay = max(delay, min(retry_after_s, max_s))
-    return delay
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds a Retry-After header asks for (delta-seconds or HTTP-date); None if absent or invalid."""
-    if value is None or not (value := value.strip()):
-        return None
-    if _DELTA_SECONDS.fullmatch(value):
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)  # HTTP-dates are GMT
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    """Seconds to wait after failed delivery attempt number ``attempt`` (1-based): full jitter, the
+    receiver's Retry-After honoured as a lower bound capped at ``max_s`` (``ferry.backoff``)."""
+    return full_jitter(attempt, base_s=base_s, max_s=max_s, retry_after_s=retry_after_s, rng=rng)
 
 
 def _pinned_url(target: CallbackTarget) -> str:

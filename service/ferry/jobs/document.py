@@ -15,6 +15,8 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
+from ferry_client.protocol import TERMINAL_JOB_STATUSES
+
 
 class Status(enum.StrEnum):
     QUEUED = "queued"
@@ -28,7 +30,8 @@ class Status(enum.StrEnum):
         return self in TERMINAL
 
 
-TERMINAL: frozenset[Status] = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELED})
+# The statuses a job never leaves: the protocol's list, which clients share.
+TERMINAL: frozenset[Status] = frozenset(Status(status) for status in TERMINAL_JOB_STATUSES)
 # A history entry may also say that the job's runner was lost (its lease ran out): not a job status.
 LOST = "lost"
 

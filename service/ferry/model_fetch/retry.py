@@ -6,15 +6,13 @@ without waiting.
 
 from __future__ import annotations
 
-import email.utils
-import math
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC
 from typing import TypeVar
 
+from ferry.backoff import full_jitter
 from ferry.model_fetch.failures import SourceUnavailable
 
 T = TypeVar("T")
@@ -59,32 +57,14 @@ class RetryPolicy:
         A source's Retry-After is a lower bound (it knows when it will be back), capped at
         RETRY_AFTER_CAP_S so that a hostile or confused source cannot park the pod for hours.
         """
-        if attempt < 1:
-            raise ValueError("attempt numbers start at 1")
-        ceiling = min(self.max_s, self.base_s * 2.0 ** min(attempt - 1, 64))  # the exponent cap avoids overflow
-        delay = (rng or _rng).uniform(0.0, ceiling)
-        if retry_after_s is not None and retry_after_s > 0:
-            delay = max(delay, min(retry_after_s, RETRY_AFTER_CAP_S))
-        return delay
-
-
-_rng = random.Random()
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds a Retry-After header asks for (delta-seconds or HTTP-date); None if absent or unreadable."""
-    if value is None or not (value := value.strip()):
-        return None
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)  # HTTP-dates are GMT
-    seconds = when.timestamp() - (time.time() if now is None else now)
-    return max(0.0, seconds) if math.isfinite(seconds) else None
+        return full_jitter(
+            attempt,
+            base_s=self.base_s,
+            max_s=self.max_s,
+            retry_after_s=retry_after_s,
+            retry_after_max_s=RETRY_AFTER_CAP_S,
+            rng=rng,
+        )
 
 
 def with_retries(

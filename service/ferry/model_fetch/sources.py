@@ -22,7 +22,8 @@ import httpx
 from ferry import __version__
 from ferry.model_fetch.failures import SourceRefused, UsageError
 from ferry.model_fetch.locations import Location, redact_text, redact_url
-from ferry.model_fetch.retry import Transient, parse_retry_after
+from ferry.model_fetch.retry import Transient
+from ferry_client.protocol import parse_retry_after
 
 if TYPE_CHECKING:
     from obstore.store import S3Store

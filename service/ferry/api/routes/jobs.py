@@ -16,14 +16,13 @@ from ferry.api.deps import RequestIdDep
 from ferry.api.orjson_route import OrjsonRoute
 from ferry.api.schemas import ErrorBody, Job, JobBody
 from ferry.core import Core
-from ferry.jobs.document import TERMINAL
 from ferry.jobs.service import JobService
 from ferry.lifecycle import is_draining
+from ferry_client.protocol import TERMINAL_JOB_STATUSES
 
 JOB_ID = Path(
     description="Job id (32 hex characters).", pattern="^[0-9a-f]{32}$", examples=["5f0c8e0b7d3a4f4e9a1c2b3d4e5f6a7b"]
 )
-TERMINAL_STATUSES = frozenset(status.value for status in TERMINAL)
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in {
@@ -130,7 +129,7 @@ def build_router(core: Core, jobs: JobService) -> APIRouter:
                 last = None
                 async for last in jobs.follow(job_id, is_draining):
                     yield sse.encode(last, event="status", id=len(last["history"]))
-                if is_draining() and (last is None or last["status"] not in TERMINAL_STATUSES):
+                if is_draining() and (last is None or last["status"] not in TERMINAL_JOB_STATUSES):
                     yield sse.encode({"message": "server shutting down; reconnect to follow the job"}, event="shutdown")
             finally:
                 gauge.dec()

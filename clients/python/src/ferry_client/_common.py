@@ -1,21 +1,21 @@
-"""What the sync and async clients share: retry policy, error decoding, stream resumption, batching."""
+"""What the sync and async clients share: retry policy, deadlines, error decoding, stream resumption,
+batching."""
 
 from __future__ import annotations
 
-import email.utils
 import json
-import math
 import random
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import httpx
 
-from ferry import __version__
-from ferry.client.errors import FerryClientError
-from ferry.client.sse import ServerSentEvent
+from ferry_client._version import __version__
+from ferry_client.errors import FerryClientError
+from ferry_client.protocol import TERMINAL_JOB_STATUSES, parse_retry_after, v2_tensor
+from ferry_client.sse import ServerSentEvent
 
 RETRY_STATUSES = frozenset({429, 503})
 BACKOFF_BASE_S = 0.25
@@ -23,7 +23,6 @@ BACKOFF_CAP_S = 10.0
 RETRY_AFTER_CAP_S = 120.0
 RETRY_AFTER_JITTER = 0.2  # up to +20% on top of Retry-After, so shed callers do not return in lockstep
 DEFAULT_BATCH_SIZE = 500
-TERMINAL_JOB_STATUSES = frozenset({"succeeded", "failed", "canceled"})
 USER_AGENT = f"ferry-client/{__version__}"
 EVENT_STREAM = {"Accept": "text/event-stream"}
 
@@ -83,24 +82,11 @@ def v2_infer_path(model_name: str, version: str | None) -> str:
     return f"/v2/models/{model_name}" + (f"/versions/{version}" if version else "") + "/infer"
 
 
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Retry-After as seconds to wait: delta-seconds or an HTTP date; None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when is None:
-            return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    if not math.isfinite(seconds):
-        return None
-    return min(max(seconds, 0.0), RETRY_AFTER_CAP_S)
+def retry_after(headers: httpx.Headers) -> float | None:
+    """The answer's Retry-After in seconds (``protocol.parse_retry_after``), at most RETRY_AFTER_CAP_S:
+    a server asking for longer is retried after the cap, within ``max_retries``."""
+    seconds = parse_retry_after(headers.get("retry-after"))
+    return None if seconds is None else min(seconds, RETRY_AFTER_CAP_S)
 
 
 def backoff_delay(attempt: int, retry_after: float | None = None, rng: random.Random | None = None) -> float:
@@ -159,32 +145,78 @@ def error_from_response(response: httpx.Response) -> FerryClientError:
         code=str(code) if code is not None else None,
         request_id=request_id,
         details=details,
-        retry_after=parse_retry_after(response.headers.get("retry-after")),
+        retry_after=retry_after(response.headers),
     )
+
+
+class Deadline:
+    """When a call with a time limit (``wait_job(timeout=...)``) must end, on the monotonic clock.
+    ``seconds`` None: no limit."""
+
+    def __init__(self, seconds: float | None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self.clock = clock
+        self.at = None if seconds is None else clock() + seconds
+
+    def remaining(self) -> float | None:
+        return None if self.at is None else self.at - self.clock()
+
+    def expired(self) -> bool:
+        left = self.remaining()
+        return left is not None and left <= 0
+
+    def cap(self, delay: float) -> float:
+        """``delay``, shortened so that it ends at the deadline at the latest."""
+        left = self.remaining()
+        return delay if left is None else max(0.0, min(delay, left))
 
 
 class Attempts:
     """The retry policy of one call, free of I/O, so both clients follow it to the letter: after each
-    failure it says how long to wait before the next attempt, or that there is none."""
+    failure it says how long to wait before the next attempt, or that there is none. With a
+    ``deadline``, no attempt starts after it and none may last beyond it."""
 
-    def __init__(self, max_retries: int, method: str, path: str, *, idempotent: bool, retry: bool) -> None:
+    def __init__(
+        self,
+        max_retries: int,
+        method: str,
+        path: str,
+        *,
+        idempotent: bool,
+        retry: bool,
+        deadline: Deadline | None = None,
+    ) -> None:
         self.left = max_retries if retry else 0
         self.method, self.path, self.idempotent = method, path, idempotent
+        self.deadline = deadline
         self.made = 0
+
+    def timeout(self, default: float) -> httpx.Timeout:
+        """The timeout of the attempt about to be sent: ``default``, or the time left before the deadline
+        if that is shorter. FerryClientError ``timeout`` when the deadline has passed."""
+        left = None if self.deadline is None else self.deadline.remaining()
+        if left is None:
+            return httpx.Timeout(default)
+        if left <= 0:
+            raise FerryClientError(f"{self.method} {self.path}: the call's time limit has passed", code="timeout")
+        return httpx.Timeout(min(default, left))
 
     def after_transport_error(self, exc: httpx.TransportError) -> float:
         """Seconds to wait before sending again; raises FerryClientError when the request may not be resent."""
         if self.made >= self.left or not retryable_transport_error(exc, self.method, self.idempotent):
             raise transport_error(exc, self.method, self.path) from exc
         self.made += 1
-        return backoff_delay(self.made - 1)
+        return self._within_deadline(backoff_delay(self.made - 1))
 
     def after_error_answer(self, response: httpx.Response) -> float | None:
         """Seconds to wait before retrying a 429/503, or None: the answer is final (read it, then raise it)."""
         if response.status_code not in RETRY_STATUSES or self.made >= self.left:
             return None
         self.made += 1
-        return backoff_delay(self.made - 1, parse_retry_after(response.headers.get("retry-after")))
+        return self._within_deadline(backoff_delay(self.made - 1, retry_after(response.headers)))
+
+    def _within_deadline(self, delay: float) -> float:
+        return delay if self.deadline is None else self.deadline.cap(delay)
 
 
 class JobEvents:
@@ -234,15 +266,7 @@ def v2_body(
     """An Open Inference Protocol request. ``inputs``: the protocol's tensor list, or a 2-D list of
     numbers sent as the one FP64 tensor ``input-0``."""
     if isinstance(inputs, list) and inputs and all(isinstance(row, list | tuple) for row in inputs):
-        width = len(inputs[0])
-        inputs = [
-            {
-                "name": "input-0",
-                "shape": [len(inputs), width],
-                "datatype": "FP64",
-                "data": [value for row in inputs for value in row],
-            }
-        ]
+        inputs = [v2_tensor(inputs)]
     body: dict[str, Any] = {"inputs": inputs}
     if outputs is not None:
         body["outputs"] = [{"name": name} for name in outputs]
@@ -309,13 +333,13 @@ class StreamState:
             return {"event": name, "data": data}
         if name == "error":
             info = data if isinstance(data, dict) else {"message": str(data)}
-            offset = info.get("offset")
+            at = info.get("offset")
             raise FerryClientError(
                 str(info.get("message") or "the stream failed"),
                 code=info.get("code"),
                 request_id=info.get("request_id"),
                 details=info.get("details"),
-                offset=self.base + int(offset) if isinstance(offset, int) else None,
+                offset=self.base + at if isinstance(at, int) else None,
             )
         if name == "shutdown":
             # The worker is stopping: {"next_offset"} is the first record it did not answer, which is

@@ -1,16 +1,16 @@
-"""The synchronous client."""
+# GENERATED from ferry_client/aio.py by clients/python/tools/unasync.py (`make generate`). Do not edit.
+"""The synchronous client, generated from the asynchronous one (``aio.py``): same methods, same
+parameters, same retries. Edit ``aio.py``, then run ``make generate``."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import httpx
 
-from ferry.client._common import (
+from ferry_client._common import (
     DEFAULT_BATCH_SIZE,
     EVENT_STREAM,
     JOBS,
@@ -19,9 +19,9 @@ from ferry.client._common import (
     PREDICT_BATCH,
     PREDICT_STREAM,
     READYZ,
-    TERMINAL_JOB_STATUSES,
     Attempts,
     ClientSettings,
+    Deadline,
     JobEvents,
     StreamState,
     encode,
@@ -34,8 +34,10 @@ from ferry.client._common import (
     v2_body,
     v2_infer_path,
 )
-from ferry.client.errors import FerryClientError
-from ferry.client.sse import iter_events
+from ferry_client._sync_runtime import fan_out, sleep
+from ferry_client.errors import FerryClientError
+from ferry_client.protocol import TERMINAL_JOB_STATUSES
+from ferry_client.sse import SSEParser, iter_events
 
 
 class Client(ClientSettings):
@@ -80,23 +82,18 @@ class Client(ClientSettings):
         idempotent: bool = False,
         stream: bool = False,
         retry: bool = True,
-        timeout: httpx.Timeout | None = None,
+        deadline: Deadline | None = None,
     ) -> httpx.Response:
         content, headers = encode(body, headers)
-        attempts = Attempts(self.max_retries, method, path, idempotent=idempotent, retry=retry)
+        attempts = Attempts(self.max_retries, method, path, idempotent=idempotent, retry=retry, deadline=deadline)
         while True:
             request = self._http.build_request(
-                method,
-                path,
-                content=content,
-                headers=headers,
-                params=params,
-                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+                method, path, content=content, headers=headers, params=params, timeout=attempts.timeout(self.timeout)
             )
             try:
                 response = self._http.send(request, stream=stream)
             except httpx.TransportError as exc:
-                time.sleep(attempts.after_transport_error(exc))
+                sleep(attempts.after_transport_error(exc))
                 continue
             if response.status_code < 400:
                 return response
@@ -110,10 +107,12 @@ class Client(ClientSettings):
                 response.close()
             if delay is None:
                 raise error_from_response(response)
-            time.sleep(delay)
+            sleep(delay)
 
-    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self._send(method, path, **kwargs).json()
+    def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        response = self._send(method, path, **kwargs)
+        answer: dict[str, Any] = response.json()  # every answer of the API is a JSON object
+        return answer
 
     @contextlib.contextmanager
     def _stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
@@ -128,12 +127,16 @@ class Client(ClientSettings):
         """One record -> ``{"prediction", "probabilities", "model", "request_id"}``."""
         return self._json("POST", PREDICT, body={"record": record}, idempotent=True)
 
+    def _batch(self, records: Sequence[Any]) -> list[dict[str, Any]]:
+        answer = self._json("POST", PREDICT_BATCH, body={"records": list(records)}, idempotent=True)
+        predictions: list[dict[str, Any]] = answer["predictions"]
+        return predictions
+
     def predict_batch(self, records: Sequence[Any], *, batch_size: int = DEFAULT_BATCH_SIZE) -> list[dict[str, Any]]:
         """Records -> one ``{"prediction", "probabilities"}`` per record, in order (``batch_size`` per request)."""
         results: list[dict[str, Any]] = []
         for batch in split(list(records), batch_size):
-            answer = self._json("POST", PREDICT_BATCH, body={"records": list(batch)}, idempotent=True)
-            results.extend(answer["predictions"])
+            results.extend(self._batch(batch))
         return results
 
     def predict_many(
@@ -144,29 +147,14 @@ class Client(ClientSettings):
         concurrency: int = 8,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> list[dict[str, Any]]:
-        """:meth:`AsyncClient.predict_many` run to completion on an event loop of its own (an AsyncClient with
-        this client's URL, timeout, retries and headers; a custom ``transport`` is not carried over). Cannot be
-        called from a running event loop: RuntimeError."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            pass
-        else:
-            raise RuntimeError(
-                "Client.predict_many starts its own event loop and cannot run inside a running one; "
-                "in async code use `await AsyncClient(...).predict_many(...)` instead"
-            )
-        from ferry.client.aio import AsyncClient
+        """Predict any number of records: batches of ``batch_size``, at most ``concurrency`` requests in
+        flight, each retried on its own; results in input order. ``on_progress(done_rows, total_rows)``
+        is called after each batch. The first batch that fails for good cancels the others and raises.
 
-        async def run() -> list[dict[str, Any]]:
-            async with AsyncClient(
-                self.base_url, timeout=self.timeout, max_retries=self.max_retries, headers=self.headers
-            ) as client:
-                return await client.predict_many(
-                    records, batch_size=batch_size, concurrency=concurrency, on_progress=on_progress
-                )
-
-        return asyncio.run(run())
+        The synchronous client runs this fan-out on an event loop of its own (a client with the same URL,
+        timeout, retries and headers; a custom ``transport`` is not carried over), so it cannot be called
+        from a running event loop: RuntimeError."""
+        return fan_out(self, records, batch_size=batch_size, concurrency=concurrency, on_progress=on_progress)
 
     def stream(self, records: Iterable[Any], chunk_size: int | None = None) -> Iterator[dict[str, Any]]:
         """Events of ``POST /api/v1/predict/stream``: ``{"event": "chunk", "data": {"offset", "predictions"}}``
@@ -189,7 +177,7 @@ class Client(ClientSettings):
             except httpx.TransportError as exc:  # cut while streaming (opening it was retried in _send)
                 error = exc
             if not state.finished:
-                time.sleep(state.interrupted(error))
+                sleep(state.interrupted(error))
 
     # -- Open Inference Protocol v2 ----------------------------------------------------------
     def infer_v2(
@@ -211,17 +199,22 @@ class Client(ClientSettings):
     # -- models and health -------------------------------------------------------------------
     def models(self) -> list[dict[str, Any]]:
         """Served models: ``[{"name", "version", "status", "sha256"}]``."""
-        return self._json("GET", MODELS)["models"]
+        answer = self._json("GET", MODELS)
+        models: list[dict[str, Any]] = answer["models"]
+        return models
 
     def model_card(self, name: str | None = None, *, section: str | None = None) -> dict[str, Any]:
         """A model's card (the first served model when ``name`` is None), or one ``section`` of it."""
-        name = name or self.models()[0]["name"]
+        if not name:
+            served = self.models()
+            name = served[0]["name"]
         return self._json("GET", f"{MODELS}/{name}", params={"section": section} if section else None)
 
     def ready(self) -> bool:
         """True when ``/readyz`` answers 200; False on 503 or when the server cannot be reached."""
         try:
-            self._send("GET", READYZ, retry=False).close()
+            response = self._send("GET", READYZ, retry=False)
+            response.close()
         except FerryClientError as exc:
             if exc.status is None or exc.status == 503:
                 return False
@@ -244,6 +237,7 @@ class Client(ClientSettings):
         return self._json("POST", JOBS, body=body, headers=headers, idempotent=True)
 
     def get_job(self, job_id: str) -> dict[str, Any]:
+        """The job: status, history, result or error, callback delivery."""
         return self._json("GET", job_path(job_id))
 
     def cancel_job(self, job_id: str) -> dict[str, Any]:
@@ -251,59 +245,49 @@ class Client(ClientSettings):
         return self._json("DELETE", job_path(job_id))
 
     def redeliver_callback(self, job_id: str) -> dict[str, Any]:
+        """Send a finished job's callback again (after it was dead-lettered), with the same webhook-id."""
         return self._json("POST", job_path(job_id, "/callback/redeliver"))
 
     def wait_job(
         self, job_id: str, *, timeout: float | None = None, poll_interval: float = 0.5, use_events: bool = False
     ) -> dict[str, Any]:
-        """The job once it is succeeded, failed or canceled, by polling or by following its SSE events.
-        Raises TimeoutError after ``timeout`` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if use_events:
-            return self._follow_job(job_id, deadline, timeout)
-        while True:
-            job = self.get_job(job_id)
-            if job.get("status") in TERMINAL_JOB_STATUSES:
-                return job
-            wait = poll_interval
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(f"job {job_id} still {job.get('status')} after {timeout} s")
-                wait = min(wait, remaining)
-            time.sleep(wait)
-
-    def _follow_job(self, job_id: str, deadline: float | None, timeout: float | None) -> dict[str, Any]:
+        """The job once it is succeeded, failed or canceled, by polling every ``poll_interval`` seconds or
+        by following its SSE events (``use_events``). Raises TimeoutError once ``timeout`` seconds have
+        passed; each request it sends is given no more than the time left."""
         events = JobEvents(job_id, self.max_retries)
+        deadline = Deadline(timeout)
+        try:
+            while not deadline.expired():
+                if use_events:
+                    job = self._follow_job(job_id, events, deadline)
+                    if job is not None:
+                        return job
+                else:
+                    events.last = self._json("GET", job_path(job_id), deadline=deadline)
+                    if events.last.get("status") in TERMINAL_JOB_STATUSES:
+                        return events.last
+                    sleep(deadline.cap(poll_interval))
+        except FerryClientError as exc:
+            if exc.code == "timeout" and deadline.expired():
+                raise events.timeout(timeout) from exc
+            raise
+        raise events.timeout(timeout)
 
-        def remaining() -> float | None:
-            if deadline is None:
-                return None
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise events.timeout(timeout)
-            return left
-
-        while True:
-            left = remaining()
-            read = self.timeout if left is None else min(self.timeout, left)
-            error: Exception | None = None
-            try:
-                with self._stream(
-                    "GET",
-                    job_path(job_id, "/events"),
-                    headers=EVENT_STREAM,
-                    timeout=httpx.Timeout(self.timeout, read=read),
-                ) as response:
-                    for sse in iter_events(response.iter_lines()):
-                        if (job := events.handle(sse)) is not None:
-                            return job
-                        remaining()
-            except httpx.TransportError as exc:  # cut, or silent for longer than the read timeout
-                error = exc
-            except FerryClientError as exc:
-                if exc.code == "timeout":
-                    remaining()  # TimeoutError once the deadline has passed
-                raise
-            remaining()
-            time.sleep(events.ended(error))
+    def _follow_job(self, job_id: str, events: JobEvents, deadline: Deadline) -> dict[str, Any] | None:
+        """One stream of the job's events: the job once it has ended; None when the stream ended first
+        (after the pause before the next one) or the deadline passed."""
+        error: Exception | None = None
+        try:
+            with self._stream("GET", job_path(job_id, "/events"), headers=EVENT_STREAM, deadline=deadline) as response:
+                parser = SSEParser()
+                for line in response.iter_lines():
+                    sse = parser.feed(line)
+                    if sse is not None and (job := events.handle(sse)) is not None:
+                        return job
+                    if deadline.expired():  # heartbeats keep the stream alive: the clock is read on every line
+                        return None
+        except httpx.TransportError as exc:  # cut, or silent for longer than the read timeout
+            error = exc
+        if not deadline.expired():
+            sleep(deadline.cap(events.ended(error)))
+        return None

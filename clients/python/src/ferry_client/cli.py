@@ -1,7 +1,8 @@
-"""``ferry predict`` and ``ferry jobs ...``: the client side of the command line.
+"""``predict`` and ``jobs ...``: the client's command line.
 
-Registered by ``ferry.cli``. Only the standard library is imported here; the client is imported when
-a command runs, so ``ferry serve`` does not pay for it.
+Two programs run these commands: the ``ferry-client`` script of this distribution (``main``), and the
+service's ``ferry`` command, which registers them with ``add_commands`` next to ``serve`` and
+``train``. The CSV / JSON Lines helpers (``ferry_client.io``) are imported only when a command runs.
 """
 
 from __future__ import annotations
@@ -11,8 +12,13 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:
+    from ferry_client.sync import Client
+
+PROG = "ferry-client"
 DEFAULT_URL = "http://127.0.0.1:8000"
 EXIT_FAILED = 1  # the server refused, the job failed, a timeout
 EXIT_INPUT = 2  # the input file cannot be used (argparse also exits 2 on bad usage)
@@ -36,7 +42,20 @@ def _records_input(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model name (default: the served model)")
 
 
-def add_commands(commands: argparse._SubParsersAction) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """The ``ferry-client`` program."""
+    from ferry_client._version import __version__
+
+    parser = argparse.ArgumentParser(prog=PROG, description="Predict and run jobs through a ferry service.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    add_commands(parser.add_subparsers(dest="command", required=True), PROG)
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser], prog: str = "ferry") -> None:
+    """Add ``predict`` and ``jobs`` to a program's subcommands; ``prog`` starts their error messages."""
     predict = commands.add_parser(
         "predict",
         help="predict a CSV or JSON Lines file through a running service",
@@ -55,7 +74,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="progress line on stderr (default: only when stderr is a terminal)",
     )
-    predict.set_defaults(func=_predict)
+    predict.set_defaults(func=_predict, prog=prog)
 
     jobs = commands.add_parser("jobs", help="asynchronous prediction jobs (each command prints the job JSON)")
     actions = jobs.add_subparsers(dest="jobs_command", required=True)
@@ -67,7 +86,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     submit.add_argument("--idempotency-key", help="Idempotency-Key header (default: a fresh UUID)")
     submit.add_argument("--wait", action="store_true", help="wait for the job to end; exit 1 unless it succeeded")
     _waiting(submit)
-    submit.set_defaults(func=_jobs_submit)
+    submit.set_defaults(func=_jobs_submit, prog=prog)
     for name, text, func in (
         ("status", "print a job", _jobs_status),
         ("wait", "wait for a job to end; exit 1 unless it succeeded", _jobs_wait),
@@ -79,7 +98,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         action.add_argument("id", help="job id")
         if name == "wait":
             _waiting(action)
-        action.set_defaults(func=func)
+        action.set_defaults(func=func, prog=prog)
 
 
 def _waiting(parser: argparse.ArgumentParser) -> None:
@@ -88,8 +107,8 @@ def _waiting(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--poll-interval", type=float, default=0.5, help="seconds between polls (default: 0.5)")
 
 
-def _fail(command: str, message: str, code: int = EXIT_FAILED) -> int:
-    print(f"ferry {command}: error: {message}", file=sys.stderr)
+def _fail(args: argparse.Namespace, command: str, message: str, code: int = EXIT_FAILED) -> int:
+    print(f"{args.prog} {command}: error: {message}", file=sys.stderr)
     return code
 
 
@@ -106,18 +125,18 @@ def _describe(exc: Exception) -> str:
     return text
 
 
-def _client(args: argparse.Namespace) -> Any:
-    from ferry.client import Client
+def _client(args: argparse.Namespace) -> Client:
+    from ferry_client import Client
 
     return Client(args.url, timeout=args.http_timeout, max_retries=args.retries)
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from ferry.client import FerryClientError
-    from ferry.client.io import InputError, Progress, classes_of, read_records, write_predictions
+    from ferry_client import FerryClientError
+    from ferry_client.io import InputError, Progress, classes_of, read_records, write_predictions
 
     if args.batch_size < 1 or args.concurrency < 1:
-        return _fail("predict", "--batch-size and --concurrency must be at least 1", EXIT_INPUT)
+        return _fail(args, "predict", "--batch-size and --concurrency must be at least 1", EXIT_INPUT)
     try:
         with _client(args) as client:
             card = client.model_card(args.model)
@@ -132,22 +151,24 @@ def _predict(args: argparse.Namespace) -> int:
                 progress.close()
             write_predictions(args.out, predictions, classes_of(card, predictions), args.out_format)
     except InputError as exc:
-        return _fail("predict", str(exc), EXIT_INPUT)
+        return _fail(args, "predict", str(exc), EXIT_INPUT)
     except FerryClientError as exc:
-        return _fail("predict", _describe(exc))
+        return _fail(args, "predict", _describe(exc))
     except OSError as exc:
-        return _fail("predict", f"{args.out}: {exc.strerror or exc}")
+        return _fail(args, "predict", f"{args.out}: {exc.strerror or exc}")
     elapsed = time.monotonic() - started
+    rate = len(predictions) / max(elapsed, 1e-9)
     print(
-        f"ferry predict: {len(predictions):,} rows in {elapsed:.1f} s ({len(predictions) / max(elapsed, 1e-9):,.0f} "
-        f"rows/s) -> {'stdout' if args.out == '-' else args.out}",
+        f"{args.prog} predict: {len(predictions):,} rows in {elapsed:.1f} s ({rate:,.0f} rows/s) "
+        f"-> {'stdout' if args.out == '-' else args.out}",
         file=sys.stderr,
     )
     return 0
 
 
-def _print_job(job: dict[str, Any]) -> None:
+def _print_job(job: dict[str, Any]) -> int:
     print(json.dumps(job, indent=2))
+    return 0
 
 
 def _finished(job: dict[str, Any]) -> int:
@@ -155,36 +176,36 @@ def _finished(job: dict[str, Any]) -> int:
     return 0 if job.get("status") == "succeeded" else EXIT_FAILED
 
 
-def _wait(client: Any, job_id: str, args: argparse.Namespace) -> int:
+def _wait(client: Client, job_id: str, args: argparse.Namespace) -> int:
     try:
         job = client.wait_job(
             job_id, timeout=args.wait_timeout, poll_interval=args.poll_interval, use_events=args.events
         )
     except TimeoutError as exc:
-        return _fail("jobs wait", str(exc))
+        return _fail(args, "jobs wait", str(exc))
     return _finished(job)
 
 
-def _run_job_command(name: str, args: argparse.Namespace, body: Any) -> int:
-    from ferry.client import FerryClientError
-    from ferry.client.io import InputError
+def _run_job_command(name: str, args: argparse.Namespace, body: Callable[[Client], int]) -> int:
+    from ferry_client import FerryClientError
+    from ferry_client.io import InputError
 
     try:
         with _client(args) as client:
             return body(client)
     except InputError as exc:
-        return _fail(f"jobs {name}", str(exc), EXIT_INPUT)
+        return _fail(args, f"jobs {name}", str(exc), EXIT_INPUT)
     except FerryClientError as exc:
-        return _fail(f"jobs {name}", _describe(exc))
+        return _fail(args, f"jobs {name}", _describe(exc))
 
 
 def _jobs_submit(args: argparse.Namespace) -> int:
-    from ferry.client.io import file_format, read_records
+    from ferry_client.io import file_format, read_records
 
     if args.metadata is not None and not isinstance(args.metadata, dict):
-        return _fail("jobs submit", "--metadata must be a JSON object", EXIT_INPUT)
+        return _fail(args, "jobs submit", "--metadata must be a JSON object", EXIT_INPUT)
 
-    def body(client: Any) -> int:
+    def body(client: Client) -> int:
         kind = file_format(args.file, args.format) if args.file != "-" else (args.format or "jsonl")
         card = client.model_card(args.model) if kind == "csv" else {}
         records = read_records(args.file, card, kind)
@@ -193,14 +214,13 @@ def _jobs_submit(args: argparse.Namespace) -> int:
         )
         if args.wait:
             return _wait(client, job["id"], args)
-        _print_job(job)
-        return 0
+        return _print_job(job)
 
     return _run_job_command("submit", args, body)
 
 
 def _jobs_status(args: argparse.Namespace) -> int:
-    return _run_job_command("status", args, lambda client: _print_job(client.get_job(args.id)) or 0)
+    return _run_job_command("status", args, lambda client: _print_job(client.get_job(args.id)))
 
 
 def _jobs_wait(args: argparse.Namespace) -> int:
@@ -208,8 +228,8 @@ def _jobs_wait(args: argparse.Namespace) -> int:
 
 
 def _jobs_cancel(args: argparse.Namespace) -> int:
-    return _run_job_command("cancel", args, lambda client: _print_job(client.cancel_job(args.id)) or 0)
+    return _run_job_command("cancel", args, lambda client: _print_job(client.cancel_job(args.id)))
 
 
 def _jobs_redeliver(args: argparse.Namespace) -> int:
-    return _run_job_command("redeliver", args, lambda client: _print_job(client.redeliver_callback(args.id)) or 0)
+    return _run_job_command("redeliver", args, lambda client: _print_job(client.redeliver_callback(args.id)))

@@ -1,4 +1,4 @@
-"""ferry.client pieces that need no server: the SSE parser, stream bookkeeping, retry policy, error
+"""ferry_client pieces that need no server: the SSE parser, stream bookkeeping, retry policy, error
 decoding, and the CSV / JSON Lines reading and writing of `ferry predict`."""
 
 from __future__ import annotations
@@ -11,24 +11,26 @@ import random
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from ferry.client import FerryClientError, SSEParser
-from ferry.client._common import (
+from ferry_client import FerryClientError, SSEParser
+from ferry_client._common import (
     BACKOFF_CAP_S,
     Attempts,
+    Deadline,
     JobEvents,
     StreamState,
     backoff_delay,
     encode,
     error_from_response,
-    parse_retry_after,
+    retry_after,
     retryable_transport_error,
     v2_body,
 )
-from ferry.client.io import (
+from ferry_client.io import (
     InputError,
     Progress,
     convert,
@@ -38,9 +40,9 @@ from ferry.client.io import (
     read_records,
     write_predictions,
 )
-from ferry.client.sse import ServerSentEvent, iter_events
+from ferry_client.sse import ServerSentEvent, iter_events
 
-CARD = {
+CARD: dict[str, Any] = {
     "name": "churn",
     "features": [
         {"name": "tenure", "type": "integer", "minimum": 0, "maximum": 120},
@@ -50,7 +52,7 @@ CARD = {
     ],
     "classes": ["churn", "stay"],
 }
-GENERIC = {
+GENERIC: dict[str, Any] = {
     "name": "m",
     "description": "model served without a card: generic numeric schema",
     "features": [{"name": "x0", "type": "number"}, {"name": "x1", "type": "number"}],
@@ -96,35 +98,27 @@ def test_sse_parser_handles_bom_and_line_endings() -> None:
     assert parser.feed("id: bad\0id") is None and parser.last_event_id is None
 
 
-def test_sse_parser_reads_what_the_server_writes() -> None:
-    sse = pytest.importorskip("ferry.api.sse")
-    stream = (
-        sse.encode({"offset": 0, "predictions": [{"prediction": "stay"}]}, event="chunk", id=0)
-        + sse.comment("ping")
-        + sse.encode("two\nlines", event="note")
-        + sse.encode({"records": 1}, event="summary", id=1)
-    )
-    got = events(stream.decode())
-    assert [(e.event, e.id) for e in got] == [("chunk", "0"), ("note", "0"), ("summary", "1")]
-    assert got[0].json() == {"offset": 0, "predictions": [{"prediction": "stay"}]}
-    assert got[1].data == "two\nlines"
-
-
 # -- stream bookkeeping ----------------------------------------------------------------------------
 def chunk(offset: int, n: int) -> ServerSentEvent:
     return ServerSentEvent(event="chunk", data=json.dumps({"offset": offset, "predictions": [{}] * n}))
+
+
+def handled(state: StreamState, sse: ServerSentEvent) -> dict[str, Any]:
+    event = state.handle(sse)
+    assert event is not None
+    return event
 
 
 def test_stream_state_resumes_with_offsets_in_the_callers_records() -> None:
     state = StreamState(range(10), chunk_size=3, max_retries=2)
     assert state.body() == {"records": list(range(10)), "chunk_size": 3}
     assert state.handle(chunk(0, 3)) == {"event": "chunk", "data": {"offset": 0, "predictions": [{}] * 3}}
-    assert state.handle(chunk(3, 3))["data"]["offset"] == 3
+    assert handled(state, chunk(3, 3))["data"]["offset"] == 3
     shutdown = ServerSentEvent(event="shutdown", data='{"next_offset": 6, "message": "bye"}')
     assert state.handle(shutdown) is None and state.resume
     assert 0 <= state.interrupted(None) <= 0.25
     assert state.body() == {"records": [6, 7, 8, 9], "chunk_size": 3}
-    assert state.handle(chunk(0, 3))["data"]["offset"] == 6
+    assert handled(state, chunk(0, 3))["data"]["offset"] == 6
     with pytest.raises(FerryClientError) as caught:
         state.handle(ServerSentEvent(event="error", data='{"code": "model_error", "message": "m", "offset": 3}'))
     assert (caught.value.code, caught.value.offset, caught.value.status) == ("model_error", 9, None)
@@ -156,15 +150,17 @@ def test_stream_state_gives_up_without_progress_and_ends_when_all_answered() -> 
 
 
 # -- retry policy and errors -----------------------------------------------------------------------
-def test_parse_retry_after() -> None:
-    assert parse_retry_after("3") == 3.0
-    assert parse_retry_after(" 1.5 ") == 1.5
-    assert parse_retry_after("-4") == 0.0
-    assert parse_retry_after("999999") == 120.0
-    assert parse_retry_after(None) is None and parse_retry_after("soon") is None and parse_retry_after("nan") is None
-    now = time.time()
-    date = email.utils.formatdate(now + 30, usegmt=True)
-    assert 28 <= parse_retry_after(date, now=now) <= 31
+def test_retry_after_is_read_then_capped() -> None:
+    def read(value: str) -> float | None:
+        return retry_after(httpx.Headers({"retry-after": value}))
+
+    assert read("3") == 3.0
+    assert read(" 1.5 ") == 1.5
+    assert read("999999") == 120.0  # the client's ceiling; the protocol reading itself is not capped
+    assert retry_after(httpx.Headers()) is None and read("soon") is None and read("nan") is None
+    assert read("-4") is None  # not delay-seconds: as if absent (RFC 9110), so the backoff applies
+    date = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 28 <= (read(date) or 0) <= 31
 
 
 def test_backoff_honours_retry_after_else_full_jitter() -> None:
@@ -202,8 +198,8 @@ def test_attempts_retry_what_may_be_retried_up_to_max_retries() -> None:
 
     shed = httpx.Response(503, headers={"retry-after": "3"}, request=request)
     attempts = Attempts(2, "POST", "/api/v1/predict", idempotent=True, retry=True)
-    assert 3.0 <= attempts.after_error_answer(shed) <= 3.6  # Retry-After, plus a little jitter
-    assert 3.0 <= attempts.after_error_answer(shed) <= 3.6
+    assert 3.0 <= (attempts.after_error_answer(shed) or 0) <= 3.6  # Retry-After, plus a little jitter
+    assert 3.0 <= (attempts.after_error_answer(shed) or 0) <= 3.6
     assert attempts.after_error_answer(shed) is None  # max_retries used up: the 503 is final
     with pytest.raises(FerryClientError):
         attempts.after_transport_error(refused)  # the same budget covers both kinds of failure
@@ -212,6 +208,37 @@ def test_attempts_retry_what_may_be_retried_up_to_max_retries() -> None:
         is None
     )  # only 429 and 503 are retried
     assert Attempts(5, "GET", "/readyz", idempotent=True, retry=False).after_error_answer(shed) is None
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_deadline_bounds_each_attempt_and_each_wait() -> None:
+    clock = FakeClock()
+    deadline = Deadline(2.0, clock)
+    assert (deadline.remaining(), deadline.expired(), deadline.cap(5.0), deadline.cap(0.5)) == (2.0, False, 2.0, 0.5)
+    request = httpx.Request("GET", "http://x/api/v1/jobs/j")
+    attempts = Attempts(5, "GET", "/api/v1/jobs/j", idempotent=True, retry=True, deadline=deadline)
+    assert attempts.timeout(30.0) == httpx.Timeout(2.0)  # a request never outlives the deadline
+    clock.now += 1.5
+    assert attempts.timeout(30.0) == httpx.Timeout(0.5)
+    shed = httpx.Response(503, headers={"retry-after": "3"}, request=request)
+    assert attempts.after_error_answer(shed) == 0.5  # Retry-After 3 s, cut at the deadline
+    assert attempts.after_transport_error(httpx.ReadTimeout("slow", request=request)) <= 0.5
+    clock.now += 0.5
+    assert deadline.expired() and deadline.cap(1.0) == 0.0
+    with pytest.raises(FerryClientError) as caught:
+        attempts.timeout(30.0)  # no attempt starts after the deadline
+    assert caught.value.code == "timeout"
+
+    unlimited = Deadline(None, clock)
+    assert (unlimited.remaining(), unlimited.expired(), unlimited.cap(7.0)) == (None, False, 7.0)
+    assert Attempts(5, "GET", "/x", idempotent=True, retry=True).timeout(30.0) == httpx.Timeout(30.0)
 
 
 def test_job_events_return_the_terminal_status_and_give_up_after_max_retries() -> None:

@@ -1,15 +1,23 @@
-"""The asynchronous client, with a bounded-concurrency fan-out (``predict_many``)."""
+"""The asynchronous client, and the source of the synchronous one.
+
+``ferry_client/sync.py`` (``Client``) is generated from this file by ``tools/unasync.py``
+(``make generate``; ``make check-generated`` fails when it is stale): ``async`` and ``await`` are
+dropped and the asynchronous names of httpx and of this package are replaced by their synchronous
+twins. So both clients have the same methods, parameters, docstrings and retry behaviour by
+construction. The two things that cannot be written once, sleeping and the ``predict_many`` fan-out,
+live in ``_aio_runtime`` and its twin ``_sync_runtime``.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 import httpx
 
-from ferry.client._common import (
+from ferry_client._aio_runtime import fan_out, sleep
+from ferry_client._common import (
     DEFAULT_BATCH_SIZE,
     EVENT_STREAM,
     JOBS,
@@ -18,9 +26,9 @@ from ferry.client._common import (
     PREDICT_BATCH,
     PREDICT_STREAM,
     READYZ,
-    TERMINAL_JOB_STATUSES,
     Attempts,
     ClientSettings,
+    Deadline,
     JobEvents,
     StreamState,
     encode,
@@ -33,13 +41,18 @@ from ferry.client._common import (
     v2_body,
     v2_infer_path,
 )
-from ferry.client.errors import FerryClientError
-from ferry.client.sse import aiter_events
+from ferry_client.errors import FerryClientError
+from ferry_client.protocol import TERMINAL_JOB_STATUSES
+from ferry_client.sse import SSEParser, aiter_events
 
 
 class AsyncClient(ClientSettings):
-    """Asynchronous ferry client: the methods of :class:`ferry.client.Client`, awaitable, plus
-    :meth:`predict_many`. Same retry policy."""
+    """Asynchronous ferry client.
+
+    Answers 429 and 503 are retried up to ``max_retries`` times, after the server's ``Retry-After`` or
+    an exponential backoff with full jitter; failed connections are retried for idempotent calls. Any
+    other error answer raises :class:`FerryClientError` at once.
+    """
 
     def __init__(
         self,
@@ -75,15 +88,18 @@ class AsyncClient(ClientSettings):
         idempotent: bool = False,
         stream: bool = False,
         retry: bool = True,
+        deadline: Deadline | None = None,
     ) -> httpx.Response:
         content, headers = encode(body, headers)
-        attempts = Attempts(self.max_retries, method, path, idempotent=idempotent, retry=retry)
+        attempts = Attempts(self.max_retries, method, path, idempotent=idempotent, retry=retry, deadline=deadline)
         while True:
-            request = self._http.build_request(method, path, content=content, headers=headers, params=params)
+            request = self._http.build_request(
+                method, path, content=content, headers=headers, params=params, timeout=attempts.timeout(self.timeout)
+            )
             try:
                 response = await self._http.send(request, stream=stream)
             except httpx.TransportError as exc:
-                await asyncio.sleep(attempts.after_transport_error(exc))
+                await sleep(attempts.after_transport_error(exc))
                 continue
             if response.status_code < 400:
                 return response
@@ -97,10 +113,12 @@ class AsyncClient(ClientSettings):
                 await response.aclose()
             if delay is None:
                 raise error_from_response(response)
-            await asyncio.sleep(delay)
+            await sleep(delay)
 
-    async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return (await self._send(method, path, **kwargs)).json()
+    async def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        response = await self._send(method, path, **kwargs)
+        answer: dict[str, Any] = response.json()  # every answer of the API is a JSON object
+        return answer
 
     @contextlib.asynccontextmanager
     async def _stream(self, method: str, path: str, **kwargs: Any) -> AsyncIterator[httpx.Response]:
@@ -112,15 +130,18 @@ class AsyncClient(ClientSettings):
 
     # -- predictions -------------------------------------------------------------------------
     async def predict(self, record: Any) -> dict[str, Any]:
+        """One record -> ``{"prediction", "probabilities", "model", "request_id"}``."""
         return await self._json("POST", PREDICT, body={"record": record}, idempotent=True)
 
     async def _batch(self, records: Sequence[Any]) -> list[dict[str, Any]]:
         answer = await self._json("POST", PREDICT_BATCH, body={"records": list(records)}, idempotent=True)
-        return answer["predictions"]
+        predictions: list[dict[str, Any]] = answer["predictions"]
+        return predictions
 
     async def predict_batch(
         self, records: Sequence[Any], *, batch_size: int = DEFAULT_BATCH_SIZE
     ) -> list[dict[str, Any]]:
+        """Records -> one ``{"prediction", "probabilities"}`` per record, in order (``batch_size`` per request)."""
         results: list[dict[str, Any]] = []
         for batch in split(list(records), batch_size):
             results.extend(await self._batch(batch))
@@ -136,41 +157,18 @@ class AsyncClient(ClientSettings):
     ) -> list[dict[str, Any]]:
         """Predict any number of records: batches of ``batch_size``, at most ``concurrency`` requests in
         flight, each retried on its own; results in input order. ``on_progress(done_rows, total_rows)``
-        is called after each batch. The first batch that fails for good cancels the others and raises."""
-        if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
-        records = list(records)
-        batches = split(records, batch_size)
-        results: list[list[dict[str, Any]] | None] = [None] * len(batches)
-        pending = iter(range(len(batches)))
-        done = 0
+        is called after each batch. The first batch that fails for good cancels the others and raises.
 
-        async def worker() -> None:
-            nonlocal done
-            for index in pending:  # one shared iterator: each batch is taken by exactly one worker
-                answer = await self._batch(batches[index])
-                if len(answer) != len(batches[index]):
-                    raise FerryClientError(
-                        f"batch {index}: {len(answer)} predictions for {len(batches[index])} records",
-                        code="bad_response",
-                    )
-                results[index] = answer
-                done += len(answer)
-                if on_progress is not None:
-                    on_progress(done, len(records))
-
-        workers = [asyncio.create_task(worker()) for _ in range(min(concurrency, len(batches)))]
-        try:
-            await asyncio.gather(*workers)
-        except BaseException:
-            for task in workers:
-                task.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
-            raise
-        return [row for batch in results if batch is not None for row in batch]
+        The synchronous client runs this fan-out on an event loop of its own (a client with the same URL,
+        timeout, retries and headers; a custom ``transport`` is not carried over), so it cannot be called
+        from a running event loop: RuntimeError."""
+        return await fan_out(self, records, batch_size=batch_size, concurrency=concurrency, on_progress=on_progress)
 
     async def stream(self, records: Iterable[Any], chunk_size: int | None = None) -> AsyncIterator[dict[str, Any]]:
-        """Async iterator over the events of ``POST /api/v1/predict/stream`` (see ``Client.stream``)."""
+        """Events of ``POST /api/v1/predict/stream``: ``{"event": "chunk", "data": {"offset", "predictions"}}``
+        ... then ``{"event": "summary", "data": {...}}``. Offsets index ``records``. A worker shutting down
+        (``event: shutdown``) or a cut connection is resumed with the records not yet answered;
+        ``event: error`` raises :class:`FerryClientError` (its ``offset`` set)."""
         state = StreamState(records, chunk_size, self.max_retries)
         while not state.finished:
             error: Exception | None = None
@@ -187,7 +185,7 @@ class AsyncClient(ClientSettings):
             except httpx.TransportError as exc:  # cut while streaming (opening it was retried in _send)
                 error = exc
             if not state.finished:
-                await asyncio.sleep(state.interrupted(error))
+                await sleep(state.interrupted(error))
 
     # -- Open Inference Protocol v2 ----------------------------------------------------------
     async def infer_v2(
@@ -200,21 +198,31 @@ class AsyncClient(ClientSettings):
         id: str | None = None,
         version: str | None = None,
     ) -> dict[str, Any]:
+        """``POST /v2/models/{name}[/versions/{v}]/infer``; ``inputs`` is the protocol's tensor list or a
+        2-D list of numbers (sent as one FP64 tensor). Returns the response JSON."""
         return await self._json(
             "POST", v2_infer_path(model_name, version), body=v2_body(inputs, outputs, parameters, id), idempotent=True
         )
 
     # -- models and health -------------------------------------------------------------------
     async def models(self) -> list[dict[str, Any]]:
-        return (await self._json("GET", MODELS))["models"]
+        """Served models: ``[{"name", "version", "status", "sha256"}]``."""
+        answer = await self._json("GET", MODELS)
+        models: list[dict[str, Any]] = answer["models"]
+        return models
 
     async def model_card(self, name: str | None = None, *, section: str | None = None) -> dict[str, Any]:
-        name = name or (await self.models())[0]["name"]
+        """A model's card (the first served model when ``name`` is None), or one ``section`` of it."""
+        if not name:
+            served = await self.models()
+            name = served[0]["name"]
         return await self._json("GET", f"{MODELS}/{name}", params={"section": section} if section else None)
 
     async def ready(self) -> bool:
+        """True when ``/readyz`` answers 200; False on 503 or when the server cannot be reached."""
         try:
-            await (await self._send("GET", READYZ, retry=False)).aclose()
+            response = await self._send("GET", READYZ, retry=False)
+            await response.aclose()
         except FerryClientError as exc:
             if exc.status is None or exc.status == 503:
                 return False
@@ -230,46 +238,66 @@ class AsyncClient(ClientSettings):
         metadata: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
     ) -> dict[str, Any]:
+        """Queue a job (202); returns the job. An Idempotency-Key is generated when none is given, so a
+        retried submission never creates a second job."""
         headers = {"Idempotency-Key": idempotency_key or new_idempotency_key()}
-        return await self._json(
-            "POST", JOBS, body=job_body(records, callback_url, metadata), headers=headers, idempotent=True
-        )
+        body = job_body(records, callback_url, metadata)
+        return await self._json("POST", JOBS, body=body, headers=headers, idempotent=True)
 
     async def get_job(self, job_id: str) -> dict[str, Any]:
+        """The job: status, history, result or error, callback delivery."""
         return await self._json("GET", job_path(job_id))
 
     async def cancel_job(self, job_id: str) -> dict[str, Any]:
+        """Cancel a queued or running job; a finished one raises FerryClientError ``job_conflict`` (409)."""
         return await self._json("DELETE", job_path(job_id))
 
     async def redeliver_callback(self, job_id: str) -> dict[str, Any]:
+        """Send a finished job's callback again (after it was dead-lettered), with the same webhook-id."""
         return await self._json("POST", job_path(job_id, "/callback/redeliver"))
 
     async def wait_job(
         self, job_id: str, *, timeout: float | None = None, poll_interval: float = 0.5, use_events: bool = False
     ) -> dict[str, Any]:
+        """The job once it is succeeded, failed or canceled, by polling every ``poll_interval`` seconds or
+        by following its SSE events (``use_events``). Raises TimeoutError once ``timeout`` seconds have
+        passed; each request it sends is given no more than the time left."""
         events = JobEvents(job_id, self.max_retries)
-
-        async def poll() -> dict[str, Any]:
-            while True:
-                events.last = await self.get_job(job_id)
-                if events.last.get("status") in TERMINAL_JOB_STATUSES:
-                    return events.last
-                await asyncio.sleep(poll_interval)
-
-        async def follow() -> dict[str, Any]:
-            while True:
-                error: Exception | None = None
-                try:
-                    async with self._stream("GET", job_path(job_id, "/events"), headers=EVENT_STREAM) as response:
-                        async for sse in aiter_events(response.aiter_lines()):
-                            if (job := events.handle(sse)) is not None:
-                                return job
-                except httpx.TransportError as exc:  # cut while streaming (opening it was retried in _send)
-                    error = exc
-                await asyncio.sleep(events.ended(error))
-
+        deadline = Deadline(timeout)
         try:
-            async with asyncio.timeout(timeout):
-                return await (follow() if use_events else poll())
-        except TimeoutError:
-            raise events.timeout(timeout) from None
+            while not deadline.expired():
+                if use_events:
+                    job = await self._follow_job(job_id, events, deadline)
+                    if job is not None:
+                        return job
+                else:
+                    events.last = await self._json("GET", job_path(job_id), deadline=deadline)
+                    if events.last.get("status") in TERMINAL_JOB_STATUSES:
+                        return events.last
+                    await sleep(deadline.cap(poll_interval))
+        except FerryClientError as exc:
+            if exc.code == "timeout" and deadline.expired():
+                raise events.timeout(timeout) from exc
+            raise
+        raise events.timeout(timeout)
+
+    async def _follow_job(self, job_id: str, events: JobEvents, deadline: Deadline) -> dict[str, Any] | None:
+        """One stream of the job's events: the job once it has ended; None when the stream ended first
+        (after the pause before the next one) or the deadline passed."""
+        error: Exception | None = None
+        try:
+            async with self._stream(
+                "GET", job_path(job_id, "/events"), headers=EVENT_STREAM, deadline=deadline
+            ) as response:
+                parser = SSEParser()
+                async for line in response.aiter_lines():
+                    sse = parser.feed(line)
+                    if sse is not None and (job := events.handle(sse)) is not None:
+                        return job
+                    if deadline.expired():  # heartbeats keep the stream alive: the clock is read on every line
+                        return None
+        except httpx.TransportError as exc:  # cut, or silent for longer than the read timeout
+            error = exc
+        if not deadline.expired():
+            await sleep(deadline.cap(events.ended(error)))
+        return None

@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-TIERS = ("unit", "integration", "deploy", "alerts", "live")
+TIERS = ("unit", "integration", "deploy", "alerts", "live", "image")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -44,6 +44,7 @@ dev: $(VENV)/.dev ## Add the locked test and lint tools
 lock: $(VENV)/.dev ## Re-resolve requirements/*.lock from pyproject.toml (needs PyPI)
 	$(VENV)/bin/uv pip compile pyproject.toml --python-version 3.11 --generate-hashes -q -o requirements/service.lock
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes -q -o requirements/dev.lock
+	$(VENV)/bin/uv pip compile requirements/loadtest.in -c requirements/dev.lock --python-version 3.11 --generate-hashes -q -o requirements/loadtest.lock
 
 # --- system tools ----------------------------------------------------------------------------
 # Debian packages the tests start for real: promtool/prometheus (2.42) for the alert rules and the

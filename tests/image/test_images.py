@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import base_image  # noqa: E402
 
 MB = 10**6
-# Budgets, from `make image` on the stand-in base (docs/deploy.md, "Image sizes"): service 474 MB
+# Budgets, from `make image` on the stand-in base (README, "Container image"): service 474 MB
 # (base 130 + virtualenv 344, about 94 of it the .pyc files pip compiles, which a read-only root
 # filesystem could not write later), load test 532 MB (the same plus Locust's lock). About 15 %
 # headroom: lock updates fit; a leaked pip cache, build tree, second virtualenv or the whole dev lock

@@ -54,6 +54,8 @@ def test_a_stand_in_base_says_so_and_trusts_the_hosts_extra_cas() -> None:
     assert extra == [], f"{len(extra)} extra CA certificate(s) of this host are not trusted in the stand-in"
     pip_conf = run_once(BASE, "cat", "/etc/pip.conf")
     assert "cert = /etc/ssl/certs/ca-certificates.crt" in pip_conf
+    for ref in (SERVICE_IMAGE, GATE_IMAGE):  # the marker reaches the images built on it
+        assert image_inspect(ref)["Labels"][base_image.STAND_IN_LABEL] == labels[base_image.STAND_IN_LABEL]
 
 
 def test_the_real_base_is_pulled_wherever_a_registry_answers(tmp_path: Path) -> None:

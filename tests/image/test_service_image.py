@@ -61,6 +61,11 @@ def test_runs_hardened_as_the_pod_spec_says(ferry: Container, service_pod: PodRu
     assert ferry.inspect()["HostConfig"]["ReadonlyRootfs"] is True
     assert status_line(ferry, "CapEff") == status_line(ferry, "CapBnd") == "0000000000000000"  # drop: [ALL]
     assert status_line(ferry, "NoNewPrivs") == "1"  # allowPrivilegeEscalation: false
+    # resources.limits, where podman can apply them here (service_pod.skipped says when it cannot)
+    limits = dict(o.split("=", 1) for o in service_pod.options if o.startswith(("--memory=", "--cpus=")))
+    host = ferry.inspect()["HostConfig"]
+    assert host["Memory"] == int(limits.get("--memory", 0))
+    assert host["NanoCpus"] == int(float(limits.get("--cpus", 0)) * 10**9)
     # The emptyDirs are the only writable places, and the metrics directory is the ConfigMap's.
     metrics_dir = service_pod.env["FERRY_METRICS__DIR"]
     assert ferry.exec("touch", "/tmp/written").returncode == 0

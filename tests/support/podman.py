@@ -23,6 +23,7 @@ inspected, exec'd into, signalled, stopped, and always removed.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -59,6 +60,12 @@ def podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.C
     if check and result.returncode != 0:
         raise PodmanError(args, result)
     return result
+
+
+@functools.cache
+def cgroup_controllers() -> frozenset[str]:
+    """The cgroup controllers podman can use here (rootless podman only has those delegated to the user)."""
+    return frozenset(json.loads(podman("info", "--format", "{{json .Host.CgroupControllers}}").stdout) or [])
 
 
 def image_inspect(ref: str) -> dict:

@@ -9,8 +9,9 @@ Applied: the pod's runAsUser/runAsGroup (``--user``), seccompProfile RuntimeDefa
 default profile), the container's command (``--entrypoint``) and args, envFrom ConfigMaps and
 literal env, the securityContext (readOnlyRootFilesystem -> ``--read-only`` without podman's
 extra tmpfs mounts, allowPrivilegeEscalation false -> ``no-new-privileges``, capabilities), resource
-limits (``--cpus``, ``--memory``), and each emptyDir volume mount as a tmpfs of its sizeLimit.
-Probes, the preStop hook and terminationGracePeriodSeconds are returned for the test to act on.
+limits (``--cpus``, ``--memory``; listed in ``skipped`` instead where podman has no such cgroup
+controller), and each emptyDir volume mount as a tmpfs of its sizeLimit. Probes, the preStop hook
+and terminationGracePeriodSeconds are returned for the test to act on.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from support.podman import Container
+from support.podman import Container, cgroup_controllers
 
 # Pod fields with no meaning for a single container under podman, and why.
 POD_NOT_APPLICABLE = {
@@ -87,6 +88,7 @@ class PodRun:
     grace_period_s: int
     pre_stop_s: int
     probes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)  # what could not be applied here, and why
 
 
 def _unknown(kind: str, keys: set[str], known: set[str]) -> None:
@@ -128,10 +130,17 @@ def pod_run(template: dict, configmaps: dict[str, dict[str, str]], container: st
     options += [f"--cap-drop={cap}" for cap in capabilities.get("drop", [])]
     options += [f"--cap-add={cap}" for cap in capabilities.get("add", [])]
     limits = c.get("resources", {}).get("limits", {})  # requests only schedule
+    wanted = {}
     if "cpu" in limits:
-        options.append(f"--cpus={cpus(limits['cpu'])}")
+        wanted["cpu"] = f"--cpus={cpus(limits['cpu'])}"
     if "memory" in limits:
-        options.append(f"--memory={quantity_bytes(limits['memory'])}")
+        wanted["memory"] = f"--memory={quantity_bytes(limits['memory'])}"
+    skipped: list[str] = []
+    for resource, option in wanted.items():
+        if resource in cgroup_controllers():
+            options.append(option)
+        else:  # rootless podman without the controller delegated (cgroup v2) refuses the option
+            skipped.append(f"resources.limits.{resource}: podman has no {resource} cgroup controller here")
 
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
     for mount in c.get("volumeMounts", []):
@@ -173,6 +182,7 @@ def pod_run(template: dict, configmaps: dict[str, dict[str, str]], container: st
         grace_period_s=int(spec.get("terminationGracePeriodSeconds", 30)),
         pre_stop_s=pre_stop_s,
         probes={k: c[k] for k in ("startupProbe", "readinessProbe", "livenessProbe") if k in c},
+        skipped=skipped,
     )
 
 

@@ -22,9 +22,13 @@ def test_every_dependency_is_pinned_with_hashes() -> None:
         assert name in dev, name
     for name in project["dependencies"]:
         assert re.split(r"[<>=\[ ]", name)[0].lower() in service
-    # The service runs with exactly the versions the tests ran with.
+    # The service runs with exactly the versions the tests ran with; so does the load-test image
+    # (`make lock` resolves requirements/loadtest.in with the dev lock as constraints).
     assert {k: dev[k] for k in service} == service
-    for lock in ("service.lock", "dev.lock"):
+    loadtest = pins(ROOT / "requirements/loadtest.lock")
+    assert {"locust", "pyyaml"} <= set(loadtest)
+    assert {k: dev.get(k) for k in loadtest} == loadtest
+    for lock in ("service.lock", "dev.lock", "loadtest.lock"):
         text = (ROOT / "requirements" / lock).read_text()
         hashed = re.findall(r"^[a-z0-9][a-z0-9._-]*==\S+ \\\n\s+--hash=sha256:[0-9a-f]{64}", text, re.M)
         assert len(hashed) == len(pins(ROOT / "requirements" / lock)), lock
@@ -48,6 +52,7 @@ def test_make_help_lists_every_target() -> None:
     out = subprocess.run(["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     listed = set(re.findall(r"^\s+(?:\x1b\[\d+m)?([a-zA-Z0-9_-]+)", out, re.M))
     assert {"run", "test"} <= listed
+    assert {"image", "model-image", "test-image", "image-tools", "base-image"} <= listed
     assert phony - listed == set(), "targets without a ## description"
 
 

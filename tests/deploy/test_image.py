@@ -19,7 +19,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("dockerfile", ["service/Dockerfile", "deploy/model-image/Dockerfile"])
+@pytest.mark.parametrize(
+    "dockerfile", ["service/Dockerfile", "deploy/model-image/Dockerfile", "deploy/model-volume/Dockerfile"]
+)
 def test_hadolint_clean(dockerfile: str) -> None:
     hadolint = Path(sys.executable).parent / "hadolint"
     result = subprocess.run([str(hadolint), str(ROOT / dockerfile)], capture_output=True, text=True, check=False)

@@ -69,7 +69,8 @@ POD_REWRITTEN = {
     "volumes[].name": (
         "podman 4.3 plays an emptyDir as a named volume called after the pod's volume (tmp, metrics), which two "
         "pods of one release would share (and with it the prometheus multiprocess files); each volume is "
-        "renamed <pod>-<volume>. Its sizeLimit and medium: Memory are not applied (a directory on disk)"
+        "renamed <pod>-<volume>. Its sizeLimit and medium: Memory are not applied (a directory on disk). A "
+        "persistentVolumeClaim is played as the podman volume named after its claimName (the test creates it)"
     ),
 }
 # Container fields podman 4.3 applies as a kubelet would.
@@ -142,6 +143,8 @@ def playable(docs: Iterable[dict]) -> tuple[list[dict], list[str]]:
                 del container[field]
                 changes.append(f"{where}/{container['name']}: {field} stripped: {CONTAINER_STRIPPED[field]}")
             for mount in container.get("volumeMounts", []):
+                if mount.get("subPath"):  # a model.pvc.subPath or model.imageVolume.subPath
+                    raise ValueError(f"{where}: podman 4.3 ignores a volumeMount's subPath; render without one")
                 mount["name"] = prefix + mount["name"]
         changes.append(f"{where}: volumes renamed {prefix}*: {POD_REWRITTEN['volumes[].name']}")
     return played, changes
@@ -230,12 +233,17 @@ class Release:
         return [self.pod(d["metadata"]["name"]) for d in self.rendered if d["kind"] == "Deployment"]
 
     def stop(self) -> dict[str, int]:
-        """Stop every pod at once, each with its rendered terminationGracePeriodSeconds (SIGTERM, then SIGKILL
-        when it runs out); the serving containers' exit codes by pod."""
+        """Stop every pod's containers at once, each with its rendered terminationGracePeriodSeconds
+        (SIGTERM, then SIGKILL when it runs out), as a kubelet does; the serving containers' exit codes.
+
+        The containers, not the pods: ``podman pod stop`` of 4.3 stops the pod's infra container at the
+        same moment, which takes the network namespace away while the server still drains (the answers
+        to requests in flight are lost). A kubelet removes the sandbox only after its containers exited."""
         stopping = []
         for pod in self.pods:
             grace = int(pod.template["spec"].get("terminationGracePeriodSeconds", 30))
-            argv = ["podman", "pod", "stop", "--time", str(grace), pod.name]
+            names = [pod.container(c["name"]) for c in pod.template["spec"]["containers"]]
+            argv = ["podman", "stop", "--time", str(grace), *names]
             stopping.append((pod, grace, subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
         for _, grace, process in stopping:
             process.wait(timeout=grace + 60)

@@ -170,6 +170,10 @@ def test_image_volume_source_mounts_the_oci_image_read_only() -> None:
     assert "initContainers" not in spec
     assert volumes(spec)["model"] == {"name": "model", "image": {"reference": reference, "pullPolicy": "IfNotPresent"}}
     assert mounts(ferry)["model"] == {"name": "model", "mountPath": "/models", "readOnly": True}
+    # Valid for the Kubernetes versions make helm-validate checks (1.33, 1.37); unknown before the API had it.
+    deployment = workload(kv.render_scenario("model-image-volume"))
+    assert kv.validate_core(deployment, "1.33.0") is None
+    assert "'image' was unexpected" in str(kv.validate_core(deployment, "1.30.0"))
     # Pinned by the reference's digest: no sha256 needed (and none rendered).
     assert model_env(ferry) == {
         "FERRY_MODEL__NAME": "churn",
@@ -358,3 +362,26 @@ def test_notes_name_the_model_and_warn_without_a_pin(tmp_path: Path) -> None:
     assert "not pinned" not in inherited
     both = render_notes(kv.HELM, CHART, tmp_path, "-f", str(CHART / "ci/canary-model-values.yaml"))
     assert "not pinned" not in both and "canary: churn 3.0.0 from url" in both and STABLE_PIN in both
+
+
+def test_network_policy_opens_the_model_store_only_to_fetch() -> None:
+    def store_rules(docs: tuple[dict, ...]) -> list[dict]:
+        (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy"]
+        return [rule for rule in policy["spec"]["egress"] if {"port": 53, "protocol": "UDP"} not in rule["ports"]]
+
+    https = {"ports": [{"port": 443, "protocol": "TCP"}], "to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}
+    assert store_rules(kv.render_scenario("model-url-https")) == [https]
+    assert store_rules(kv.render_scenario("canary-model")) == [https], "the canary fetches"
+    for scenario in ("default", "model-pvc", "model-image-volume"):
+        assert store_rules(kv.render_scenario(scenario)) == [], scenario
+    minio = kv.render_scenario(
+        "model-url-s3",
+        "--set", "networkPolicy.modelStore.ports={9000}",
+        "--set", "networkPolicy.modelStore.to[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=storage",
+    )  # fmt: skip
+    assert store_rules(minio) == [
+        {
+            "ports": [{"port": 9000, "protocol": "TCP"}],
+            "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "storage"}}}],
+        }
+    ]

@@ -15,6 +15,8 @@ rendered probes and send traffic to the pod IPs.
 - model.source url: the model-fetch init container fetches the second model from an HTTP server on the
   pods' network and the pod serves it; with a wrong pin the init container fails with its one line and
   the serving container never starts;
+- model.url s3://: the same from moto's S3 server on the network's gateway, the init container's keys
+  from a Secret;
 - model.source pvc: the claim is a podman volume holding the second model, mounted read-only;
 - model.source imageVolume: podman 4.3's kube play has no image volumes (podman-kube-play(1) of 4.3:
   hostPath, emptyDir and persistentVolumeClaim only), so this pod runs through tests/support/podspec.py,
@@ -35,6 +37,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import httpx
 import pytest
 import yaml
@@ -42,6 +45,7 @@ import yaml
 from ferry.train import TrainParams, train
 from support.kubeplay import Pod, Release, remove_session_pods
 from support.load import Load
+from support.moto_s3 import MotoS3
 from support.podman import SERVICE_IMAGE, Container, podman, run_once
 from support.podspec import cgroup_controllers, container, cpus, pod_run, quantity_bytes
 
@@ -389,3 +393,49 @@ def test_image_volume_source_serves_the_model_image(tmp_path: Path, next_model: 
             assert denied.returncode != 0 and "Read-only file system" in denied.stderr
     finally:
         podman("rmi", "--force", "--ignore", reference, check=False)
+
+
+def test_s3_source_with_credentials_from_a_secret(network: str, tmp_path: Path, next_model: tuple[Path, dict]) -> None:
+    """model.url s3:// against moto's S3 server on the network's gateway (AWS_ENDPOINT_URL), with the
+    init container's keys from a Secret played beside the Deployment (the init container has no other
+    source of credentials: without them the fetch fails)."""
+    directory, nxt = next_model
+    (subnet,) = json.loads(podman("network", "inspect", network).stdout)[0]["subnets"]
+    secret = f"ferry-kp-store-{uuid.uuid4().hex[:8]}"
+    with MotoS3(tmp_path, host=subnet["gateway"]) as s3:
+        aws = s3.aws_env()
+        client = boto3.client(
+            "s3",
+            endpoint_url=aws["AWS_ENDPOINT_URL"],
+            region_name=aws["AWS_REGION"],
+            aws_access_key_id=aws["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=aws["AWS_SECRET_ACCESS_KEY"],
+        )
+        client.create_bucket(Bucket="ferry-models")
+        for name in ("model.joblib", "model.card.json"):
+            client.put_object(Bucket="ferry-models", Key=f"next/{name}", Body=(directory / name).read_bytes())
+        _, docs = render(
+            "model-url-s3",
+            "model.url=s3://ferry-models/next/model.joblib",
+            f"model.fetch.s3.endpoint={s3.endpoint}",
+            f"model.fetch.s3.region={aws['AWS_REGION']}",
+            f"model.fetch.s3.existingSecret={secret}",
+            "model.fetch.allowHttp=true",  # the endpoint is plain http
+            "model.fetch.retries=2",
+            f"model.name={nxt['name']}",
+            f"model.version={nxt['version']}",
+            f"model.sha256={nxt['sha256']}",
+        )
+        keys = {k: aws[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+        store = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": secret}, "stringData": keys}
+        with Release([*docs, store], network, tmp_path) as played:
+            assert played.play_result is not None and played.play_result.returncode == 0, played.play_result.stderr
+            (pod,) = played.pods
+            pod.wait_ready()
+            model = served(pod)
+            assert (model["name"], model["version"], model["sha256"]) == (
+                nxt["name"],
+                nxt["version"],
+                nxt["sha256"],
+            )
+            assert predict(pod).status_code == 200

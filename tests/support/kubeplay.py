@@ -13,10 +13,11 @@ of that version). Every pod and container field is either played as Kubernetes w
 stripped or rewritten below with the reason; a field in none of these lists raises, so a chart change
 is never dropped silently. ``Release.changes`` lists what was changed, for the test's failure output.
 
-- Kinds: podman 4.3 plays Pod, Deployment, PersistentVolumeClaim and ConfigMap (the ConfigMaps of
-  the same file feed ``envFrom``); Secrets, Services, NetworkPolicies, HPAs, PDBs, ServiceAccounts
-  and custom resources are not played. Pods are reached at their IPs, as a Service reaches its
-  endpoints; one pod per Deployment.
+- Kinds: podman 4.3 plays Pod, Deployment, PersistentVolumeClaim, ConfigMap (the ConfigMaps of the
+  same file feed ``envFrom``) and Secret (a podman secret that ``secretKeyRef`` reads; its man page
+  does not say so, trying does); Services, NetworkPolicies, HPAs, PDBs, ServiceAccounts and custom
+  resources are not played. Pods are reached at their IPs, as a Service reaches its endpoints; one
+  pod per Deployment.
 - Names: the release name of the rendering names every pod (``<deployment>-pod-0``) and container
   (``<pod>-<container>``); a unique release name keeps tests apart on a shared machine. Each pod
   template gets the label ``io.ferry.test.session`` so leftovers of a crashed test can be removed.
@@ -24,6 +25,7 @@ is never dropped silently. ``Release.changes`` lists what was changed, for the t
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import subprocess
@@ -216,11 +218,25 @@ class Release:
         self.network = network
         self.played, self.changes = playable(self.rendered)
         self.file = scratch / f"kube-play-{uuid.uuid4().hex[:8]}.yaml"
-        self.file.write_text(yaml.safe_dump_all(self.played, sort_keys=False))
+        self.file.write_text(yaml.safe_dump_all([d for d in self.played if d["kind"] != "Secret"], sort_keys=False))
+        self.secrets = [d for d in self.played if d["kind"] == "Secret"]
         self.play_result: subprocess.CompletedProcess[str] | None = None
 
     def play(self) -> subprocess.CompletedProcess[str]:
-        """``podman kube play``; its result (it fails when an init container fails, and the pod stays)."""
+        """``podman kube play``; its result (it fails when an init container fails, and the pod stays).
+
+        Secrets first, made by the test: podman 4.3 plays a Secret document, but stores it as YAML, while
+        its secretKeyRef reads a podman secret as a JSON map of key to base64 value (a played Secret
+        fails with "is not valid JSON"); the test creates that map from the Secret's data and stringData."""
+        for secret in self.secrets:
+            data = {k: base64.b64encode(v.encode()).decode() for k, v in secret.get("stringData", {}).items()}
+            podman(
+                "secret",
+                "create",
+                secret["metadata"]["name"],
+                "-",
+                input=json.dumps({**secret.get("data", {}), **data}),
+            )
         self.play_result = podman("kube", "play", "--network", self.network, str(self.file), check=False, timeout=300)
         return self.play_result
 
@@ -255,6 +271,8 @@ class Release:
         podman("kube", "down", str(self.file), check=False, timeout=180)
         names = [pod.name for pod in self.pods]
         podman("pod", "rm", "--force", "--ignore", "--time", "0", *names, check=False)
+        for secret in self.secrets:
+            podman("secret", "rm", secret["metadata"]["name"], check=False)
 
     def __enter__(self) -> Release:
         self.play()

@@ -162,7 +162,16 @@ def status_field(pod: Pod, field: str) -> str:
 def test_default_scenario_runs_as_rendered(network: str, tmp_path: Path) -> None:
     release, docs = render("default")
     with Release(docs, network, tmp_path) as played:
-        assert played.play_result is not None and played.play_result.returncode == 0, played.play_result.stderr
+        assert played.play_result is not None and played.play_result.returncode == 0, (
+            played.play_result.stderr,
+            str(played),
+        )
+        # What podman 4.3 cannot apply is stripped by name (tests/support/kubeplay.py says why), nothing else.
+        stripped = {c.split(": ")[1] for c in played.changes if c.split(": ")[1].endswith(" stripped")}
+        pod_fields = ["serviceAccountName", "automountServiceAccountToken", "enableServiceLinks"]
+        pod_fields += ["topologySpreadConstraints", "terminationGracePeriodSeconds"]
+        container_fields = ["ports", "startupProbe", "readinessProbe", "livenessProbe", "lifecycle"]
+        assert stripped == {f"{field} stripped" for field in pod_fields + container_fields}, str(played)
         (pod,) = played.pods
         pod.wait_ready()
         for kind in ("startupProbe", "readinessProbe", "livenessProbe"):

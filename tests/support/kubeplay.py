@@ -2,22 +2,23 @@
 they read) become pods of containers, on a network of the test's own, and are stopped with the
 pods' grace period and removed with ``podman kube down``.
 
-    with Release(docs, network) as release:
-        stable = release.pod("ferry")          # the Deployment's pod
+    with Release(docs, network, tmp_path) as release:
+        stable = release.pod("kp1-ferry")      # the pod of Deployment kp1-ferry
         stable.wait_ready()                    # the rendered readiness probe, at the pod's IP
         httpx.get(stable.url("/api/v1/models"))
         codes = release.stop()                 # SIGTERM, SIGKILL after terminationGracePeriodSeconds
+    # leaving the block: podman kube down
 
 What podman 4.3 does with what the chart renders was found by trying it (and from podman-kube-play(1)
 of that version). Every pod and container field is either played as Kubernetes would apply it, or
 stripped or rewritten below with the reason; a field in none of these lists raises, so a chart change
-is never dropped silently. ``Release.changes`` lists what was changed, for the test's failure output.
+is never dropped silently. ``Release.changes`` lists what was changed (``str(release)`` prints them).
 
-- Kinds: podman 4.3 plays Pod, Deployment, PersistentVolumeClaim, ConfigMap (the ConfigMaps of the
-  same file feed ``envFrom``) and Secret (a podman secret that ``secretKeyRef`` reads; its man page
-  does not say so, trying does); Services, NetworkPolicies, HPAs, PDBs, ServiceAccounts and custom
-  resources are not played. Pods are reached at their IPs, as a Service reaches its endpoints; one
-  pod per Deployment.
+- Kinds: podman 4.3 plays Pod, Deployment, PersistentVolumeClaim and ConfigMap (the ConfigMaps of
+  the same file feed ``envFrom``), and a Secret too, though in a form its own ``secretKeyRef`` cannot
+  read, so ``Release.play`` makes the podman secrets itself; Services, NetworkPolicies, HPAs, PDBs,
+  ServiceAccounts and custom resources are not played. Pods are reached at their IPs, as a Service
+  reaches its endpoints; one pod per Deployment.
 - Names: the release name of the rendering names every pod (``<deployment>-pod-0``) and container
   (``<pod>-<container>``); a unique release name keeps tests apart on a shared machine. Each pod
   template gets the label ``io.ferry.test.session`` so leftovers of a crashed test can be removed.
@@ -57,7 +58,7 @@ POD_STRIPPED = {
     "imagePullSecrets": "the images are local (pullPolicy Never)",
     "terminationGracePeriodSeconds": (
         "podman 4.3 ignores it (every container gets podman's 10 s stop timeout): Release.stop() stops each "
-        "pod with this grace period instead"
+        "pod's containers with this grace period instead"
     ),
 }
 # Pod fields rewritten, and why.
@@ -273,6 +274,9 @@ class Release:
         podman("pod", "rm", "--force", "--ignore", "--time", "0", *names, check=False)
         for secret in self.secrets:
             podman("secret", "rm", secret["metadata"]["name"], check=False)
+
+    def __str__(self) -> str:
+        return f"{self.file.name}, changed before playing:\n" + "\n".join(f"  {c}" for c in self.changes)
 
     def __enter__(self) -> Release:
         self.play()

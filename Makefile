@@ -163,7 +163,7 @@ lint: $(VENV)/.dev ## ruff (lint + format check), mypy --strict (service and cli
 .PHONY: test
 test: $(VENV)/.dev tools lint check-generated helm-validate image ## Install what is needed, then run every test tier (with coverage)
 	$(PY) -m coverage erase
-	$(PY) -m coverage run -m pytest -m "unit or integration or deploy or alerts or live or image" $(PYTEST_ARGS)
+	$(PY) -m coverage run -m pytest -m "unit or integration or deploy or alerts or live or image" --durations=25 $(PYTEST_ARGS)
 	$(PY) -m coverage report
 
 .PHONY: test-unit test-integration test-deploy test-alerts test-live test-image

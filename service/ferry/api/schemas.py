@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import orjson
@@ -12,7 +13,7 @@ from ferry_client.protocol import JobStatus
 
 # -- request bodies typed from the model card ------------------------------------------------------
 def _body_examples(schema: dict[str, Any], model: type[Any]) -> None:
-    schema["examples"] = model.examples
+    schema["examples"] = model.examples()
 
 
 class CardBody(BaseModel):
@@ -20,11 +21,12 @@ class CardBody(BaseModel):
 
     Each route subclasses one of these at start-up (``create_model(__base__=...)``) with the card's
     record type in place of ``Any``; the static fields here type the route handlers, the subclass
-    validates. ``examples`` (set on the subclass) is the complete example /docs shows.
+    validates. ``examples`` (set on the subclass) gives the complete examples /docs shows; it is called
+    each time the schema is built, because a model without a card learns its width only once loaded.
     """
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=_body_examples)
-    examples: ClassVar[list[Any]] = []
+    examples: ClassVar[Callable[[], list[Any]]] = list
 
 
 class PredictBody(CardBody):

@@ -113,33 +113,30 @@ def fail(job: Job, *, owner: str, now: float, error: JobError, ttl_s: float) -> 
     return _finish(job, now=now, status=Status.FAILED, error=error, ttl_s=ttl_s)
 
 
-def requeue(job: Job, *, owner: str, now: float, delay_s: float, reason: JobError) -> Job | None:
-    """Give the job back (the model was unavailable for the whole run); it runs again later."""
-    if not _holds(job, owner):
-        return None
+def _back_to_queue(job: Job, *, now: float, available_at: float, attempts: int, code: str) -> Job:
     return replace(
         job,
         status=Status.QUEUED,
         runner=None,
         lease_until=None,
-        available_at=now + delay_s,
-        history=_entry(job, HistoryEntry(status=Status.QUEUED, at=now, code=reason.code)),
+        available_at=available_at,
+        attempts=attempts,
+        history=_entry(job, HistoryEntry(status=Status.QUEUED, at=now, code=code)),
     )
+
+
+def requeue(job: Job, *, owner: str, now: float, delay_s: float, reason: JobError) -> Job | None:
+    """Give the job back (the model was unavailable for the whole run); it runs again later."""
+    if not _holds(job, owner):
+        return None
+    return _back_to_queue(job, now=now, available_at=now + delay_s, attempts=job.attempts, code=reason.code)
 
 
 def release(job: Job, *, owner: str, now: float) -> Job | None:
     """A runner stopping gracefully gives its job back at once; the cut-short run does not count."""
     if not _holds(job, owner):
         return None
-    return replace(
-        job,
-        status=Status.QUEUED,
-        runner=None,
-        lease_until=None,
-        available_at=now,
-        attempts=max(0, job.attempts - 1),
-        history=_entry(job, HistoryEntry(status=Status.QUEUED, at=now, code="runner_stopped")),
-    )
+    return _back_to_queue(job, now=now, available_at=now, attempts=max(0, job.attempts - 1), code="runner_stopped")
 
 
 def cancel(job: Job, *, now: float, ttl_s: float) -> Job | None:

@@ -63,7 +63,7 @@ def build_router(core: Core, jobs: JobService) -> APIRouter:
             Field(None, description=f"Free-form JSON object echoed back on the job (at most {max_metadata} bytes)."),
         ),
     )
-    job_request.examples = [{"records": [schema.example, schema.example], "metadata": {"batch": "2026-11-27"}}]
+    job_request.examples = lambda: [{"records": [schema.example, schema.example], "metadata": {"batch": "2026-11-27"}}]
     job_request.max_metadata_bytes = max_metadata
     router = APIRouter(route_class=OrjsonRoute, prefix="/api/v1/jobs", tags=["jobs"], responses=ERRORS)
 

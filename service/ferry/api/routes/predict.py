@@ -43,13 +43,13 @@ def build_router(core: Core) -> APIRouter:
         __base__=PredictBody,
         record=(record, Field(description="One record, fields as in the model card.")),
     )
-    predict_request.examples = [{"record": schema.example}]
+    predict_request.examples = lambda: [{"record": schema.example}]
     batch_request = create_model(
         "BatchPredictRequest",
         __base__=BatchBody,
         records=(schema.list_type, Field(min_length=1, max_length=max_batch, description=f"1 to {max_batch} records.")),
     )
-    batch_request.examples = [{"records": [schema.example, schema.example]}]
+    batch_request.examples = lambda: [{"records": [schema.example, schema.example]}]
     router = APIRouter(route_class=OrjsonRoute, prefix="/api/v1", tags=["predict"], responses=ERRORS)
     deadline_dep = Depends(deadline_of(core))
 

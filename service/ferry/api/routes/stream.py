@@ -101,7 +101,7 @@ def build_router(core: Core) -> APIRouter:
             ),
         ),
     )
-    stream_request.examples = [{"records": [schema.example, schema.example], "chunk_size": 1}]
+    stream_request.examples = lambda: [{"records": [schema.example, schema.example], "chunk_size": 1}]
     # JSON errors, answered before the stream starts (the route's own media type is text/event-stream).
     # ErrorBody is in the components through the other predict routes.
     errors: dict[int | str, dict[str, Any]] = {

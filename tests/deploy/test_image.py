@@ -1,4 +1,4 @@
-"""The launcher the images' entrypoint runs refuses bad settings (hadolint of both Dockerfiles runs
+"""The launcher the images' entrypoint runs refuses bad settings (hadolint of the Dockerfiles runs in
 in `make lint`).
 
 The built images themselves run in the image tier (tests/image/), which proves what this file used

@@ -158,7 +158,7 @@ lint: $(VENV)/.dev ## ruff (lint + format check), mypy --strict (service and cli
 	$(VENV)/bin/ruff format --check service clients tests scripts dashboards loadtest
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy --strict clients/python/src clients/python/tests clients/python/tools
-	$(VENV)/bin/hadolint service/Dockerfile deploy/model-image/Dockerfile
+	$(VENV)/bin/hadolint service/Dockerfile deploy/model-image/Dockerfile deploy/model-volume/Dockerfile
 
 .PHONY: test
 test: $(VENV)/.dev tools lint check-generated helm-validate image ## Install what is needed, then run every test tier (with coverage)

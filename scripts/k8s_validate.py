@@ -123,6 +123,19 @@ SCENARIOS: dict[str, Scenario] = {
         absent=("ScaledObject",),
         counts={"Deployment": 2, "Service": 2},
     ),
+    # One scenario per model.source besides the default `image` (docs/deploy.md, "Serve your own model").
+    "model-url-https": Scenario("model-url-https-values.yaml", present=(*BASE, "Deployment"), counts={"Deployment": 1}),
+    "model-url-s3": Scenario("model-url-s3-values.yaml", present=(*BASE, "Deployment"), counts={"Deployment": 1}),
+    "model-pvc": Scenario("model-pvc-values.yaml", present=(*BASE, "Deployment"), counts={"Deployment": 1}),
+    "model-image-volume": Scenario(
+        "model-image-volume-values.yaml", present=(*BASE, "Deployment"), counts={"Deployment": 1}
+    ),
+    "canary-model": Scenario(
+        "canary-model-values.yaml",
+        present=(*BASE, "Deployment"),
+        absent=("Rollout",),
+        counts={"Deployment": 2, "Service": 3},
+    ),
     "minimal": Scenario(
         "minimal-values.yaml",
         present=BASE,

@@ -268,13 +268,23 @@ def test_stable_pod_conforms(run_pod) -> None:
         d for d in pod.docs if d["kind"] == "Pod" and d["metadata"]["annotations"]["helm.sh/hook"] == "test"
     )
     test_container = test_pod["spec"]["containers"][0]
-    service = next(d for d in pod.docs if d["kind"] == "Service" and d["metadata"]["name"] == "ferry")
-    env = {**pod.env, "FERRY_URL": pod.url(service["spec"]["ports"][0]["targetPort"], "")}
-    result = subprocess.run(
-        [*test_container["command"], *test_container["args"]], env=env, capture_output=True, text=True, timeout=60
-    )
+    (checks,) = [json.loads(e["value"]) for e in test_container["env"] if e["name"] == "FERRY_CHECKS"]
+    (stable,) = [c for c in checks if c["track"] == "stable"]
+    assert stable["url"] == "http://ferry-stable.ferry.svc:80"
+    service = next(d for d in pod.docs if d["kind"] == "Service" and d["metadata"]["name"] == "ferry-stable")
+    stable["url"] = pod.url(service["spec"]["ports"][0]["targetPort"], "")  # the Service's address, here
+
+    def helm_test(check: dict) -> subprocess.CompletedProcess[str]:
+        env = {**pod.env, "FERRY_CHECKS": json.dumps([check])}
+        argv = [*test_container["command"], *test_container["args"]]
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+
+    result = helm_test(stable)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "POST /api/v1/predict 200" in result.stdout
+    assert "[stable] POST /api/v1/predict 200" in result.stdout
+    # A track serving another model than its values say fails the test, naming what it serves.
+    wrong = helm_test({**stable, "name": "churn", "version": "9.9.9"})
+    assert wrong.returncode == 1 and 'stable: serves {"version": "1.0.0"}' in wrong.stdout, wrong.stdout
     assert_clean_shutdown(pod)
 
 

@@ -23,6 +23,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import k8s_validate as kv  # noqa: E402
 
+from support import notes  # noqa: E402
+
 CHART = kv.CHART
 
 
@@ -223,8 +225,22 @@ def test_values_schema_is_strict_everywhere() -> None:
     walk(schema, "")
     assert loose == []
 
+    def resolve(node: dict) -> dict:
+        """Follow `$ref` (to definitions or properties) and `allOf` to the node that has the properties."""
+        while True:
+            if "$ref" in node:
+                target: object = schema
+                for key in node["$ref"].removeprefix("#/").split("/"):
+                    target = target[key]  # type: ignore[index]
+                node = target  # type: ignore[assignment]
+            elif "allOf" in node:
+                node = next(n for n in node["allOf"] if "$ref" in n or "properties" in n)
+            else:
+                return node
+
     def has(schema_node: dict, parts: list[str]) -> bool:
         for part in parts:
+            schema_node = resolve(schema_node)
             props = schema_node.get("properties", {})
             if part not in props:
                 return schema_node.get("type") == "object" and "properties" not in schema_node
@@ -499,24 +515,7 @@ def test_network_policy_egress_follows_the_features() -> None:
 
 
 def render_notes(tmp_path: Path, *extra: str) -> str:
-    """NOTES.txt as helm renders it with these values and API versions (helm template skips NOTES and
-    helm install --dry-run takes no --api-versions): a copy of the chart renders it into a ConfigMap."""
-    chart = tmp_path / "ferry"
-    if not chart.exists():
-        shutil.copytree(CHART, chart)
-        shutil.copy(chart / "templates/NOTES.txt", chart / "files/NOTES.txt")
-        (chart / "templates/notes-under-test.yaml").write_text(
-            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n"
-            '  notes: {{ tpl (.Files.Get "files/NOTES.txt") . | quote }}\n'
-        )
-    result = subprocess.run(
-        [kv.HELM, "template", "ferry", str(chart), "-n", "ferry", "-s", "templates/notes-under-test.yaml", *extra],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return yaml.safe_load(result.stdout)["data"]["notes"]
+    return notes.render_notes(kv.HELM, CHART, tmp_path, *extra)
 
 
 def test_notes_say_where_things_land(tmp_path: Path) -> None:
@@ -524,7 +523,8 @@ def test_notes_say_where_things_land(tmp_path: Path) -> None:
     offline = render_notes(tmp_path)
     assert "port-forward svc/ferry" in offline and "helm test ferry" in offline
     assert "ServiceMonitor NOT rendered" in offline, "say so when the API is missing"
-    monitored = render_notes(tmp_path, "-f", str(CHART / "ci/monitoring-values.yaml"), *api_versions)
+    pinned = ["--set", "model.sha256=" + "a" * 64]  # an unpinned model is warned about too (test_chart_model.py)
+    monitored = render_notes(tmp_path, "-f", str(CHART / "ci/monitoring-values.yaml"), *api_versions, *pinned)
     assert "ServiceMonitor ferry" in monitored and "grafana_dashboard" in monitored
     assert "WARNING" not in monitored
     unlabelled = render_notes(tmp_path, *api_versions)

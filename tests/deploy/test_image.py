@@ -1,5 +1,5 @@
-"""The launcher the images' entrypoint runs refuses bad settings (hadolint of both Dockerfiles runs
-in `make lint`).
+"""The launcher the images' entrypoint runs refuses bad settings (hadolint of the Dockerfiles runs in
+`make lint`).
 
 The built images themselves run in the image tier (tests/image/), which proves what this file used
 to approximate with processes: the entrypoint serves, the HEALTHCHECK passes, gunicorn is PID 1 and

@@ -61,14 +61,16 @@ def make_model_image(model: Path, ref: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_derived_image_serves_its_own_model(
-    own_model: Path, image_refs: Callable[[], str], start_service: Callable[..., Container]
+    own_model: Path, image_refs: Callable[[], str], start_service: Callable[..., Container], service_pod: PodRun
 ) -> None:
     ref = image_refs()
     built = make_model_image(own_model, ref)
     assert built.returncode == 0, built.stdout + built.stderr
     own_card = json.loads(own_model.with_name("lite.card.json").read_text())
-    # With the chart, ferry.model.path names the baked file (its ConfigMap overrides the image's ENV).
-    ferry = start_service(ref, env={"FERRY_MODEL__PATH": OWN_PATH})
+    # The chart's default model.path is empty: the pod reads the derived image's own FERRY_MODEL__PATH.
+    assert "FERRY_MODEL__PATH" not in service_pod.env
+    ferry = start_service(ref)
+    assert ferry.exec("sh", "-c", "echo $FERRY_MODEL__PATH", check=True).stdout.strip() == OWN_PATH
     ferry.wait_for("/readyz", 200, timeout=90)
     churn_card = json.loads(ferry.exec("cat", "/app/models/churn/model.card.json", check=True).stdout)
     ready = httpx.get(ferry.url + "/readyz", timeout=10).json()

@@ -1,4 +1,5 @@
-"""moto's server mode as a real S3-compatible endpoint on 127.0.0.1, in a process of its own."""
+"""moto's server mode as a real S3-compatible endpoint (on 127.0.0.1 unless told otherwise), in a
+process of its own."""
 
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ class MotoS3:
     """``auth_after``: moto accepts that many requests without checking credentials (to set up the
     bucket), then checks every request against its IAM, where no key exists: a real 403."""
 
-    def __init__(self, workdir: Path, auth_after: int | None = None) -> None:
-        self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+    def __init__(self, workdir: Path, auth_after: int | None = None, host: str = "127.0.0.1") -> None:
+        """``host``: the address to listen on, e.g. a podman network's gateway for pods to reach."""
+        self.host, self.port = host, free_port()
+        self.endpoint = f"http://{host}:{self.port}"
         self.log_path = workdir / f"moto-{self.port}.log"
         self.env = {**os.environ, "MOTO_PORT": str(self.port)}
         if auth_after is not None:
@@ -32,7 +34,7 @@ class MotoS3:
     def start(self, timeout: float = 30.0) -> MotoS3:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
                 env=self.env,
                 stdout=log,
                 stderr=log,
@@ -42,7 +44,7 @@ class MotoS3:
             if self.process.poll() is not None:
                 raise RuntimeError(f"moto exited with {self.process.returncode}: {self.log_path.read_text()[-2000:]}")
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                socket.create_connection((self.host, self.port), timeout=1).close()
                 return self
             except OSError:
                 time.sleep(0.05)

@@ -54,9 +54,13 @@ class PodmanError(RuntimeError):
         self.result = result
 
 
-def podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """``podman ARGS`` with its output captured; raises PodmanError on failure when ``check``."""
-    result = subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout, check=False)
+def podman(
+    *args: str, check: bool = True, timeout: float = 120, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``podman ARGS`` (``input`` on its stdin), output captured; raises PodmanError on failure when ``check``."""
+    result = subprocess.run(
+        ["podman", *args], capture_output=True, text=True, timeout=timeout, check=False, input=input
+    )
     if check and result.returncode != 0:
         raise PodmanError(args, result)
     return result

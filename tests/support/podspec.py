@@ -10,7 +10,8 @@ default profile), the container's command (``--entrypoint``) and args, envFrom C
 literal env, the securityContext (readOnlyRootFilesystem -> ``--read-only`` without podman's
 extra tmpfs mounts, allowPrivilegeEscalation false -> ``no-new-privileges``, capabilities), resource
 limits (``--cpus``, ``--memory``; listed in ``skipped`` instead where podman has no such cgroup
-controller), and each emptyDir volume mount as a tmpfs of its sizeLimit. Probes, the preStop hook
+controller), each emptyDir volume mount as a tmpfs of its sizeLimit, and each image volume
+(model.source imageVolume) as podman's read-only image mount. Probes, the preStop hook
 and terminationGracePeriodSeconds are returned for the test to act on.
 """
 
@@ -145,8 +146,18 @@ def pod_run(template: dict, configmaps: dict[str, dict[str, str]], container: st
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
     for mount in c.get("volumeMounts", []):
         volume = volumes[mount["name"]]
+        if set(volume) == {"name", "image"}:
+            # A Kubernetes image volume: the image's files, read-only, at the mount. podman mounts an
+            # image the same way (--mount type=image is read-only unless rw=true); it must be local.
+            if mount.get("subPath"):
+                raise ValueError(f"volume {mount['name']}: podman's image mount has no subPath")
+            reference = volume["image"]["reference"]
+            options += ["--mount", f"type=image,source={reference},destination={mount['mountPath']}"]
+            continue
         if set(volume) != {"name", "emptyDir"}:
-            raise ValueError(f"volume {mount['name']}: only emptyDir volumes are supported, not {sorted(volume)}")
+            raise ValueError(
+                f"volume {mount['name']}: only emptyDir and image volumes are supported, not {sorted(volume)}"
+            )
         size = volume["emptyDir"].get("sizeLimit")
         # An emptyDir is writable by the pod's users (mode 0777 + fsGroup); a tmpfs with the sticky bit
         # is the same for one container. medium: Memory is a tmpfs in Kubernetes too.

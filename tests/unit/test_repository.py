@@ -52,6 +52,7 @@ def test_make_help_lists_every_target() -> None:
     out = subprocess.run(["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     listed = set(re.findall(r"^\s+(?:\x1b\[\d+m)?([a-zA-Z0-9_-]+)", out, re.M))
     assert {"run", "test"} <= listed
+    assert {"image", "model-image", "test-image", "image-tools", "base-image"} <= listed
     assert phony - listed == set(), "targets without a ## description"
 
 

@@ -90,6 +90,7 @@ track "" (the Rollout) leaves the track label to the Rollout's stable/canaryMeta
 {{- $root := .root -}}
 {{- $v := $root.Values -}}
 {{- $worker := eq .component "worker" -}}
+{{- $model := include "ferry.model" (dict "root" $root "track" (ternary "canary" "stable" (eq .track "canary"))) | fromYaml -}}
 metadata:
   labels:
     {{- include "ferry.selectorLabels" $root | nindent 4 }}
@@ -148,6 +149,10 @@ spec:
   affinity:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+  {{- if eq $model.source "url" }}
+  initContainers:
+    {{- include "ferry.modelFetchContainer" (dict "root" $root "model" $model "image" .image) | nindent 4 }}
+  {{- end }}
   containers:
     - name: {{ ternary "worker" "ferry" $worker }}
       image: {{ .image }}
@@ -160,15 +165,13 @@ spec:
       envFrom:
         - configMapRef:
             name: {{ include "ferry.fullname" $root }}
-      {{- $env := include "ferry.secretEnv" $root }}
-      {{- if or $env $worker }}
       env:
+        {{- include "ferry.modelEnv" $model | nindent 8 }}
         {{- if $worker }}
         - name: FERRY_JOBS__RUNNERS
           value: {{ $v.worker.runners | quote }}
         {{- end }}
-        {{- $env | indent 8 }}
-      {{- end }}
+        {{- with include "ferry.secretEnv" $root }}{{ . | trim | nindent 8 }}{{ end }}
       startupProbe:
         httpGet:
           path: /livez
@@ -202,17 +205,13 @@ spec:
       resources:
         {{- toYaml (ternary $v.worker.resources $v.resources $worker) | nindent 8 }}
       securityContext:
-        allowPrivilegeEscalation: false
-        readOnlyRootFilesystem: true
-        runAsNonRoot: true
-        privileged: false
-        capabilities:
-          drop: ["ALL"]
+        {{- include "ferry.containerSecurityContext" . | nindent 8 }}
       volumeMounts:
         - name: tmp
           mountPath: /tmp
         - name: metrics
           mountPath: {{ $v.volumes.metricsDir }}
+        {{- with include "ferry.modelMount" $model }}{{ . | trim | nindent 8 }}{{ end }}
   volumes:
     - name: tmp
       emptyDir:
@@ -221,6 +220,17 @@ spec:
       emptyDir:
         medium: Memory
         sizeLimit: {{ $v.volumes.metricsSizeLimit }}
+    {{- with include "ferry.modelVolume" $model }}{{ . | trim | nindent 4 }}{{ end }}
+{{- end }}
+
+{{/* The hardened securityContext of every ferry container (serving, worker, model fetch). */}}
+{{- define "ferry.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+privileged: false
+capabilities:
+  drop: ["ALL"]
 {{- end }}
 
 {{/*
@@ -269,10 +279,6 @@ FERRY_HOST: "0.0.0.0"
 FERRY_PORT: {{ .Values.containerPort | quote }}
 FERRY_WORKERS: {{ $f.workers | quote }}
 FERRY_LOGGING__LEVEL: {{ $f.logLevel | quote }}
-FERRY_MODEL__PATH: {{ $f.model.path | quote }}
-{{- with $f.model.sha256 }}
-FERRY_MODEL__SHA256: {{ . | quote }}
-{{- end }}
 FERRY_METRICS__DIR: {{ .Values.volumes.metricsDir | quote }}
 FERRY_API__MAX_BODY_BYTES: {{ $f.api.maxBodyBytes | int64 | quote }}
 FERRY_STREAM__MAX_BODY_BYTES: {{ $f.stream.maxBodyBytes | int64 | quote }}

@@ -87,9 +87,11 @@ def server_with(tmp_path: Path, churn_model: Path) -> Iterator[Any]:
         return srv
 
     yield start
-    for srv in started:
-        if srv.process is not None and srv.process.poll() is None:
-            srv.stop()
+    running = [srv for srv in started if srv.process is not None and srv.process.poll() is None]
+    for srv in running:  # all at once: each drains for a second or two
+        srv.signal()
+    for srv in running:
+        srv.wait_exit(30)
 
 
 def test_a_job_submitted_through_one_worker_is_visible_through_the_other(server_with, store_env, record) -> None:

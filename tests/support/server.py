@@ -108,6 +108,15 @@ class Server:
                 raise
         return self.process.returncode
 
+    def wait_exit(self, timeout: float) -> int:
+        """Wait for a master already signalled to exit; kill the group if it does not in time."""
+        assert self.process is not None
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill_all()
+            raise
+
     def kill_all(self) -> None:
         """SIGKILL the master and its workers (a killed master cannot stop its workers)."""
         assert self.process is not None

@@ -187,7 +187,7 @@ def test_a_model_unavailable_for_whole_runs_is_requeued_then_fails_attempts_exha
         requeued = rig.job(job_id)
         assert requeued.history[-1].code == "deadline_exceeded"
         assert requeued.available_at == pytest.approx(rig.clock.time() + 2, abs=0.1), "retried after retry_delay_s"
-        await rig.clock.run_until(rig.finished(job_id), limit_s=200)
+        await rig.clock.run_until(rig.finished(job_id), limit_s=200, step_s=0.5)
         job = rig.job(job_id)
         assert job.status is Status.FAILED and job.error is not None and job.error.code == "attempts_exhausted"
         assert job.attempts == 3 and rig.count("job_runs", "retry") == 2

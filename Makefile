@@ -110,6 +110,18 @@ image: base-image ## Build the service and load-test images with podman (+ MODEL
 	@for ref in $(BUILT_IMAGES); do \
 	  podman image inspect --format '{{.Size}}' "$$ref" | awk -v ref="$$ref" '{printf "image: %-40s %4.0f MB\n", ref, $$1 / 1e6}'; done
 
+# Publishing, proven on this machine (docs/deploy.md "Publish a release"): scripts/release.py starts
+# Debian's docker-registry on a free port of 127.0.0.1 with a temporary storage directory, pushes both
+# images and the packaged chart, renders the chart pulled back by digest with image.digest = the
+# pushed digest, and checks every rendered image reference resolves in the registry. The release job
+# of .github/workflows/release-gate.yml runs the same script against GHCR (RELEASE_REGISTRY=...).
+RELEASE_OUT ?= dist/release
+.PHONY: release-local release
+release-local: $(VENV)/.dev image k8s-tools ## Push both images and the chart to a local registry, install from it by digest, print the digests
+	$(PY) scripts/release.py --local --out $(RELEASE_OUT)
+release: $(VENV)/.dev k8s-tools ## The same against RELEASE_REGISTRY (e.g. ghcr.io/OWNER; podman and helm logged in) with APP_VERSION
+	$(PY) scripts/release.py --registry $(RELEASE_REGISTRY) $(if $(APP_VERSION),--app-version $(APP_VERSION)) --out $(RELEASE_OUT) --notes $(RELEASE_OUT)/notes.md
+
 # The three-line deploy/model-image/Dockerfile on top of $(SERVICE_IMAGE), with a context of just
 # the model and its card. The card's sha256 is checked here first: a mismatch would only show at
 # the pod's start (never ready), so it fails the build instead.

@@ -166,8 +166,18 @@ def helm_template(*args: str) -> str:
     return result.stdout
 
 
+# kustomize's `images:` matches an image by its name, so the stable and the canary Deployment carry
+# names of their own (KUSTOMIZE_IMAGES): a digest pinned for one can never rewrite the other, which
+# one shared repository name would (the canary overlay's pin of the stable image used to land on the
+# canary too). Every overlay maps both names to the real repository in its `images:`.
+KUSTOMIZE_IMAGES = {"stable": "ferry", "canary": "ferry-canary"}
+
+
 def base_manifests() -> str:
-    return YAML_HEADER.format(source="deploy/helm/ferry with its default values (helm template)") + helm_template()
+    return YAML_HEADER.format(
+        source=f"deploy/helm/ferry with its default values (helm template), the image named "
+        f"`{KUSTOMIZE_IMAGES['stable']}` for the overlays' `images:`"
+    ) + helm_template("--set", f"image.repository={KUSTOMIZE_IMAGES['stable']}")
 
 
 def base_kustomization() -> str:
@@ -181,12 +191,14 @@ def canary_manifests() -> str:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     return YAML_HEADER.format(
         source="deploy/helm/ferry with canary.enabled (helm template -s templates/deployment-canary.yaml); "
-        "overlays/canary sets its image"
+        f"the image named `{KUSTOMIZE_IMAGES['canary']}`, which overlays/canary maps in its `images:`"
     ) + helm_template(
         "--show-only",
         "templates/deployment-canary.yaml",
         "--set",
         "canary.enabled=true",
+        "--set",
+        f"canary.image.repository={KUSTOMIZE_IMAGES['canary']}",
         "--set",
         f"canary.image.tag={chart['appVersion']}",
     )

@@ -12,7 +12,7 @@ Steps (each prints one summary line; the run fails when any step fails):
 4. every kustomize overlay built with ``kubectl kustomize`` and validated the same way;
 5. checkov (``--skip-download``, helm on PATH) on the chart and on everything rendered, with the
    skips in ``deploy/helm/checkov-skips.yaml`` (each with its reason);
-6. yamllint on the values files and overlays.
+6. yamllint on the values files, overlays and kustomize components.
 
 hadolint (``make lint``) and the drift check of the generated files (``make check-generated``) run
 once, in their own targets, which ``make test`` runs beside this one.
@@ -495,7 +495,7 @@ def main() -> int:
     report.step("checkov (helm + rendered)", checkov)
 
     def yamllint() -> str:
-        files = [CHART / "values.yaml", *sorted((CHART / "ci").glob("*.yaml")), *sorted(OVERLAYS.rglob("*.yaml"))]
+        files = [CHART / "values.yaml", *sorted((CHART / "ci").glob("*.yaml")), *sorted(OVERLAYS.rglob("*.yaml")), *sorted((OVERLAYS.parent / "components").rglob("*.yaml"))]
         result = run([sys.executable, "-m", "yamllint", "--strict", "-c", str(YAMLLINT_CONFIG), *map(str, files)])
         if result.returncode != 0:
             raise Failure(result.stdout + result.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -39,12 +40,90 @@ def test_base_is_generated_helm_output() -> None:
 
 
 def test_overlays_are_patches_only() -> None:
-    """Resource shapes live in the chart: overlays reference base/ (or canary/) and patch."""
+    """Resource shapes live in the chart: overlays reference base/ (or canary/), the components, and
+    patch; besides that they say only their namespace and the images' real names."""
     for overlay in OVERLAYS:
         kustomization = yaml.safe_load((ROOT / "deploy/k8s/overlays" / overlay / "kustomization.yaml").read_text())
-        assert set(kustomization) <= {"apiVersion", "kind", "resources", "patches"}, overlay
+        assert set(kustomization) <= {"apiVersion", "kind", "namespace", "resources", "components", "patches", "images"}
         for resource in kustomization["resources"]:
-            assert resource in ("../../base", "../../canary", "../prod"), f"{overlay}: {resource}"
+            assert resource in ("../../base", "../../canary"), f"{overlay}: {resource}"
+        for component in kustomization.get("components", []):
+            assert component.startswith("../../components/"), f"{overlay}: {component}"
+
+
+def build(directory: Path) -> list[dict]:
+    result = subprocess.run([kv.KUBECTL, "kustomize", str(directory)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    return kv.documents(result.stdout)
+
+
+def copy_of_k8s(tmp_path: Path) -> Path:
+    """A copy of deploy/k8s, as a team keeps one to pin its digests."""
+    shutil.copytree(ROOT / "deploy/k8s", tmp_path / "k8s")
+    return tmp_path / "k8s"
+
+
+def set_image(overlay: Path, name: str, new_name: str, digest: str) -> None:
+    """What `kustomize edit set image NAME=NEW_NAME@DIGEST` writes: that name's entry, replaced."""
+    path = overlay / "kustomization.yaml"
+    kustomization = yaml.safe_load(path.read_text())
+    images = [i for i in kustomization.get("images", []) if i["name"] != name]
+    kustomization["images"] = [*images, {"name": name, "newName": new_name, "digest": digest}]
+    path.write_text(yaml.safe_dump(kustomization, sort_keys=False))
+
+
+def image_of(docs: list[dict], name: str) -> str:
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == name]
+    image: str = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+    return image
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_declares_its_namespace(overlay: str, tmp_path: Path) -> None:
+    """`kubectl apply -k` needs the namespace before the objects in it: each overlay declares it (first,
+    kustomize's order) and puts every namespaced object in it; a copy with another `namespace:` moves
+    everything, the Namespace object included."""
+    for namespace, docs in (
+        ("ferry", build(ROOT / "deploy/k8s/overlays" / overlay)),
+        ("team-a", None),
+    ):
+        if docs is None:
+            copy = copy_of_k8s(tmp_path) / "overlays" / overlay
+            text = (copy / "kustomization.yaml").read_text()
+            (copy / "kustomization.yaml").write_text(text.replace("\nnamespace: ferry\n", "\nnamespace: team-a\n"))
+            docs = build(copy)
+        assert docs[0]["kind"] == "Namespace" and docs[0]["metadata"]["name"] == namespace, overlay
+        assert all(d["metadata"].get("namespace") == namespace for d in docs[1:]), overlay
+
+
+def test_canary_overlay_is_prod_plus_a_canary_that_differs_only_in_its_image() -> None:
+    """The comparison a canary is for is fair only when both tracks run the same pods but for the image:
+    same resources, spread, probes, environment. Every object of prod is in canary unchanged."""
+    prod = {(d["kind"], d["metadata"]["name"]): d for d in build(ROOT / "deploy/k8s/overlays/prod")}
+    canary = {(d["kind"], d["metadata"]["name"]): d for d in build(ROOT / "deploy/k8s/overlays/canary")}
+    assert set(canary) - set(prod) == {("Deployment", "ferry-canary")}
+    for key, doc in prod.items():
+        assert canary[key] == doc, f"{key} differs between overlays/prod and overlays/canary"
+    stable_pod = prod[("Deployment", "ferry")]["spec"]["template"]
+    canary_pod = canary[("Deployment", "ferry-canary")]["spec"]["template"]
+    assert canary_pod["spec"]["containers"][0].pop("image") == "ghcr.io/ferry-serving/ferry:0.2.0"
+    assert stable_pod["spec"]["containers"][0].pop("image") == "ghcr.io/ferry-serving/ferry:0.1.0"
+    assert canary_pod["spec"] == stable_pod["spec"]
+    assert {**canary_pod["metadata"]["labels"], "track": "stable"} == stable_pod["metadata"]["labels"]
+
+
+@pytest.mark.parametrize("pinned", ["ferry", "ferry-canary"])
+def test_a_digest_pinned_for_one_track_never_rewrites_the_other(pinned: str, tmp_path: Path) -> None:
+    """In a copy of overlays/canary, `kustomize edit set image ferry=...@sha256:...` pins the stable
+    Deployment and leaves the canary's image as it was, and the other way round."""
+    overlay = copy_of_k8s(tmp_path) / "overlays/canary"
+    before = {name: image_of(build(overlay), name) for name in ("ferry", "ferry-canary")}
+    digest = "sha256:" + "1" * 64
+    set_image(overlay, pinned, "ghcr.io/ferry-serving/ferry", digest)
+    after = {name: image_of(build(overlay), name) for name in ("ferry", "ferry-canary")}
+    assert after[pinned] == f"ghcr.io/ferry-serving/ferry@{digest}"
+    other = "ferry-canary" if pinned == "ferry" else "ferry"
+    assert after[other] == before[other]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

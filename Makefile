@@ -165,12 +165,13 @@ check-generated: $(VENV)/.dev k8s-tools ## Fail if a generated file differs from
 
 # --- quality ---------------------------------------------------------------------------------
 .PHONY: lint
-lint: $(VENV)/.dev ## ruff (lint + format check), mypy --strict (service and client packages), hadolint on the Dockerfiles
+lint: $(VENV)/.dev ## ruff (lint + format check), mypy --strict (service and client packages), hadolint on the Dockerfiles, yamllint on the workflows
 	$(VENV)/bin/ruff check service clients tests scripts dashboards loadtest
 	$(VENV)/bin/ruff format --check service clients tests scripts dashboards loadtest
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy --strict clients/python/src clients/python/tests clients/python/tools
 	$(VENV)/bin/hadolint service/Dockerfile deploy/model-image/Dockerfile deploy/model-volume/Dockerfile
+	$(VENV)/bin/yamllint --strict -c deploy/helm/yamllint.yaml .github/workflows
 
 .PHONY: test
 test: $(VENV)/.dev tools lint check-generated helm-validate image ## Install what is needed, then run every test tier (with coverage)

@@ -495,7 +495,13 @@ def main() -> int:
     report.step("checkov (helm + rendered)", checkov)
 
     def yamllint() -> str:
-        files = [CHART / "values.yaml", *sorted((CHART / "ci").glob("*.yaml")), *sorted(OVERLAYS.rglob("*.yaml")), *sorted((OVERLAYS.parent / "components").rglob("*.yaml"))]
+        files = [
+            CHART / "values.yaml",
+            *sorted((CHART / "ci").glob("*.yaml")),
+            *sorted(OVERLAYS.rglob("*.yaml")),
+            *sorted((OVERLAYS.parent / "components").rglob("*.yaml")),
+            *sorted((CHART.parent / "environments").glob("*.yaml")),
+        ]
         result = run([sys.executable, "-m", "yamllint", "--strict", "-c", str(YAMLLINT_CONFIG), *map(str, files)])
         if result.returncode != 0:
             raise Failure(result.stdout + result.stderr)

@@ -41,7 +41,6 @@ from typing import Any
 
 import httpx
 import yaml
-
 from local_registry import LocalRegistry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,7 +101,7 @@ class Release:
             "",
             "```bash",
             f"helm upgrade --install ferry oci://{chart.pinned} -n ferry --create-namespace \\",
-            f"  -f values/prod.yaml --set image.digest={self.artifact('ferry').digest}",
+            f"  -f prod.yaml --set image.digest={self.artifact('ferry').digest}  # prod.yaml: the environment's",
             "```",
         ]
         return "\n".join(lines) + "\n"

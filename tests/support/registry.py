@@ -12,6 +12,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
-from local_registry import LocalRegistry as Registry  # noqa: E402
+from local_registry import LocalRegistry as Registry
 
 __all__ = ["Registry"]

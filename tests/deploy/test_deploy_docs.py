@@ -1,9 +1,8 @@
 """docs/deploy.md "Serve your own model", run where it can run here: every `helm install`/`helm upgrade`
 command of the section, exactly as written, rendered offline by `helm template` with the same
-arguments (no cluster: `--install` is dropped, an upgrade with `--reuse-values` gets the values of the
-command before it, and the shell values the section computes first, a sha256 and a pushed digest, get
-stand-ins). Each must render, serve the team's model under a pin, and together they must cover every
-`model.source` and the canary with a model of its own.
+arguments (no cluster: `--install` is dropped, and the shell values the section computes first, a
+sha256 and a pushed digest, get stand-ins). Each must render, serve the team's model under a pin, and
+together they must cover every `model.source` and the canary with a model of its own.
 
 The other commands of the section run elsewhere: `make image MODEL=...` and `podman build -f
 deploy/model-volume/Dockerfile` in the image tier (tests/image/test_model_image.py, test_kube_play.py),
@@ -35,7 +34,7 @@ SHELL_VALUES = {
     "$(cat fraud.digest)": "sha256:" + "5" * 64,
     "$(cat fraud-volume.digest)": "sha256:" + "6" * 64,
 }
-NOT_FOR_TEMPLATE = {"--install", "--reuse-values"}  # cluster state: a release to create or reuse
+NOT_FOR_TEMPLATE = {"--install"}  # cluster state: a release to create
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -69,14 +68,8 @@ def arguments(command: str) -> list[str]:
 
 
 def render(command: str) -> list[dict]:
-    """``helm template`` of the command; one with --reuse-values first gets the values of the command
-    before it in the section (what the release it upgrades was installed with)."""
-    commands = helm_commands()
-    args = arguments(command)
-    if "--reuse-values" in args:
-        previous = commands[commands.index(command) - 1]
-        args = [*arguments(previous), *args[args.index("--reuse-values") :]]
-    args = [a for a in args if a not in NOT_FOR_TEMPLATE]
+    """``helm template`` of the command (an upgrade carries all its values: the doc uses no --reuse-values)."""
+    args = [a for a in arguments(command) if a not in NOT_FOR_TEMPLATE]
     result = subprocess.run([kv.HELM, "template", *args], cwd=ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, f"{command}\n{result.stderr}"
     return [d for d in yaml.safe_load_all(result.stdout) if d]

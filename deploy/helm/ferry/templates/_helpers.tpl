@@ -40,6 +40,27 @@ app.kubernetes.io/part-of: ferry
 {{- .Files.Get "files/slo.yaml" }}
 {{- end }}
 
+{{/*
+Prometheus' `job` of the release's API pods (the worker's is "<job>-worker"): the full name, unique
+in a namespace, so two releases never share a job. The ServiceMonitor takes it from the Services'
+ferry-serving.io/job label; the rules, dashboards, canary analysis and KEDA query select it together
+with the release namespace.
+*/}}
+{{- define "ferry.job" -}}
+{{- include "ferry.fullname" . }}
+{{- end }}
+
+{{/*
+A generated file of files/ (rules, dashboards) scoped to this release: its placeholders replaced by
+the release's job and namespace, and a release id (for Grafana uids). Call with (dict "root" $ "path" P).
+The full name is a Service name (DNS label), so it needs no quoting inside a PromQL regex.
+*/}}
+{{- define "ferry.scopedFile" -}}
+{{- $job := include "ferry.job" .root -}}
+{{- $ns := .root.Release.Namespace -}}
+{{- .root.Files.Get .path | replace "__FERRY_JOB__" $job | replace "__FERRY_NAMESPACE__" $ns | replace "__FERRY_RELEASE_ID__" (printf "%s/%s" $ns $job | sha256sum | trunc 10) -}}
+{{- end }}
+
 {{- define "ferry.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "ferry.fullname" .) .Values.serviceAccount.name }}

@@ -123,7 +123,8 @@ metadata:
     {{- toYaml . | nindent 4 }}
     {{- end }}
   annotations:
-    checksum/config: {{ include (print $root.Template.BasePath "/configmap.yaml") $root | sha256sum }}
+    {{- /* The settings only: a chart-version bump changes the ConfigMap's labels, not what pods read. */}}
+    checksum/config: {{ (include (print $root.Template.BasePath "/configmap.yaml") $root | fromYaml).data | toJson | sha256sum }}
     {{- with $v.podAnnotations }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -369,4 +370,24 @@ volumes:
   - name: tmp
     emptyDir:
       sizeLimit: 64Mi
+{{- end }}
+
+{{/*
+The sources admitted to the http port: networkPolicy.ingressFrom, then one peer for the ingress
+controller's or Gateway's namespaces and one for Prometheus' (each narrowed to pods with the given
+labels when set). A YAML list; empty only when every source value is (refused by validate.yaml).
+*/}}
+{{- define "ferry.networkPolicyPeers" -}}
+{{- $np := .Values.networkPolicy -}}
+{{- $peers := list -}}
+{{- range $np.ingressFrom }}{{ $peers = append $peers . }}{{ end -}}
+{{- range list (list $np.ingressNamespaces $np.ingressPodLabels) (list $np.monitoringNamespaces $np.monitoringPodLabels) }}
+{{- $namespaces := index . 0 }}{{ $podLabels := index . 1 }}
+{{- if $namespaces }}
+{{- $peer := dict "namespaceSelector" (dict "matchExpressions" (list (dict "key" "kubernetes.io/metadata.name" "operator" "In" "values" $namespaces))) }}
+{{- with $podLabels }}{{ $_ := set $peer "podSelector" (dict "matchLabels" .) }}{{ end }}
+{{- $peers = append $peers $peer }}
+{{- end }}
+{{- end -}}
+{{- toYaml $peers }}
 {{- end }}

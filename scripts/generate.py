@@ -238,7 +238,7 @@ def rules(
     c = slo["causes"]
     alert(
         "FerryCircuitBreakerOpen",
-        f'max by (namespace, job) (ferry_breaker_state{{{api}}}) >= 2',
+        f"max by (namespace, job) (ferry_breaker_state{{{api}}}) >= 2",
         c["breaker_open_for"],
         "page",
         "ferry's circuit breaker is open: predictions fail fast",
@@ -261,8 +261,7 @@ def rules(
         )
     alert(
         "FerrySaturated",
-        f'{by} (ferry_inference_in_flight{{{api}}})\n/\n{by} (ferry_inference_capacity{{{api}}})'
-        f"\n> {c['saturation']}",
+        f"{by} (ferry_inference_in_flight{{{api}}})\n/\n{by} (ferry_inference_capacity{{{api}}})\n> {c['saturation']}",
         c["saturation_for"],
         "ticket",
         "ferry's inference capacity is nearly used up",
@@ -271,7 +270,7 @@ def rules(
     )
     alert(
         "FerryWorkerRestarts",
-        f'increase(ferry_worker_starts_total{{{api}}}[15m]) > {c["worker_restarts_15m"]}',
+        f"increase(ferry_worker_starts_total{{{api}}}[15m]) > {c['worker_restarts_15m']}",
         "1m",
         "ticket",
         "ferry workers are restarting",
@@ -309,7 +308,7 @@ def rules(
     )
     alert(
         "FerryModelNotReady",
-        f'ferry_model_ready{{{api}}} == 0',
+        f"ferry_model_ready{{{api}}} == 0",
         c["model_not_ready_for"],
         "page",
         "a ferry pod has no ready model",
@@ -317,7 +316,7 @@ def rules(
     )
     alert(
         "FerryTargetDown",
-        f'up{{{api}}} == 0',
+        f"up{{{api}}} == 0",
         c["target_down_for"],
         "page",
         "Prometheus cannot scrape ferry",
@@ -325,7 +324,7 @@ def rules(
     )
     alert(
         "FerryMetricsAbsent",
-        f'absent(ferry_http_requests_total{{{api}}})',
+        f"absent(ferry_http_requests_total{{{api}}})",
         c["metrics_absent_for"],
         "page",
         "no ferry metrics at all",

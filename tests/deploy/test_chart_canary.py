@@ -22,6 +22,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import k8s_validate as kv  # noqa: E402
 
+from support import notes  # noqa: E402
+
 CHART = kv.CHART
 ROLLOUT = CHART / "ci/rollout-values.yaml"
 WORKER = CHART / "ci/worker-redis-values.yaml"
@@ -69,6 +71,14 @@ def test_worker_stays_on_the_stable_image_while_a_rollout_canaries() -> None:
     digest = "sha256:" + "b" * 64
     pinned = render([ROLLOUT, WORKER], "--set", f"worker.image.digest={digest}", api_versions=ARGO)
     assert image_of(find(pinned, "Deployment", "ferry-worker")) == f"ghcr.io/ferry-serving/ferry@{digest}"
+
+
+def test_notes_say_when_to_move_the_worker(tmp_path: Path) -> None:
+    text = notes.render_notes(
+        kv.HELM, CHART, tmp_path, "-f", str(ROLLOUT), "-f", str(WORKER), "--set", "worker.image.tag=0.1.0"
+    )
+    assert "The worker stays on worker.image (0.1.0)" in text and "after promotion" in text
+    assert "worker.image" not in notes.render_notes(kv.HELM, CHART, tmp_path, "-f", str(ROLLOUT))
 
 
 # --- refused at render ---------------------------------------------------------------------------

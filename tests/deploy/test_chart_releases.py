@@ -162,6 +162,20 @@ def test_no_query_selects_the_other_releases_series(mine: str, other: str) -> No
     assert checked > 100
 
 
+@pytest.mark.parametrize(
+    ("expr", "expected"),
+    [
+        ('sum by (namespace, job) (rate(a{job="x"}[5m])) / ignoring(c) group_left b', [("a", 1), ("b", 0)]),
+        ("c:rec:ratio_rate1h > (14.4 * 0.001) and on (job) d offset 5m", [("c:rec:ratio_rate1h", 0), ("d", 0)]),
+        ('absent(e{job="x",namespace="y"}) or {__name__="f"} == bool 1e3', [("e", 2), ("", 1)]),
+        ('histogram_quantile(0.99, sum by (le) (rate(g_bucket{le="0.3"}[5m:1m])))', [("g_bucket", 1)]),
+    ],
+)
+def test_the_selector_parser_finds_every_selector(expr: str, expected: list[tuple[str, int]]) -> None:
+    """Bare metric names count as selectors (they match every release): missing one would hide a leak."""
+    assert [(s.metric, len(s.matchers)) for s in selectors(expr)] == expected
+
+
 def test_a_selector_without_scope_is_caught() -> None:
     """The check above can fail: the generic rules (job only) select a same-named release elsewhere."""
     generic = yaml.safe_load((ROOT / "deploy/rules/ferry.rules.yaml").read_text())

@@ -143,16 +143,35 @@ def load_slo(path: Path | None = None) -> dict:
     return yaml.safe_load((path or ROOT / "deploy/slo.yaml").read_text())
 
 
-def rules(slo: dict, ranges: dict[str, str] | None = None, hold: str | None = None) -> dict:
+# The chart's copies of the rules and dashboards (deploy/helm/ferry/files/) carry these placeholders
+# where the generic files name the job; the chart replaces them with the release's full name and
+# namespace at render, so each release's rules and dashboards see only its own series. They are
+# valid label values, so the chart's copy is valid PromQL as it stands.
+JOB_PLACEHOLDER = "__FERRY_JOB__"
+NAMESPACE_PLACEHOLDER = "__FERRY_NAMESPACE__"
+
+
+def scope_matchers(job: str, namespace: str | None = None) -> tuple[str, str]:
+    """The label matchers of the API pods' series and of API + `ferry worker` pods' series (whose job
+    is "<job>-worker"), for ``job`` and, when given, ``namespace``."""
+    ns = f',namespace="{namespace}"' if namespace else ""
+    return f'job="{job}"{ns}', f'job=~"{job}|{job}-worker"{ns}'
+
+
+def rules(
+    slo: dict, ranges: dict[str, str] | None = None, hold: str | None = None, namespace: str | None = None
+) -> dict:
     """Prometheus rule groups: SLI recording rules per window, burn-rate alerts, cause alerts.
 
     ``ranges`` and ``hold`` are the documented test override used by the live Prometheus test: they
     shrink the PromQL range of each SLI window (keeping the recorded names, so alerts and dashboards
     are unchanged) and every ``for:``, so hours of burn fit in a minute of test traffic.
+    ``namespace`` adds a namespace matcher to every selector (the chart's copy: a placeholder).
     """
     job, routes = slo["job"], _regex(slo["routes"])
     ranges = ranges or {}
-    sel = f'job="{job}",route=~"{routes}"'
+    api, jobs = scope_matchers(job, namespace)
+    sel = f'{api},route=~"{routes}"'
     by = "sum by (namespace, job)"
     latency = slo["objectives"]["latency"]
     windows = sorted(
@@ -200,8 +219,8 @@ def rules(slo: dict, ranges: dict[str, str] | None = None, hold: str | None = No
         budget = round(1 - target, 10)
         for severity, tier in slo["burn_rates"].items():
             clauses = [
-                f"(\n  ferry:sli_{sli}:ratio_rate{w['long']} > ({w['factor']} * {budget})\nand\n"
-                f"  ferry:sli_{sli}:ratio_rate{w['short']} > ({w['factor']} * {budget})\n)"
+                f"(\n  ferry:sli_{sli}:ratio_rate{w['long']}{{{api}}} > ({w['factor']} * {budget})\nand\n"
+                f"  ferry:sli_{sli}:ratio_rate{w['short']}{{{api}}} > ({w['factor']} * {budget})\n)"
                 for w in tier["windows"]
             ]
             pairs = " or ".join(f"{w['factor']}x over {w['long']} (and {w['short']})" for w in tier["windows"])
@@ -219,7 +238,7 @@ def rules(slo: dict, ranges: dict[str, str] | None = None, hold: str | None = No
     c = slo["causes"]
     alert(
         "FerryCircuitBreakerOpen",
-        f'max by (namespace, job) (ferry_breaker_state{{job="{job}"}}) >= 2',
+        f"max by (namespace, job) (ferry_breaker_state{{{api}}}) >= 2",
         c["breaker_open_for"],
         "page",
         "ferry's circuit breaker is open: predictions fail fast",
@@ -232,7 +251,7 @@ def rules(slo: dict, ranges: dict[str, str] | None = None, hold: str | None = No
     ):
         alert(
             name,
-            f'{by} (rate(ferry_errors_total{{job="{job}",code="{code}"}}[5m]))\n/\n'
+            f'{by} (rate(ferry_errors_total{{{api},code="{code}"}}[5m]))\n/\n'
             f"{by} (rate(ferry_http_requests_total{{{sel}}}[5m]))\n> {c[key + '_ratio']}",
             c[key + "_for"],
             "ticket",
@@ -242,8 +261,7 @@ def rules(slo: dict, ranges: dict[str, str] | None = None, hold: str | None = No
         )
     alert(
         "FerrySaturated",
-        f'{by} (ferry_inference_in_flight{{job="{job}"}})\n/\n{by} (ferry_inference_capacity{{job="{job}"}})'
-        f"\n> {c['saturation']}",
+        f"{by} (ferry_inference_in_flight{{{api}}})\n/\n{by} (ferry_inference_capacity{{{api}}})\n> {c['saturation']}",
         c["saturation_for"],
         "ticket",
         "ferry's inference capacity is nearly used up",
@@ -252,14 +270,13 @@ def rules(slo: dict, ranges: dict[str, str] | None = None, hold: str | None = No
     )
     alert(
         "FerryWorkerRestarts",
-        f'increase(ferry_worker_starts_total{{job="{job}"}}[15m]) > {c["worker_restarts_15m"]}',
+        f"increase(ferry_worker_starts_total{{{api}}}[15m]) > {c['worker_restarts_15m']}",
         "1m",
         "ticket",
         "ferry workers are restarting",
         "{{ $value | humanize }} gunicorn workers started in 15 minutes in {{ $labels.instance }} "
         f"(threshold {c['worker_restarts_15m']}): crashes, OOM kills, heartbeat timeouts or recycling.",
     )
-    jobs = f'job=~"{job}|{job}-worker"'  # API pods and `ferry worker` pods
     alert(
         "FerryJobBacklogStale",
         f"max by (namespace) (ferry_jobs_oldest_queued_age_seconds{{{jobs}}}) > {c['job_oldest_queued_s']}",
@@ -291,7 +308,7 @@ def rules(slo: dict, ranges: dict[str, str] | None = None, hold: str | None = No
     )
     alert(
         "FerryModelNotReady",
-        f'ferry_model_ready{{job="{job}"}} == 0',
+        f"ferry_model_ready{{{api}}} == 0",
         c["model_not_ready_for"],
         "page",
         "a ferry pod has no ready model",
@@ -299,7 +316,7 @@ def rules(slo: dict, ranges: dict[str, str] | None = None, hold: str | None = No
     )
     alert(
         "FerryTargetDown",
-        f'up{{job="{job}"}} == 0',
+        f"up{{{api}}} == 0",
         c["target_down_for"],
         "page",
         "Prometheus cannot scrape ferry",
@@ -307,11 +324,11 @@ def rules(slo: dict, ranges: dict[str, str] | None = None, hold: str | None = No
     )
     alert(
         "FerryMetricsAbsent",
-        f'absent(ferry_http_requests_total{{job="{job}"}})',
+        f"absent(ferry_http_requests_total{{{api}}})",
         c["metrics_absent_for"],
         "page",
         "no ferry metrics at all",
-        f'No series of ferry_http_requests_total with job="{job}" exist.',
+        f"No series of ferry_http_requests_total with {api} exist.",
     )
     return {
         "groups": [
@@ -325,7 +342,9 @@ def _seconds(duration: str) -> int:
     return int(duration[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[duration[-1]]
 
 
-def rules_yaml() -> str:
+def rules_yaml(scoped: bool = False) -> str:
+    """deploy/rules/ferry.rules.yaml (generic: deploy/slo.yaml's job, any namespace); ``scoped``: the
+    chart's copy, whose selectors name the job and namespace placeholders."""
     import yaml
 
     class Literal(str):
@@ -336,7 +355,8 @@ def rules_yaml() -> str:
         return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
 
     yaml.SafeDumper.add_representer(Literal, represent)
-    doc = rules(load_slo())
+    slo = load_slo()
+    doc = rules({**slo, "job": JOB_PLACEHOLDER}, namespace=NAMESPACE_PLACEHOLDER) if scoped else rules(slo)
     for group in doc["groups"]:
         for rule in group["rules"]:
             rule["expr"] = Literal(rule["expr"])

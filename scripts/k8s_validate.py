@@ -105,6 +105,12 @@ SCENARIOS: dict[str, Scenario] = {
         present=(*BASE, "HorizontalPodAutoscaler", "ScaledObject", "Deployment", "ServiceMonitor"),
         counts={"Deployment": 2, "ScaledObject": 1, "HorizontalPodAutoscaler": 1},
     ),
+    "rollout-worker": Scenario(
+        "rollout-worker-values.yaml",
+        api_versions=("argoproj.io/v1alpha1", "keda.sh/v1alpha1", *MONITORING),
+        present=(*BASE, "Rollout", "AnalysisTemplate", "Deployment", "ScaledObject", "NetworkPolicy"),
+        counts={"Service": 4, "Rollout": 1, "Deployment": 1, "ScaledObject": 1},
+    ),
     "loadtest": Scenario(
         "loadtest-values.yaml",
         present=(*BASE, "Job", "Deployment"),

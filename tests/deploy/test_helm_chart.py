@@ -370,14 +370,14 @@ def test_config_change_rolls_the_pods() -> None:
 
 # --- monitoring -----------------------------------------------------------------------------------
 def test_service_monitor_scrapes_the_job_the_rules_use() -> None:
-    slo = yaml.safe_load((ROOT / "deploy/slo.yaml").read_text())
     monitor = one("monitoring", "ServiceMonitor")
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack", "selector label"
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
     assert "rollouts-pod-template-hash" in monitor["spec"]["podTargetLabels"]
     label = monitor["spec"]["jobLabel"]
     scraped = [s for s in objects("monitoring", "Service") if label in s["metadata"]["labels"]]
-    assert [s["metadata"]["labels"][label] for s in scraped] == [slo["job"]]
+    # The job is the release's full name ("ferry" for the release "ferry"; tests/deploy/test_chart_releases.py).
+    assert [s["metadata"]["labels"][label] for s in scraped] == ["ferry"]
     # Only the main Service is scraped: the stable/canary Services would scrape pods twice.
     assert [s["metadata"]["name"] for s in objects("rollout", "Service") if label in s["metadata"]["labels"]] == [
         "ferry"
@@ -385,10 +385,15 @@ def test_service_monitor_scrapes_the_job_the_rules_use() -> None:
 
 
 def test_prometheus_rule_is_the_generated_rules_file() -> None:
+    """The generated rules, scoped: deploy/rules/ferry.rules.yaml selects job="ferry" in any namespace,
+    the release "ferry" in namespace "ferry" selects job="ferry",namespace="ferry"; nothing else differs."""
     rule = one("monitoring", "PrometheusRule")
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack", "selector label"
-    generated = yaml.safe_load((ROOT / "deploy/rules/ferry.rules.yaml").read_text())
-    assert rule["spec"] == generated
+    generic = (ROOT / "deploy/rules/ferry.rules.yaml").read_text()
+    scoped = generic.replace('job="ferry"', 'job="ferry",namespace="ferry"').replace(
+        'job=~"ferry|ferry-worker"', 'job=~"ferry|ferry-worker",namespace="ferry"'
+    )
+    assert rule["spec"] == yaml.safe_load(scoped)
 
 
 def test_dashboards_configmap() -> None:
@@ -396,7 +401,14 @@ def test_dashboards_configmap() -> None:
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert configmap["metadata"]["annotations"] == {"grafana_folder": "ferry"}
     boards = {p.name: json.loads(p.read_text()) for p in (ROOT / "dashboards").glob("*.json")}
-    assert {k: json.loads(v) for k, v in configmap["data"].items()} == boards
+    rendered = {k.removeprefix("ferry-ferry-"): json.loads(v) for k, v in configmap["data"].items()}
+    assert set(rendered) == set(boards), "one key per dashboard, prefixed by namespace and release"
+    for name, board in boards.items():
+        # The panels are the generated ones; the variables, uid and title name the release.
+        assert rendered[name]["panels"] == board["panels"]
+        variables = {v["name"]: v for v in rendered[name]["templating"]["list"]}
+        assert variables["namespace"]["current"]["value"] == "ferry" and variables["job"]["current"]["value"] == "ferry"
+        assert rendered[name]["uid"].startswith(board["uid"] + "-") and len(rendered[name]["uid"]) <= 40
 
 
 # --- progressive delivery ----------------------------------------------------------------------------

@@ -32,9 +32,13 @@ def _images() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def chart() -> tuple[dict, ...]:
-    """The default scenario with the SLO gate Job enabled (in-pod Locust, no workers)."""
+    """The default scenario with the SLO gate Job enabled (in-pod Locust, no workers), the gate image
+    named as the chart requires (the tests run the locally built GATE_IMAGE in its place)."""
     kv.ensure_k8s_tools()
-    return kv.render_scenario("default", "--set", "loadtest.enabled=true")
+    gate = GATE_IMAGE.rsplit(":", 1)[0]
+    return kv.render_scenario(
+        "default", "--set", "loadtest.enabled=true", "--set", f"rollout.analysis.gate.image.repository={gate}"
+    )
 
 
 def _pod(docs: tuple[dict, ...], kind: str, name: str, container: str) -> PodRun:

@@ -40,6 +40,27 @@ app.kubernetes.io/part-of: ferry
 {{- .Files.Get "files/slo.yaml" }}
 {{- end }}
 
+{{/*
+Prometheus' `job` of the release's API pods (the worker's is "<job>-worker"): the full name, unique
+in a namespace, so two releases never share a job. The ServiceMonitor takes it from the Services'
+ferry-serving.io/job label; the rules, dashboards, canary analysis and KEDA query select it together
+with the release namespace.
+*/}}
+{{- define "ferry.job" -}}
+{{- include "ferry.fullname" . }}
+{{- end }}
+
+{{/*
+A generated file of files/ (rules, dashboards) scoped to this release: its placeholders replaced by
+the release's job and namespace, and a release id (for Grafana uids). Call with (dict "root" $ "path" P).
+The full name is a Service name (DNS label), so it needs no quoting inside a PromQL regex.
+*/}}
+{{- define "ferry.scopedFile" -}}
+{{- $job := include "ferry.job" .root -}}
+{{- $ns := .root.Release.Namespace -}}
+{{- .root.Files.Get .path | replace "__FERRY_JOB__" $job | replace "__FERRY_NAMESPACE__" $ns | replace "__FERRY_RELEASE_ID__" (printf "%s/%s" $ns $job | sha256sum | trunc 10) -}}
+{{- end }}
+
 {{- define "ferry.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "ferry.fullname" .) .Values.serviceAccount.name }}
@@ -102,7 +123,8 @@ metadata:
     {{- toYaml . | nindent 4 }}
     {{- end }}
   annotations:
-    checksum/config: {{ include (print $root.Template.BasePath "/configmap.yaml") $root | sha256sum }}
+    {{- /* The settings only: a chart-version bump changes the ConfigMap's labels, not what pods read. */}}
+    checksum/config: {{ (include (print $root.Template.BasePath "/configmap.yaml") $root | fromYaml).data | toJson | sha256sum }}
     {{- with $v.podAnnotations }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -348,4 +370,24 @@ volumes:
   - name: tmp
     emptyDir:
       sizeLimit: 64Mi
+{{- end }}
+
+{{/*
+The sources admitted to the http port: networkPolicy.ingressFrom, then one peer for the ingress
+controller's or Gateway's namespaces and one for Prometheus' (each narrowed to pods with the given
+labels when set). A YAML list; empty only when every source value is (refused by validate.yaml).
+*/}}
+{{- define "ferry.networkPolicyPeers" -}}
+{{- $np := .Values.networkPolicy -}}
+{{- $peers := list -}}
+{{- range $np.ingressFrom }}{{ $peers = append $peers . }}{{ end -}}
+{{- range list (list $np.ingressNamespaces $np.ingressPodLabels) (list $np.monitoringNamespaces $np.monitoringPodLabels) }}
+{{- $namespaces := index . 0 }}{{ $podLabels := index . 1 }}
+{{- if $namespaces }}
+{{- $peer := dict "namespaceSelector" (dict "matchExpressions" (list (dict "key" "kubernetes.io/metadata.name" "operator" "In" "values" $namespaces))) }}
+{{- with $podLabels }}{{ $_ := set $peer "podSelector" (dict "matchLabels" .) }}{{ end }}
+{{- $peers = append $peers $peer }}
+{{- end }}
+{{- end -}}
+{{- toYaml $peers }}
 {{- end }}

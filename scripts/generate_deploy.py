@@ -5,8 +5,10 @@ The sibling of ``scripts/generate.py`` (``make generate`` runs both, in that ord
 - ``deploy/helm/ferry/files/``: copies of the generated rules and dashboards (Helm cannot read
   outside the chart) and ``slo.yaml``, the SLO facts the canary analysis needs (job, routes,
   budgets), all from ``deploy/slo.yaml`` through ``scripts/generate.py``'s own generators;
-- ``deploy/helm/ferry/README.md``: the values table, from the ``# --`` comments of values.yaml
-  (helm-docs style; every value must have one);
+- ``deploy/helm/ferry/values.schema.json`` and ``deploy/helm/ferry/README.md`` (the values table),
+  both from values.yaml: its ``# --`` comments (helm-docs style; every value must have one) and
+  ``# @schema`` annotations, with the bounds of ``ferry.*`` values from the service's Settings
+  (``scripts/chart_values.py``);
 - ``deploy/k8s/base/`` and ``deploy/k8s/canary/``: ``helm template`` output of the chart, the
   base of the kustomize overlays.
 
@@ -18,18 +20,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
+import chart_values  # noqa: E402  (scripts/chart_values.py: values.yaml's docs and schema)
 import generate  # noqa: E402  (scripts/generate.py: rules, dashboards, the SLO file)
 
 CHART = ROOT / "deploy/helm/ferry"
@@ -67,66 +68,21 @@ def chart_slo() -> str:
     return YAML_HEADER.format(source="deploy/slo.yaml") + yaml.safe_dump(facts, sort_keys=False)
 
 
-# --- chart README from values.yaml ---------------------------------------------------------------
-KEY = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z0-9_.-]+):(?P<rest>.*)$")
-
-
-def values_docs(text: str) -> list[tuple[str, str]]:
-    """(dotted key, description) for every `# --` comment, in file order.
-
-    A `# --` comment (continued by plain `#` lines) documents the key on the next line; the key's
-    path comes from the indentation of the keys above it.
-    """
-    docs, stack, pending = [], [], None
-    for line in text.splitlines():
-        stripped = line.strip()
-        if stripped.startswith("# --"):
-            pending = [stripped[4:].strip()]
-            continue
-        if stripped.startswith("#") and pending is not None:
-            pending.append(stripped[1:].strip())
-            continue
-        match = KEY.match(line)
-        if not match or stripped.startswith("-"):
-            if stripped and not line.startswith(" ") and not match:
-                pending = None
-            continue
-        indent = len(match["indent"])
-        while stack and stack[-1][0] >= indent:
-            stack.pop()
-        stack.append((indent, match["key"]))
-        if pending is not None:
-            docs.append((".".join(k for _, k in stack), " ".join(pending)))
-            pending = None
-    return docs
-
-
-def _leaves(value: Any, prefix: str = "") -> list[str]:
-    """Dotted paths of every value a user sets: scalars, lists and empty maps."""
-    if isinstance(value, dict) and value:
-        return [leaf for key, sub in value.items() for leaf in _leaves(sub, f"{prefix}{key}.")]
-    return [prefix.rstrip(".")]
-
-
-def _lookup(values: dict, path: str) -> Any:
-    for part in path.split("."):
-        values = values[part]
-    return values
-
-
-def _type(value: Any) -> str:
-    return {bool: "bool", int: "int", float: "float", str: "string", list: "list", dict: "object"}.get(
-        type(value), type(value).__name__
-    )
+# --- chart README and values.schema.json from values.yaml ----------------------------------------
+def chart_schema() -> str:
+    try:
+        return chart_values.schema_json((CHART / "values.yaml").read_text())
+    except chart_values.ValuesError as exc:
+        raise SystemExit(f"deploy/helm/ferry/values.yaml: {exc}") from None
 
 
 def chart_readme() -> str:
     text = (CHART / "values.yaml").read_text()
     values = yaml.safe_load(text)
-    docs = dict(values_docs(text))
+    docs, _ = chart_values.comments(text)
     # A documented map (e.g. `resources`) covers the keys inside it.
     documented = lambda leaf: any(leaf == key or leaf.startswith(key + ".") for key in docs)  # noqa: E731
-    missing = [leaf for leaf in _leaves(values) if not documented(leaf)]
+    missing = [leaf for leaf in chart_values.leaves(values) if not documented(leaf)]
     if missing:
         raise SystemExit(f"deploy/helm/ferry/values.yaml: values without a `# --` comment: {', '.join(missing)}")
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
@@ -137,7 +93,8 @@ def chart_readme() -> str:
         f"Chart version `{chart['version']}`, app version `{chart['appVersion']}`, "
         f"Kubernetes `{chart['kubeVersion']}`. "
         "Install, upgrade, rollback and canary operations: [docs/deploy.md](../../../docs/deploy.md). "
-        "`values.schema.json` rejects unknown keys, wrong types and out-of-range values; the templates refuse "
+        "`values.schema.json` (generated from values.yaml, the ranges of `ferry.*` from the service's Settings) "
+        "rejects unknown keys, wrong types and out-of-range values; the templates refuse "
         "combinations that cannot work (e.g. a canary without an image, `minReplicas > maxReplicas`, a grace "
         "period shorter than the shutdown chain) with a message naming the values.\n",
         "## Values\n",
@@ -145,12 +102,12 @@ def chart_readme() -> str:
         "|---|---|---|---|",
     ]
     for key, description in docs.items():
-        value = _lookup(values, key)
+        value = chart_values.lookup(values, key)
         default = json.dumps(value, separators=(",", ":")) if not isinstance(value, str) else json.dumps(value)
         if len(default) > 120:
             default = "see values.yaml"
         cell, default = description.replace("|", "\\|"), default.replace("|", "\\|")
-        out.append(f"| `{key}` | {_type(value)} | `{default}` | {cell} |")
+        out.append(f"| `{key}` | {chart_values.type_name(value)} | `{default}` | {cell} |")
     return "\n".join(out) + "\n"
 
 
@@ -204,6 +161,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "deploy/helm/ferry/files/ferry-service.json": chart_dashboard("ferry-service.json"),
     "deploy/helm/ferry/files/ferry-model.json": chart_dashboard("ferry-model.json"),
     "deploy/helm/ferry/files/slo.yaml": chart_slo,
+    "deploy/helm/ferry/values.schema.json": chart_schema,
     "deploy/helm/ferry/README.md": chart_readme,
     "deploy/k8s/base/ferry.yaml": base_manifests,
     "deploy/k8s/base/kustomization.yaml": base_kustomization,

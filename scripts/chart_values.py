@@ -86,6 +86,28 @@ DEFINITIONS: dict[str, dict[str, Any]] = {
             ]
         },
     },
+    # `helm create`'s ingress host: a host and its paths.
+    "ingressHost": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["host"],
+        "properties": {
+            "host": {"$ref": "#/definitions/dnsName", "minLength": 1},
+            "paths": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["path"],
+                    "properties": {
+                        "path": {"type": "string", "pattern": "^/"},
+                        "pathType": {"enum": ["Prefix", "Exact", "ImplementationSpecific"]},
+                    },
+                },
+            },
+        },
+    },
     "topologySpreadConstraints": {
         "type": "array",
         "items": {
@@ -304,12 +326,9 @@ def _node(
                 key: _node(sub, f"{path}.{key}" if path else key, docs, notes, used, defined)
                 for key, sub in value.items()
             }
-            schema["properties"] = {**props, **note.pop("properties", {})}
+            schema["properties"] = {**props, **_resolve_refs(note.pop("properties", {}), used, path)}
             schema["additionalProperties"] = False
-        for key in ("items", "anyOf", "oneOf"):
-            if key in note:
-                note[key] = _resolve_refs(note[key], used, path)
-        schema.update(note)
+        schema.update(_resolve_refs(note, used, path))
         if "enum" in schema or "anyOf" in schema or "oneOf" in schema:
             schema.pop("type", None)
     if description:

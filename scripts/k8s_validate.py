@@ -136,6 +136,30 @@ SCENARIOS: dict[str, Scenario] = {
         absent=("Rollout",),
         counts={"Deployment": 2, "Service": 3},
     ),
+    # Gateway API instead of an Ingress: the HTTPRoute against the vendored Gateway API CRD schema.
+    "httproute": Scenario(
+        "httproute-values.yaml", present=(*BASE, "HTTPRoute"), absent=("Ingress",), counts={"HTTPRoute": 1}
+    ),
+    # OpenShift restricted-v2: no fixed runAsUser/runAsGroup/fsGroup on any pod (the gate Job's included).
+    "openshift": Scenario("openshift-values.yaml", present=(*BASE, "Deployment", "Job"), counts={"Job": 1}),
+    # Every escape hatch at once, on every kind of pod the chart makes (tests/deploy/test_chart_values.py).
+    "escape-hatches": Scenario(
+        "escape-hatches-values.yaml",
+        api_versions=("argoproj.io/v1alpha1", "keda.sh/v1alpha1", *MONITORING),
+        present=(
+            *BASE,
+            "Rollout",
+            "AnalysisTemplate",
+            "Job",
+            "ScaledObject",
+            "Ingress",
+            "ServiceMonitor",
+            "PrometheusRule",
+            "PodDisruptionBudget",
+            "HorizontalPodAutoscaler",
+        ),
+        counts={"Deployment": 2, "Rollout": 1, "Job": 1},
+    ),
     "minimal": Scenario(
         "minimal-values.yaml",
         present=BASE,

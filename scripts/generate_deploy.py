@@ -76,6 +76,43 @@ def chart_schema() -> str:
         raise SystemExit(f"deploy/helm/ferry/values.yaml: {exc}") from None
 
 
+# The chart README's hand-written part: how the escape hatches fit together (values.yaml says what each does).
+README_PLATFORM = """## For platform teams
+
+The values have the names Bitnami charts and `helm create` use; none needs a fork of the chart.
+
+- **Images.** Every image is `registry/repository:tag`, or `@digest` when a digest is set (it wins).
+  `image.registry` is the default registry of every image the chart runs (service, canary, worker,
+  model fetch, gate, test); a `repository` that starts with a host (`registry.example/ferry`) keeps
+  it. `global.imageRegistry` replaces the registry of **every** image reference the chart renders,
+  including `initContainers`, `sidecars` and the model's image volume, so a mirror is never bypassed.
+- **Every pod** the chart makes (API, canary, worker, the load-test gate's Job and workers, the
+  Rollout's analysis Job, the `helm test` pod) gets `global.imagePullSecrets` + `imagePullSecrets`
+  (names or `{name}` objects), `nodeSelector`, `tolerations`, `affinity`, `podSecurityContext` and,
+  on the chart's containers, `containerSecurityContext`. The ferry pods also take `podLabels`,
+  `podAnnotations`, `extraEnv`, `extraEnvFrom`, `extraVolumes`, `extraVolumeMounts`,
+  `initContainers` and `sidecars`. `commonLabels` and `commonAnnotations` go on every object.
+- **OpenShift** (restricted-v2 assigns UIDs per namespace): `podSecurityContext.runAsUser`,
+  `runAsGroup` and `fsGroup` set to `null` (`ci/openshift-values.yaml`); the rest of the hardening
+  stays.
+- **Gateway API**: `httpRoute.enabled` renders a `gateway.networking.k8s.io/v1` HTTPRoute to the main
+  Service, attached to `httpRoute.parentRefs`, with request and backend timeouts
+  (`httpRoute.timeoutSeconds`) that must exceed `ferry.deadline.maxS`, like the Ingress's. `make
+  helm-validate` checks it against the Gateway API v1.6.1 CRD schema vendored in `deploy/crds`.
+- **Strict schema.** `values.schema.json` is generated from `values.yaml` (`make generate`,
+  `scripts/chart_values.py`): the `# @schema` lines beside each value add ranges and patterns, and
+  each `ferry.*` value takes its type and range from the service setting (`FERRY_*`) its comment
+  names. Every object refuses unknown keys, so a misspelt value fails with its path; only `global`
+  accepts other keys, which a parent chart may set.
+
+Values renamed or reshaped in this chart version: `image.repository` is now without the registry
+(`ferry-serving/ferry`, with `image.registry: ghcr.io`; a repository with a host still works);
+`ingress.hosts` entries are `{host, paths: [{path, pathType}]}` (plain host names still work);
+`pdb.maxUnavailable` defaults to `""` (both it and `pdb.minAvailable` empty mean 1);
+`tests.image` is an image object (`registry`, `repository`, `tag`, `digest`) instead of a string.
+"""
+
+
 def chart_readme() -> str:
     text = (CHART / "values.yaml").read_text()
     values = yaml.safe_load(text)
@@ -97,6 +134,7 @@ def chart_readme() -> str:
         "rejects unknown keys, wrong types and out-of-range values; the templates refuse "
         "combinations that cannot work (e.g. a canary without an image, `minReplicas > maxReplicas`, a grace "
         "period shorter than the shutdown chain) with a message naming the values.\n",
+        README_PLATFORM,
         "## Values\n",
         "| Key | Type | Default | Description |",
         "|---|---|---|---|",

@@ -5,17 +5,22 @@
 
 - ``# --`` comment (continued by plain ``#`` lines): documents the key on the next line; every value
   a user sets must have one (a documented map covers the keys inside it);
-- ``# @schema {flow YAML}`` lines in that comment: JSON Schema keywords merged into what the default
-  implies. ``$ref: NAME`` names an entry of ``DEFINITIONS`` below (Kubernetes shapes: quantities,
-  resources, label maps, free-form objects) and replaces the inferred schema, children included;
-  ``x-define: NAME`` publishes a map's schema as a definition that other keys ``$ref``;
-  ``setting: FERRY_...`` (on ``ferry.*`` values) takes type, range and enum from the service's
-  pydantic Settings, so the chart cannot accept what the service would refuse at start.
+- ``# @schema {flow YAML}`` lines in that comment (consecutive ones are one mapping): JSON Schema
+  keywords merged into what the default implies. ``$ref: NAME`` replaces the inferred schema,
+  children included; NAME is an entry of ``DEFINITIONS`` below (quantities, resources, label maps),
+  ``k8s:<group>.<version>.<Kind>`` (a Kubernetes type, strict, from kubernetes-validate's schemas of
+  ``K8S_VERSION``) or ``crd:<group>/<kind>_<version>#<field.path>`` (a field of a vendored CRD schema
+  in deploy/crds; a trailing ``[]`` is a list's item). ``x-define: NAME`` publishes a map's schema as
+  a definition other keys ``$ref``. ``setting: FERRY_...`` (on ``ferry.*`` values) takes type, range
+  and enum from the service's pydantic Settings; without it, a ``ferry.*`` value takes those of the
+  first Settings variable its comment names, so the chart cannot accept what the service refuses.
 
 What the default implies: a bool, integer, number or string type; a list's type (items from the
 annotation); a non-empty map becomes an object listing its keys with ``additionalProperties:
 false``, so a misspelt key fails ``helm install`` with its path. An empty map is free-form unless
 annotated. Helm validates the merged values, so ``key: null`` (which deletes a default) passes.
+The schema is draft 7 (what Helm 3 validates), where ``$ref`` ignores its siblings: a ``$ref`` with
+other keywords becomes an ``allOf``.
 """
 
 from __future__ import annotations
@@ -159,6 +164,14 @@ DEFINITIONS: dict[str, dict[str, Any]] = {
     },
 }
 
+# Kubernetes objects passed through to a pod spec, HPA or NetworkPolicy (`$ref: k8s:core.v1.Container`) take the
+# strict schema of the newest Kubernetes `make helm-validate` checks (kubernetes-validate's copy), so a misspelt
+# field of a sidecar fails at install with its path instead of being dropped by the API server. Custom resource
+# fields (`$ref: crd:<group>/<kind>_<version>#<JSON pointer>`) take the vendored CRD schemas of deploy/crds.
+K8S_VERSION = "1.37.0"
+CRD_SCHEMAS = ROOT / "deploy/crds/jsonschema"
+K8S_REFS = ("/api/_definitions.json#/$defs/", "#/$defs/")  # how the upstream files refer to their definitions
+
 ANNOTATION = "# @schema "
 KEY = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z0-9_./-]+):(?P<rest>.*)$")
 
@@ -174,17 +187,21 @@ def comments(text: str) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
     stack: list[tuple[int, str]] = []
     pending: list[str] | None = None
     note: dict[str, Any] = {}
+    flow: list[str] = []  # consecutive `# @schema` lines: one flow mapping, which may span lines
     for number, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
         if stripped.startswith(ANNOTATION.strip()):
-            try:
-                extra = yaml.safe_load(stripped[len(ANNOTATION) :])
-            except yaml.YAMLError as exc:
-                raise ValuesError(f"values.yaml line {number}: bad @schema annotation: {exc}") from None
-            if not isinstance(extra, dict):
-                raise ValuesError(f"values.yaml line {number}: an @schema annotation is a YAML mapping")
-            note.update(extra)
+            flow.append(stripped[len(ANNOTATION) :])
             continue
+        if flow:
+            try:
+                extra = yaml.safe_load(" ".join(flow))
+            except yaml.YAMLError as exc:
+                raise ValuesError(f"values.yaml line {number - 1}: bad @schema annotation: {exc}") from None
+            if not isinstance(extra, dict):
+                raise ValuesError(f"values.yaml line {number - 1}: an @schema annotation is a YAML mapping")
+            note.update(extra)
+            flow = []
         if stripped.startswith("# --"):
             pending = [stripped[4:].strip()]
             continue
@@ -294,9 +311,89 @@ def _infer(value: Any) -> dict[str, Any]:
     raise ValuesError(f"cannot infer a schema for {value!r}")
 
 
+@functools.cache
+def _k8s_definitions() -> dict[str, Any]:
+    import kubernetes_validate
+
+    folder = Path(kubernetes_validate.__file__).parent / f"kubernetes-json-schema/v{K8S_VERSION}-local-strict"
+    return dict(json.loads((folder / "_definitions.json").read_text())["$defs"])
+
+
+def _slim(node: Any, in_properties: bool = False) -> Any:
+    """An upstream schema without prose or vendor keys (a property named `description` stays), refs made local."""
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if not in_properties and ((key == "description" and isinstance(value, str)) or key.startswith("x-")):
+                continue
+            if key == "$ref" and isinstance(value, str) and value.startswith(K8S_REFS):
+                value = "#/definitions/" + value.rsplit("/", 1)[-1]
+            out[key] = _slim(value, in_properties=not in_properties and key in ("properties", "patternProperties"))
+        return out
+    if isinstance(node, list):
+        return [_slim(v) for v in node]
+    return node
+
+
+def external_definitions(name: str) -> dict[str, dict[str, Any]]:
+    """The definitions a `k8s:` or `crd:` reference brings in (the named one and what it refers to), by name."""
+    if name.startswith("k8s:"):
+        upstream = _k8s_definitions()
+        wanted, out = [f"io.k8s.api.{name.removeprefix('k8s:')}"], {}
+        while wanted:
+            current = wanted.pop()
+            if current in out:
+                continue
+            if current not in upstream:
+                raise ValuesError(f"`$ref: {name}`: no {current} in the Kubernetes {K8S_VERSION} schemas")
+            out[current] = _slim(upstream[current])
+            wanted += sorted(_uses(out[current]) - set(out))
+        return out
+    if name.startswith("crd:"):
+        # crd:<group>/<kind>_<version>#a.b.c: field c of b of a (through list items); a trailing [] is a list's item.
+        file, _, fields = name.removeprefix("crd:").partition("#")
+        path = CRD_SCHEMAS / f"{file}.json"
+        if not path.exists():
+            raise ValuesError(f"`$ref: {name}`: no {path.relative_to(ROOT)}")
+        node: Any = json.loads(path.read_text())
+        for part in fields.removesuffix("[]").split("."):
+            if node.get("type") == "array":
+                node = node["items"]
+            if part not in node.get("properties", {}):
+                raise ValuesError(f"`$ref: {name}`: no field {part!r} in {path.relative_to(ROOT)}")
+            node = node["properties"][part]
+        if fields.endswith("[]"):
+            node = node["items"]
+        return {_crd_name(name): _slim(node)}
+    return {}
+
+
+def _crd_name(name: str) -> str:
+    file, _, fields = name.removeprefix("crd:").partition("#")
+    return f"{file.replace('/', '.')}.{fields.replace('[]', '.item')}"
+
+
+def _ref_with_siblings(node: dict[str, Any]) -> dict[str, Any]:
+    """Draft 7 ignores the siblings of `$ref` (Helm 3 validates draft 7): keep them beside an allOf instead."""
+    siblings = {k: v for k, v in node.items() if k not in ("$ref", "description")}
+    if "$ref" not in node or not siblings:
+        return node
+    return {
+        "allOf": [{"$ref": node["$ref"]}],
+        **siblings,
+        **({"description": node["description"]} if "description" in node else {}),
+    }
+
+
 def _ref(name: str, used: set[str], path: str) -> str:
     if name.startswith("#/"):
         return name
+    if name.startswith("k8s:"):
+        used.add(name)
+        return f"#/definitions/io.k8s.api.{name.removeprefix('k8s:')}"
+    if name.startswith("crd:"):
+        used.add(name)
+        return f"#/definitions/{_crd_name(name)}"
     used.add(name)  # checked once every `x-define` is known (schema())
     return f"#/definitions/{name}"
 
@@ -316,7 +413,7 @@ def _node(
     if setting is _AUTO:
         setting = _setting_named_in(path, value, description)
     if "$ref" in note:
-        schema: dict[str, Any] = {"$ref": _ref(note.pop("$ref"), used, path), **note}
+        schema: dict[str, Any] = {"$ref": _ref(note.pop("$ref"), used, path), **_resolve_refs(note, used, path)}
     else:
         schema = _infer(value)
         if setting:
@@ -333,6 +430,7 @@ def _node(
             schema.pop("type", None)
     if description:
         schema["description"] = description
+    schema = _ref_with_siblings(schema)
     if define:
         defined[define] = {k: v for k, v in schema.items() if k != "description"}
         return {"$ref": f"#/definitions/{define}", **({"description": description} if description else {})}
@@ -341,7 +439,8 @@ def _node(
 
 def _resolve_refs(node: Any, used: set[str], path: str) -> Any:
     if isinstance(node, dict):
-        return {k: (_ref(v, used, path) if k == "$ref" else _resolve_refs(v, used, path)) for k, v in node.items()}
+        resolved = {k: (_ref(v, used, path) if k == "$ref" else _resolve_refs(v, used, path)) for k, v in node.items()}
+        return _ref_with_siblings(resolved)
     if isinstance(node, list):
         return [_resolve_refs(v, used, path) for v in node]
     return node
@@ -372,10 +471,18 @@ def schema(text: str) -> dict[str, Any]:
         if name in DEFINITIONS and name not in used:
             used.add(name)
         pending |= {n for n in _uses(DEFINITIONS.get(name, {})) if n not in used}
+    external: dict[str, dict[str, Any]] = {}
+    for name in sorted(n for n in used if n.startswith(("k8s:", "crd:"))):
+        external.update(external_definitions(name))
+    used -= {n for n in used if n.startswith(("k8s:", "crd:"))}
     unknown = sorted(used - set(DEFINITIONS) - set(defined))
     if unknown:
         raise ValuesError(f"`$ref: {', '.join(unknown)}`: not in DEFINITIONS nor an x-define")
-    definitions = {**{name: DEFINITIONS[name] for name in sorted(used) if name in DEFINITIONS}, **defined}
+    definitions = {
+        **{name: DEFINITIONS[name] for name in sorted(used) if name in DEFINITIONS},
+        **defined,
+        **dict(sorted(external.items())),
+    }
     return {
         "$schema": "http://json-schema.org/draft-07/schema#",
         "title": "ferry chart values",

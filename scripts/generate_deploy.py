@@ -102,8 +102,10 @@ The values have the names Bitnami charts and `helm create` use; none needs a for
 - **Strict schema.** `values.schema.json` is generated from `values.yaml` (`make generate`,
   `scripts/chart_values.py`): the `# @schema` lines beside each value add ranges and patterns, and
   each `ferry.*` value takes its type and range from the service setting (`FERRY_*`) its comment
-  names. Every object refuses unknown keys, so a misspelt value fails with its path; only `global`
-  accepts other keys, which a parent chart may set.
+  names. Every object refuses unknown keys, so a misspelt value fails with its path; the Kubernetes
+  objects you pass through (security contexts, containers, volumes, tolerations, affinity, HPA
+  metrics, NetworkPolicy peers) take Kubernetes' own strict schemas, and route, relabeling and rule
+  fields the vendored CRD schemas. Only `global` accepts other keys, which a parent chart may set.
 
 Values renamed or reshaped in this chart version: `image.repository` is now without the registry
 (`ferry-serving/ferry`, with `image.registry: ghcr.io`; a repository with a host still works);

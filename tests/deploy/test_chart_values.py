@@ -252,6 +252,26 @@ def test_http_route_follows_the_timeout_chain_and_the_crd_schema() -> None:
 
 # --- refusals -------------------------------------------------------------------------------------------
 REFUSED = {
+    # Kubernetes objects passed through take the strict Kubernetes / CRD schemas: a typo fails at install.
+    "misspelt pod security field": (["--set", "podSecurityContext.runAsUsr=1"], r"'/podSecurityContext'.*'runAsUsr'"),
+    "misspelt sidecar field": (
+        ["--set", "sidecars[0].name=x", "--set", "sidecars[0].imag=y"],
+        r"'/sidecars/0'.*'imag'",
+    ),
+    "misspelt volume mount field": (
+        ["--set", "extraVolumeMounts[0].mountPth=/x"],
+        r"'/extraVolumeMounts/0'.*'mountPth'",
+    ),
+    "misspelt toleration field": (["--set", "tolerations[0].efect=NoSchedule"], r"'/tolerations/0'.*'efect'"),
+    "misspelt route parent field": (
+        ["--set", "httpRoute.parentRefs[0].name=gw", "--set", "httpRoute.parentRefs[0].sectionNme=x"],
+        r"'/httpRoute/parentRefs/0'.*'sectionNme'",
+    ),
+    "misspelt relabeling field": (
+        ["--set", "serviceMonitor.relabelings[0].sourcelabels={a}"],
+        r"'/serviceMonitor/relabelings/0'.*'sourcelabels'",
+    ),
+    "empty image repository": (["--set", "image.repository="], r"'/image/repository'.*minLength"),
     "misspelt escape hatch": (
         ["--set", "serviceMonitor.relabeling[0].action=drop"],
         r"at '/serviceMonitor'.*'relabeling'",

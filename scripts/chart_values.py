@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from k8s_validate import KUBE_VERSIONS  # the Kubernetes versions `make helm-validate` checks
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "deploy/helm/ferry"
@@ -168,7 +169,7 @@ DEFINITIONS: dict[str, dict[str, Any]] = {
 # strict schema of the newest Kubernetes `make helm-validate` checks (kubernetes-validate's copy), so a misspelt
 # field of a sidecar fails at install with its path instead of being dropped by the API server. Custom resource
 # fields (`$ref: crd:<group>/<kind>_<version>#<JSON pointer>`) take the vendored CRD schemas of deploy/crds.
-K8S_VERSION = "1.37.0"
+K8S_VERSION = KUBE_VERSIONS[-1]
 CRD_SCHEMAS = ROOT / "deploy/crds/jsonschema"
 K8S_REFS = ("/api/_definitions.json#/$defs/", "#/$defs/")  # how the upstream files refer to their definitions
 
@@ -453,6 +454,20 @@ def _uses(node: Any) -> set[str]:
     if isinstance(node, list):
         return set().union(*(_uses(v) for v in node))
     return set()
+
+
+def ferry_settings(text: str) -> dict[str, str | None]:
+    """The Settings variable each ferry.* scalar takes its type and bounds from (None: a chart-only value)."""
+    values = yaml.safe_load(text)
+    docs, notes = comments(text)
+    out: dict[str, str | None] = {}
+    for leaf in leaves(values["ferry"]):
+        path, value = f"ferry.{leaf}", lookup(values["ferry"], leaf)
+        if isinstance(value, (dict, list)):
+            continue
+        setting = notes.get(path, {}).get("setting", _AUTO)
+        out[path] = _setting_named_in(path, value, docs.get(path)) if setting is _AUTO else (setting or None)
+    return out
 
 
 def schema(text: str) -> dict[str, Any]:

@@ -319,31 +319,33 @@ def test_schema_is_generated_from_values_yaml() -> None:
 
 
 def test_ferry_values_take_their_bounds_from_the_settings() -> None:
-    import json
+    from typing import get_args
 
     from ferry.settings import Settings
 
-    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["ferry"]["properties"]
-    assert schema["workers"]["maximum"] == next(
-        m.le for m in Settings.model_fields["workers"].metadata if hasattr(m, "le")
+    text = (CHART / "values.yaml").read_text()
+    mapped = chart_values.ferry_settings(text)
+    # Every ferry.* value is a service setting, except the names of the Secrets the chart mounts.
+    assert {path for path, env in mapped.items() if env is None} == {
+        "ferry.jobs.redis.existingSecret",
+        "ferry.jobs.redis.key",
+        "ferry.callbacks.enabled",
+        "ferry.callbacks.existingSecret",
+        "ferry.callbacks.key",
+    }
+    assert mapped["ferry.jobs.apiRunners"] == "FERRY_JOBS__RUNNERS"
+    # The generated bounds are the Settings' own (read here from the fields, not their JSON Schema).
+    schema = chart_values.schema(text)["properties"]["ferry"]["properties"]
+    workers = Settings.model_fields["workers"].metadata
+    assert schema["workers"]["minimum"] == next(m.ge for m in workers if hasattr(m, "ge"))
+    assert schema["workers"]["maximum"] == next(m.le for m in workers if hasattr(m, "le"))
+    deadline = Settings.model_fields["deadline"].annotation.model_fields["max_s"]  # type: ignore[union-attr]
+    maximum = schema["deadline"]["properties"]["maxS"]
+    assert maximum["type"] == "number" and maximum["maximum"] == next(
+        m.le for m in deadline.metadata if hasattr(m, "le")
     )
-    fields = chart_values.settings_fields()
-    values = yaml.safe_load((CHART / "values.yaml").read_text())["ferry"]
-    docs, notes = chart_values.comments((CHART / "values.yaml").read_text())
-    mapped = 0
-    for leaf in chart_values.leaves(values):
-        path = f"ferry.{leaf}"
-        node: dict = schema
-        for part in leaf.split("."):
-            node = node[part] if part in node else node["properties"][part]
-        env = notes.get(path, {}).get("setting", chart_values.SETTING_NAME.search(docs[path] or ""))
-        if hasattr(env, "group"):
-            env = env.group(0)
-        if env and env in fields and not isinstance(chart_values.lookup(values, leaf), (dict, list)):
-            mapped += 1
-            for keyword in ("minimum", "maximum", "exclusiveMinimum", "enum"):
-                assert node.get(keyword) == fields[env].get(keyword), (path, keyword)
-    assert mapped >= 12, "the ferry.* values map to Settings fields"
+    level = Settings.model_fields["logging"].annotation.model_fields["level"]  # type: ignore[union-attr]
+    assert schema["logLevel"]["enum"] == list(get_args(level.annotation))
 
 
 def test_annotations_naming_nothing_are_refused() -> None:

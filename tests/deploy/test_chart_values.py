@@ -165,6 +165,16 @@ def test_common_labels_and_annotations_on_every_object() -> None:
         meta = doc["metadata"]
         assert meta["labels"]["cost-center"] == "ml-1234", f"{doc['kind']}/{meta['name']}"
         assert meta["annotations"]["example.com/owner"] == "ml-platform", f"{doc['kind']}/{meta['name']}"
+    # And on every pod, the gate's and the test's included.
+    for where, _ in all_pods(docs):
+        kind, name = where.split("/")[:2]
+        doc = one(docs, kind, name)
+        template = (
+            doc
+            if kind == "Pod"
+            else doc["spec"].get("template") or doc["spec"]["metrics"][-1]["provider"]["job"]["spec"]["template"]
+        )
+        assert template["metadata"]["labels"]["cost-center"] == "ml-1234", where
     # An object's own annotations stay beside them.
     assert one(docs, "Pod")["metadata"]["annotations"]["helm.sh/hook"] == "test"
     ingress = one(docs, "Ingress")["metadata"]["annotations"]

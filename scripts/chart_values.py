@@ -321,11 +321,14 @@ def _k8s_definitions() -> dict[str, Any]:
 
 
 def _slim(node: Any, in_properties: bool = False) -> Any:
-    """An upstream schema without prose or vendor keys (a property named `description` stays), refs made local."""
+    """An upstream schema without prose, vendor keys or `format` (validators differ on OpenAPI's int64, byte, ...;
+    the rendered objects meet the full schemas in `make helm-validate`), refs made local. A property named
+    `description` or `format` stays."""
     if isinstance(node, dict):
         out = {}
         for key, value in node.items():
-            if not in_properties and ((key == "description" and isinstance(value, str)) or key.startswith("x-")):
+            dropped = (key in ("description", "format") and isinstance(value, str)) or key.startswith("x-")
+            if not in_properties and dropped:
                 continue
             if key == "$ref" and isinstance(value, str) and value.startswith(K8S_REFS):
                 value = "#/definitions/" + value.rsplit("/", 1)[-1]

@@ -6,8 +6,10 @@ The sibling of ``scripts/generate.py`` (``make generate`` runs both, in that ord
   outside the chart) and ``slo.yaml``, the SLO facts the canary analysis needs (routes,
   budgets), all from ``deploy/slo.yaml`` through ``scripts/generate.py``'s own generators; the rules
   and dashboards carry placeholders for the release's job and namespace (the chart substitutes them);
-- ``deploy/helm/ferry/README.md``: the values table, from the ``# --`` comments of values.yaml
-  (helm-docs style; every value must have one);
+- ``deploy/helm/ferry/values.schema.json`` and ``deploy/helm/ferry/README.md`` (the values table),
+  both from values.yaml: its ``# --`` comments (helm-docs style; every value must have one) and
+  ``# @schema`` annotations, with the bounds of ``ferry.*`` values from the service's Settings
+  (``scripts/chart_values.py``);
 - ``deploy/k8s/base/`` and ``deploy/k8s/canary/``: ``helm template`` output of the chart, the
   base of the kustomize overlays.
 
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -31,6 +32,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
+import chart_values  # noqa: E402  (scripts/chart_values.py: values.yaml's docs and schema)
 import generate  # noqa: E402  (scripts/generate.py: rules, dashboards, the SLO file)
 
 CHART = ROOT / "deploy/helm/ferry"
@@ -94,66 +96,60 @@ def chart_slo() -> str:
     return YAML_HEADER.format(source="deploy/slo.yaml") + yaml.safe_dump(facts, sort_keys=False)
 
 
-# --- chart README from values.yaml ---------------------------------------------------------------
-KEY = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z0-9_.-]+):(?P<rest>.*)$")
+# --- chart README and values.schema.json from values.yaml ----------------------------------------
+def chart_schema() -> str:
+    try:
+        return chart_values.schema_json((CHART / "values.yaml").read_text())
+    except chart_values.ValuesError as exc:
+        raise SystemExit(f"deploy/helm/ferry/values.yaml: {exc}") from None
 
 
-def values_docs(text: str) -> list[tuple[str, str]]:
-    """(dotted key, description) for every `# --` comment, in file order.
+# The chart README's hand-written part: how the escape hatches fit together (values.yaml says what each does).
+README_PLATFORM = """## For platform teams
 
-    A `# --` comment (continued by plain `#` lines) documents the key on the next line; the key's
-    path comes from the indentation of the keys above it.
-    """
-    docs, stack, pending = [], [], None
-    for line in text.splitlines():
-        stripped = line.strip()
-        if stripped.startswith("# --"):
-            pending = [stripped[4:].strip()]
-            continue
-        if stripped.startswith("#") and pending is not None:
-            pending.append(stripped[1:].strip())
-            continue
-        match = KEY.match(line)
-        if not match or stripped.startswith("-"):
-            if stripped and not line.startswith(" ") and not match:
-                pending = None
-            continue
-        indent = len(match["indent"])
-        while stack and stack[-1][0] >= indent:
-            stack.pop()
-        stack.append((indent, match["key"]))
-        if pending is not None:
-            docs.append((".".join(k for _, k in stack), " ".join(pending)))
-            pending = None
-    return docs
+The values have the names Bitnami charts and `helm create` use; none needs a fork of the chart.
 
+- **Images.** Every image is `registry/repository:tag`, or `@digest` when a digest is set (it wins).
+  `image.registry` is the default registry of every image the chart runs (service, canary, worker,
+  model fetch, gate, test); a `repository` that starts with a host (`registry.example/ferry`) keeps
+  it. `global.imageRegistry` replaces the registry of **every** image reference the chart renders,
+  including `initContainers`, `sidecars` and the model's image volume, so a mirror is never bypassed.
+- **Every pod** the chart makes (API, canary, worker, the load-test gate's Job and workers, the
+  Rollout's analysis Job, the `helm test` pod) gets `global.imagePullSecrets` + `imagePullSecrets`
+  (names or `{name}` objects), `nodeSelector`, `tolerations`, `affinity`, `podSecurityContext` and,
+  on the chart's containers, `containerSecurityContext`. The ferry pods also take `podLabels`,
+  `podAnnotations`, `extraEnv`, `extraEnvFrom`, `extraVolumes`, `extraVolumeMounts`,
+  `initContainers` and `sidecars`. `commonLabels` and `commonAnnotations` go on every object.
+- **OpenShift** (restricted-v2 assigns UIDs per namespace): `podSecurityContext.runAsUser`,
+  `runAsGroup` and `fsGroup` set to `null` (`ci/openshift-values.yaml`); the rest of the hardening
+  stays.
+- **Gateway API**: `httpRoute.enabled` renders a `gateway.networking.k8s.io/v1` HTTPRoute to the main
+  Service, attached to `httpRoute.parentRefs`, with request and backend timeouts
+  (`httpRoute.timeoutSeconds`) that must exceed `ferry.deadline.maxS`, like the Ingress's. `make
+  helm-validate` checks it against the Gateway API v1.6.1 CRD schema vendored in `deploy/crds`.
+- **Strict schema.** `values.schema.json` is generated from `values.yaml` (`make generate`,
+  `scripts/chart_values.py`): the `# @schema` lines beside each value add ranges and patterns, and
+  each `ferry.*` value takes its type and range from the service setting (`FERRY_*`) its comment
+  names. Every object refuses unknown keys, so a misspelt value fails with its path; the Kubernetes
+  objects you pass through (security contexts, containers, volumes, tolerations, affinity, HPA
+  metrics, NetworkPolicy peers) take Kubernetes' own strict schemas, and route, relabeling and rule
+  fields the vendored CRD schemas. Only `global` accepts other keys, which a parent chart may set.
 
-def _leaves(value: Any, prefix: str = "") -> list[str]:
-    """Dotted paths of every value a user sets: scalars, lists and empty maps."""
-    if isinstance(value, dict) and value:
-        return [leaf for key, sub in value.items() for leaf in _leaves(sub, f"{prefix}{key}.")]
-    return [prefix.rstrip(".")]
-
-
-def _lookup(values: dict, path: str) -> Any:
-    for part in path.split("."):
-        values = values[part]
-    return values
-
-
-def _type(value: Any) -> str:
-    return {bool: "bool", int: "int", float: "float", str: "string", list: "list", dict: "object"}.get(
-        type(value), type(value).__name__
-    )
+Values renamed or reshaped in this chart version: `image.repository` is now without the registry
+(`ferry-serving/ferry`, with `image.registry: ghcr.io`; a repository with a host still works);
+`ingress.hosts` entries are `{host, paths: [{path, pathType}]}` (plain host names still work);
+`pdb.maxUnavailable` defaults to `""` (both it and `pdb.minAvailable` empty mean 1);
+`tests.image` is an image object (`registry`, `repository`, `tag`, `digest`) instead of a string.
+"""
 
 
 def chart_readme() -> str:
     text = (CHART / "values.yaml").read_text()
     values = yaml.safe_load(text)
-    docs = dict(values_docs(text))
+    docs, _ = chart_values.comments(text)
     # A documented map (e.g. `resources`) covers the keys inside it.
     documented = lambda leaf: any(leaf == key or leaf.startswith(key + ".") for key in docs)  # noqa: E731
-    missing = [leaf for leaf in _leaves(values) if not documented(leaf)]
+    missing = [leaf for leaf in chart_values.leaves(values) if not documented(leaf)]
     if missing:
         raise SystemExit(f"deploy/helm/ferry/values.yaml: values without a `# --` comment: {', '.join(missing)}")
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
@@ -164,20 +160,22 @@ def chart_readme() -> str:
         f"Chart version `{chart['version']}`, app version `{chart['appVersion']}`, "
         f"Kubernetes `{chart['kubeVersion']}`. "
         "Install, upgrade, rollback and canary operations: [docs/deploy.md](../../../docs/deploy.md). "
-        "`values.schema.json` rejects unknown keys, wrong types and out-of-range values; the templates refuse "
+        "`values.schema.json` (generated from values.yaml, the ranges of `ferry.*` from the service's Settings) "
+        "rejects unknown keys, wrong types and out-of-range values; the templates refuse "
         "combinations that cannot work (e.g. a canary without an image, `minReplicas > maxReplicas`, a grace "
         "period shorter than the shutdown chain) with a message naming the values.\n",
+        README_PLATFORM,
         "## Values\n",
         "| Key | Type | Default | Description |",
         "|---|---|---|---|",
     ]
     for key, description in docs.items():
-        value = _lookup(values, key)
+        value = chart_values.lookup(values, key)
         default = json.dumps(value, separators=(",", ":")) if not isinstance(value, str) else json.dumps(value)
         if len(default) > 120:
             default = "see values.yaml"
         cell, default = description.replace("|", "\\|"), default.replace("|", "\\|")
-        out.append(f"| `{key}` | {_type(value)} | `{default}` | {cell} |")
+        out.append(f"| `{key}` | {chart_values.type_name(value)} | `{default}` | {cell} |")
     return "\n".join(out) + "\n"
 
 
@@ -204,7 +202,7 @@ def base_manifests() -> str:
     return YAML_HEADER.format(
         source=f"deploy/helm/ferry with its default values (helm template), the image named "
         f"`{KUSTOMIZE_IMAGES['stable']}` for the overlays' `images:`"
-    ) + helm_template("--set", f"image.repository={KUSTOMIZE_IMAGES['stable']}")
+    ) + helm_template("--set", "image.registry=", "--set", f"image.repository={KUSTOMIZE_IMAGES['stable']}")
 
 
 def base_kustomization() -> str:
@@ -225,6 +223,8 @@ def canary_manifests() -> str:
         "--set",
         "canary.enabled=true",
         "--set",
+        "image.registry=",
+        "--set",
         f"canary.image.repository={KUSTOMIZE_IMAGES['canary']}",
         "--set",
         f"canary.image.tag={chart['appVersion']}",
@@ -243,6 +243,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "deploy/helm/ferry/files/ferry-service.json": chart_dashboard("ferry-service.json"),
     "deploy/helm/ferry/files/ferry-model.json": chart_dashboard("ferry-model.json"),
     "deploy/helm/ferry/files/slo.yaml": chart_slo,
+    "deploy/helm/ferry/values.schema.json": chart_schema,
     "deploy/helm/ferry/README.md": chart_readme,
     "deploy/k8s/base/ferry.yaml": base_manifests,
     "deploy/k8s/base/kustomization.yaml": base_kustomization,

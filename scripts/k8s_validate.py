@@ -142,6 +142,30 @@ SCENARIOS: dict[str, Scenario] = {
         absent=("Rollout",),
         counts={"Deployment": 2, "Service": 3},
     ),
+    # Gateway API instead of an Ingress: the HTTPRoute against the vendored Gateway API CRD schema.
+    "httproute": Scenario(
+        "httproute-values.yaml", present=(*BASE, "HTTPRoute"), absent=("Ingress",), counts={"HTTPRoute": 1}
+    ),
+    # OpenShift restricted-v2: no fixed runAsUser/runAsGroup/fsGroup on any pod (the gate Job's included).
+    "openshift": Scenario("openshift-values.yaml", present=(*BASE, "Deployment", "Job"), counts={"Job": 1}),
+    # Every escape hatch at once, on every kind of pod the chart makes (tests/deploy/test_chart_values.py).
+    "escape-hatches": Scenario(
+        "escape-hatches-values.yaml",
+        api_versions=("argoproj.io/v1alpha1", "keda.sh/v1alpha1", *MONITORING),
+        present=(
+            *BASE,
+            "Rollout",
+            "AnalysisTemplate",
+            "Job",
+            "ScaledObject",
+            "Ingress",
+            "ServiceMonitor",
+            "PrometheusRule",
+            "PodDisruptionBudget",
+            "HorizontalPodAutoscaler",
+        ),
+        counts={"Deployment": 2, "Rollout": 1, "Job": 1},
+    ),
     "minimal": Scenario(
         "minimal-values.yaml",
         present=BASE,
@@ -311,12 +335,14 @@ class Skip:
     reason: str
     frameworks: tuple[str, ...] = ()  # empty: every framework
     resources: tuple[str, ...] = ()  # fnmatch patterns of checkov resource ids; empty: every resource
+    files: tuple[str, ...] = ()  # fnmatch patterns of checkov's file path (`/<scenario>.yaml`); empty: every file
 
-    def covers(self, framework: str, check_id: str, resource: str) -> bool:
+    def covers(self, framework: str, check_id: str, resource: str, file: str = "") -> bool:
         return (
             check_id == self.id
             and (not self.frameworks or framework in self.frameworks)
             and (not self.resources or any(fnmatch.fnmatchcase(resource, p) for p in self.resources))
+            and (not self.files or any(fnmatch.fnmatchcase(file, p) for p in self.files))
         )
 
 
@@ -327,7 +353,13 @@ def checkov_skips() -> list[Skip]:
     if bad:
         raise Failure(f"{CHECKOV_SKIPS.name}: every skip needs an id and a reason: {bad}")
     return [
-        Skip(e["id"], " ".join(e["reason"].split()), tuple(e.get("frameworks", ())), tuple(e.get("resources", ())))
+        Skip(
+            e["id"],
+            " ".join(e["reason"].split()),
+            tuple(e.get("frameworks", ())),
+            tuple(e.get("resources", ())),
+            tuple(e.get("files", ())),
+        )
         for e in entries
     ]
 
@@ -348,7 +380,7 @@ def run_checkov(rendered: dict[str, tuple[dict, ...]]) -> tuple[list[str], dict[
     scenario and overlay (kubernetes framework). Skips that apply everywhere go to --skip-check;
     scoped ones (a framework, some resources) are matched here against checkov's failures."""
     skips = checkov_skips()
-    global_ids = [s.id for s in skips if not s.frameworks and not s.resources]
+    global_ids = [s.id for s in skips if not s.frameworks and not s.resources and not s.files]
     env = {**os.environ, "PATH": f"{Path(HELM).parent}{os.pathsep}{os.environ['PATH']}"}
     with tempfile.TemporaryDirectory(prefix="ferry-checkov-") as tmp:
         for label, docs in rendered.items():
@@ -374,7 +406,7 @@ def run_checkov(rendered: dict[str, tuple[dict, ...]]) -> tuple[list[str], dict[
         for key in ("passed", "skipped"):
             totals[key] += report["summary"].get(key, 0)
         for check in report["results"].get("failed_checks", []):
-            if any(s.covers(framework, check["check_id"], check["resource"]) for s in skips):
+            if any(s.covers(framework, check["check_id"], check["resource"], check["file_path"]) for s in skips):
                 totals["accepted"] += 1
                 continue
             totals["failed"] += 1
@@ -492,7 +524,7 @@ def main() -> int:
         problems, totals = run_checkov(rendered)
         if problems:
             raise Failure("\n".join(problems))
-        everywhere = [s.id for s in checkov_skips() if not s.frameworks and not s.resources]
+        everywhere = [s.id for s in checkov_skips() if not s.frameworks and not s.resources and not s.files]
         return (
             f"{totals['passed']} passed, 0 failed; skipped everywhere: {', '.join(everywhere)}; "
             f"{totals['accepted']} scoped failures accepted (reasons: {CHECKOV_SKIPS.relative_to(ROOT)})"

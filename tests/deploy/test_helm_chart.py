@@ -116,7 +116,14 @@ def test_custom_resources_pass_strict_crd_schemas() -> None:
         assert counted["custom"] == len(docs)
         for kind, count in kv.kinds(docs).items():
             checked[kind] = checked.get(kind, 0) + count
-    assert set(checked) == {"Rollout", "AnalysisTemplate", "ServiceMonitor", "PrometheusRule", "ScaledObject"}
+    assert set(checked) == {
+        "Rollout",
+        "AnalysisTemplate",
+        "ServiceMonitor",
+        "PrometheusRule",
+        "ScaledObject",
+        "HTTPRoute",
+    }
 
 
 def test_a_kind_without_a_schema_fails() -> None:
@@ -223,7 +230,8 @@ def test_values_schema_is_strict_everywhere() -> None:
                 walk(value, f"{path}/{i}")
 
     walk(schema, "")
-    assert loose == []
+    # `global` is shared with a parent chart, whose other globals (storageClass, ...) must not fail the install.
+    assert loose == ["/properties/global"]
 
     def resolve(node: dict) -> dict:
         """Follow `$ref` (to definitions or properties) and `allOf` to the node that has the properties."""
@@ -259,10 +267,11 @@ def test_values_schema_is_strict_everywhere() -> None:
 
 def test_every_value_is_documented() -> None:
     sys.path.insert(0, str(ROOT / "scripts"))
+    import chart_values
     import generate_deploy
 
     text = (CHART / "values.yaml").read_text()
-    documented = dict(generate_deploy.values_docs(text))
+    documented, _ = chart_values.comments(text)
     assert "autoscaling.minReplicas" in documented and "rollout.analysis.maxBurnRate" in documented
     readme = generate_deploy.chart_readme()  # raises on a value without `# --`
     assert "| `canary.image.tag` |" in readme

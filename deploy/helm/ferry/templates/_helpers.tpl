@@ -33,6 +33,26 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: ferry
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* The label keys the chart sets itself: commonLabels and podLabels must not repeat them (validate.yaml). */}}
+{{- define "ferry.ownLabelKeys" -}}
+{{- list "helm.sh/chart" "app.kubernetes.io/name" "app.kubernetes.io/instance" "app.kubernetes.io/version" "app.kubernetes.io/managed-by" "app.kubernetes.io/part-of" "app.kubernetes.io/component" "track" "ferry-serving.io/job" "grafana_dashboard" | toJson -}}
+{{- end }}
+
+{{/*
+The `annotations:` block of an object's metadata: the object's own annotations (.extra) over
+commonAnnotations; nothing when both are empty. Call with (dict "root" $ "extra" MAP).
+*/}}
+{{- define "ferry.annotations" -}}
+{{- $all := merge (deepCopy (.extra | default dict)) (.root.Values.commonAnnotations | default dict) -}}
+{{- with $all }}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end }}
 
 {{/* The generated SLO facts (files/slo.yaml, from deploy/slo.yaml by `make generate`). */}}
@@ -69,18 +89,84 @@ The full name is a Service name (DNS label), so it needs no quoting inside a Pro
 {{- end }}
 {{- end }}
 
-{{/* image reference from {repository, tag, digest} with fallbacks; call with (dict "image" X "root" $) */}}
-{{- define "ferry.imageRef" -}}
-{{- $repo := .image.repository | default .root.Values.image.repository -}}
-{{- if .image.digest -}}
-{{- printf "%s@%s" $repo .image.digest -}}
+{{/*
+An image name with its registry. A name whose first part is a host (it has a "." or a ":", or is
+localhost) keeps that host, so `repository: registry.example/ferry` works without `registry`;
+otherwise .registry is put in front. global.imageRegistry replaces the host of EVERY image, so a
+mirror is never bypassed. Call with (dict "name" NAME "registry" REGISTRY "root" $).
+*/}}
+{{- define "ferry.withRegistry" -}}
+{{- $parts := splitList "/" .name -}}
+{{- $first := first $parts -}}
+{{- $hasHost := and (gt (len $parts) 1) (or (contains "." $first) (contains ":" $first) (eq $first "localhost")) -}}
+{{- $global := (.root.Values.global | default dict).imageRegistry -}}
+{{- if $global -}}
+{{- printf "%s/%s" $global (ternary (join "/" (rest $parts)) .name $hasHost) -}}
+{{- else if or $hasHost (not .registry) -}}
+{{- .name -}}
 {{- else -}}
-{{- printf "%s:%s" $repo (.image.tag | default .root.Chart.AppVersion) -}}
+{{- printf "%s/%s" .registry .name -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+Image reference from {registry, repository, tag, digest}: an empty repository or registry is
+image.*'s, an empty tag the chart's appVersion; a digest wins over the tag.
+Call with (dict "image" X "root" $).
+*/}}
+{{- define "ferry.imageRef" -}}
+{{- $v := .root.Values -}}
+{{- $repo := .image.repository | default $v.image.repository -}}
+{{- $name := include "ferry.withRegistry" (dict "name" $repo "registry" (.image.registry | default $v.image.registry) "root" .root) -}}
+{{- if .image.digest -}}
+{{- printf "%s@%s" $name .image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $name (.image.tag | default .root.Chart.AppVersion) -}}
 {{- end -}}
 {{- end }}
 
 {{- define "ferry.image" -}}
 {{- include "ferry.imageRef" (dict "image" .Values.image "root" .) -}}
+{{- end }}
+
+{{/*
+What every pod the chart makes shares (ferry, worker, gate, test): pull secrets (global, then the
+chart's; names or {name} objects), nodeSelector, tolerations, affinity. Call with the root.
+*/}}
+{{- define "ferry.podPlatform" -}}
+{{- $names := list -}}
+{{- range concat ((.Values.global | default dict).imagePullSecrets | default list) (.Values.imagePullSecrets | default list) -}}
+{{- if kindIs "string" . }}{{ $names = append $names . }}{{ else }}{{ $names = append $names .name }}{{ end -}}
+{{- end -}}
+{{- with uniq $names }}
+imagePullSecrets:
+  {{- range . }}
+  - name: {{ . }}
+  {{- end }}
+{{- end }}
+{{- with .Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* initContainers / sidecars as given, their images behind global.imageRegistry too. Call with (dict "containers" LIST "root" $). */}}
+{{- define "ferry.userContainers" -}}
+{{- $out := list -}}
+{{- range .containers -}}
+{{- $c := deepCopy . -}}
+{{- if $c.image }}{{ $_ := set $c "image" (include "ferry.withRegistry" (dict "name" $c.image "registry" "" "root" $.root)) }}{{ end -}}
+{{- $out = append $out $c -}}
+{{- end -}}
+{{- toYaml $out -}}
 {{- end }}
 
 {{/* Secret-backed environment: Redis URL and callback signing secret. */}}
@@ -119,7 +205,7 @@ metadata:
     {{- with .track }}
     track: {{ . }}
     {{- end }}
-    {{- with $v.podLabels }}
+    {{- with merge (deepCopy ($v.podLabels | default dict)) ($v.commonLabels | default dict) }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
   annotations:
@@ -136,19 +222,10 @@ spec:
   {{- with $v.priorityClassName }}
   priorityClassName: {{ . }}
   {{- end }}
-  {{- with $v.imagePullSecrets }}
-  imagePullSecrets:
-    {{- range . }}
-    - name: {{ . }}
-    {{- end }}
-  {{- end }}
+  {{- with $v.podSecurityContext }}
   securityContext:
-    runAsNonRoot: true
-    runAsUser: 10001
-    runAsGroup: 10001
-    fsGroup: 10001
-    seccompProfile:
-      type: RuntimeDefault
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
   {{- with $v.topologySpreadConstraints }}
   topologySpreadConstraints:
     {{- range . }}
@@ -159,21 +236,15 @@ spec:
           app.kubernetes.io/component: {{ $.component }}
     {{- end }}
   {{- end }}
-  {{- with $v.nodeSelector }}
-  nodeSelector:
-    {{- toYaml . | nindent 4 }}
-  {{- end }}
-  {{- with $v.tolerations }}
-  tolerations:
-    {{- toYaml . | nindent 4 }}
-  {{- end }}
-  {{- with $v.affinity }}
-  affinity:
-    {{- toYaml . | nindent 4 }}
-  {{- end }}
-  {{- if eq $model.source "url" }}
+  {{- with include "ferry.podPlatform" $root }}{{ . | trim | nindent 2 }}{{ end }}
+  {{- if or (eq $model.source "url") $v.initContainers }}
   initContainers:
+    {{- if eq $model.source "url" }}
     {{- include "ferry.modelFetchContainer" (dict "root" $root "model" $model "image" .image) | nindent 4 }}
+    {{- end }}
+    {{- with $v.initContainers }}
+    {{- include "ferry.userContainers" (dict "containers" . "root" $root) | nindent 4 }}
+    {{- end }}
   {{- end }}
   containers:
     - name: {{ ternary "worker" "ferry" $worker }}
@@ -187,6 +258,9 @@ spec:
       envFrom:
         - configMapRef:
             name: {{ include "ferry.fullname" $root }}
+        {{- with $v.extraEnvFrom }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
       env:
         {{- include "ferry.modelEnv" $model | nindent 8 }}
         {{- if $worker }}
@@ -194,6 +268,9 @@ spec:
           value: {{ $v.worker.runners | quote }}
         {{- end }}
         {{- with include "ferry.secretEnv" $root }}{{ . | trim | nindent 8 }}{{ end }}
+        {{- with $v.extraEnv }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
       startupProbe:
         httpGet:
           path: /livez
@@ -227,13 +304,19 @@ spec:
       resources:
         {{- toYaml (ternary $v.worker.resources $v.resources $worker) | nindent 8 }}
       securityContext:
-        {{- include "ferry.containerSecurityContext" . | nindent 8 }}
+        {{- include "ferry.containerSecurityContext" $root | nindent 8 }}
       volumeMounts:
         - name: tmp
           mountPath: /tmp
         - name: metrics
           mountPath: {{ $v.volumes.metricsDir }}
         {{- with include "ferry.modelMount" $model }}{{ . | trim | nindent 8 }}{{ end }}
+        {{- with $v.extraVolumeMounts }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+    {{- with $v.sidecars }}
+    {{- include "ferry.userContainers" (dict "containers" . "root" $root) | nindent 4 }}
+    {{- end }}
   volumes:
     - name: tmp
       emptyDir:
@@ -242,17 +325,15 @@ spec:
       emptyDir:
         medium: Memory
         sizeLimit: {{ $v.volumes.metricsSizeLimit }}
-    {{- with include "ferry.modelVolume" $model }}{{ . | trim | nindent 4 }}{{ end }}
+    {{- with include "ferry.modelVolume" (dict "model" $model "root" $root) }}{{ . | trim | nindent 4 }}{{ end }}
+    {{- with $v.extraVolumes }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
 {{- end }}
 
-{{/* The hardened securityContext of every ferry container (serving, worker, model fetch). */}}
+{{/* The securityContext of every container the chart makes (containerSecurityContext; hardened by default). Call with the root. */}}
 {{- define "ferry.containerSecurityContext" -}}
-allowPrivilegeEscalation: false
-readOnlyRootFilesystem: true
-runAsNonRoot: true
-privileged: false
-capabilities:
-  drop: ["ALL"]
+{{- toYaml .Values.containerSecurityContext -}}
 {{- end }}
 
 {{/*
@@ -271,6 +352,7 @@ metadata:
     {{- include "ferry.labels" $root | nindent 4 }}
     app.kubernetes.io/component: api
     track: {{ .track }}
+  {{- with include "ferry.annotations" (dict "root" $root) }}{{ . | trim | nindent 2 }}{{ end }}
 spec:
   {{- if $canary }}
   replicas: {{ $v.canary.replicaCount }}
@@ -325,7 +407,7 @@ AnalysisTemplate Job metric and the loadtest Job. Args: .args (the full list); t
 {{- define "ferry.gateContainer" -}}
 {{- $gate := .root.Values.rollout.analysis.gate -}}
 name: gate
-image: {{ include "ferry.imageRef" (dict "image" (dict "repository" $gate.image.repository "tag" $gate.image.tag "digest" "") "root" .root) }}
+image: {{ include "ferry.imageRef" (dict "image" $gate.image "root" .root) }}
 imagePullPolicy: {{ .root.Values.image.pullPolicy }}
 command:
   {{- toYaml $gate.command | nindent 2 }}
@@ -345,27 +427,21 @@ ports:
 resources:
   {{- toYaml (.resources | default $gate.resources) | nindent 2 }}
 securityContext:
-  allowPrivilegeEscalation: false
-  readOnlyRootFilesystem: true
-  runAsNonRoot: true
-  privileged: false
-  capabilities:
-    drop: ["ALL"]
+  {{- include "ferry.containerSecurityContext" .root | nindent 2 }}
 volumeMounts:
   - name: tmp
     mountPath: /tmp
 {{- end }}
 
-{{/* Pod-level settings of every gate pod (no API token, non-root, RuntimeDefault seccomp, /tmp). */}}
+{{/* Pod-level settings of every gate pod (no API token, podSecurityContext, pull secrets and scheduling, /tmp). */}}
 {{- define "ferry.gatePodSpec" -}}
 automountServiceAccountToken: false
 enableServiceLinks: false
+{{- with .Values.podSecurityContext }}
 securityContext:
-  runAsNonRoot: true
-  runAsUser: 10001
-  runAsGroup: 10001
-  seccompProfile:
-    type: RuntimeDefault
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- include "ferry.podPlatform" . }}
 volumes:
   - name: tmp
     emptyDir:

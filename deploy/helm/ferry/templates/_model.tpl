@@ -66,8 +66,10 @@ Call with (dict "root" $ "track" "stable"|"canary").
 {{- list "FERRY_MODEL__NAME" "FERRY_MODEL__REQUIRE_CARD" "FERRY_MODEL__PATH" "FERRY_MODEL__SHA256" | toJson -}}
 {{- end }}
 
-{{/* The `model` volume of a track (none for source image). Call with the model dict. */}}
+{{/* The `model` volume of a track (none for source image). Call with (dict "model" M "root" $). */}}
 {{- define "ferry.modelVolume" -}}
+{{- $root := .root -}}
+{{- with .model -}}
 {{- if eq .source "url" }}
 - name: model
   emptyDir:
@@ -80,8 +82,9 @@ Call with (dict "root" $ "track" "stable"|"canary").
 {{- else if eq .source "imageVolume" }}
 - name: model
   image:
-    reference: {{ .imageVolume.reference }}
+    reference: {{ include "ferry.withRegistry" (dict "name" .imageVolume.reference "registry" "" "root" $root) }}
     pullPolicy: {{ .imageVolume.pullPolicy }}
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -175,7 +178,7 @@ pod` shows. Call with (dict "root" $ "model" M "image" REF).
   resources:
     {{- toYaml $f.resources | nindent 4 }}
   securityContext:
-    {{- include "ferry.containerSecurityContext" . | nindent 4 }}
+    {{- include "ferry.containerSecurityContext" .root | nindent 4 }}
   terminationMessagePolicy: FallbackToLogsOnError
   volumeMounts:
     - name: model

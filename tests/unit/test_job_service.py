@@ -194,7 +194,7 @@ def test_a_store_outage_is_job_store_unavailable() -> None:
         async def get(self, job_id: str) -> Any:
             raise sqlite3.OperationalError("disk I/O error")
 
-        async def insert(self, job: Job, records: bytes) -> Any:
+        async def insert(self, job: Job, records: bytes, quota: Any = None) -> Any:
             raise ConnectionRefusedError("redis down")
 
     async def test(rig: Rig) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ferry.jobs.document import Job, decode, encode
-from ferry.jobs.store import DueKind, JobStore, QueueStats, Versioned
+from ferry.jobs.store import DueKind, JobStore, QueueStats, Quota, Versioned
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -36,6 +36,12 @@ CREATE INDEX IF NOT EXISTS jobs_queued_since ON jobs(queued_since) WHERE queued_
 CREATE INDEX IF NOT EXISTS jobs_callback_at ON jobs(callback_at) WHERE callback_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_expires_at ON jobs(expires_at) WHERE expires_at IS NOT NULL;
 """
+# Added after the first schema: a file from an older version gets the column (NULL: no owner).
+OWNER_COLUMN = "ALTER TABLE jobs ADD COLUMN owner TEXT"
+OWNER_INDEX = "CREATE INDEX IF NOT EXISTS jobs_owner_queued ON jobs(owner, queued_since) WHERE queued_since IS NOT NULL"
+# After a checkpoint the write-ahead log is cut back to this size, so a burst of large jobs does not
+# leave a large -wal file behind (it counts against jobs.max_store_bytes).
+WAL_SIZE_LIMIT = 4 * 1024 * 1024
 BUSY_TIMEOUT_MS = 10_000
 T = TypeVar("T")
 
@@ -52,6 +58,7 @@ class SqliteJobStore(JobStore):
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
         try:
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             self._setup(conn)
         except BaseException:
             conn.close()
@@ -69,6 +76,10 @@ class SqliteJobStore(JobStore):
                 conn.execute("PRAGMA journal_mode=WAL")  # persistent; several processes may set it at once
                 conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
                 conn.executescript(SCHEMA)
+                columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+                if "owner" not in columns:
+                    conn.execute(OWNER_COLUMN)
+                conn.execute(OWNER_INDEX)
                 return
             except sqlite3.OperationalError as exc:
                 if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > ends:
@@ -92,28 +103,56 @@ class SqliteJobStore(JobStore):
             await asyncio.to_thread(conn.close)
 
     # -- contract ----------------------------------------------------------------------------
-    async def insert(self, job: Job, records: bytes) -> Versioned:
+    def size_bytes(self, conn: sqlite3.Connection) -> int:
+        """Bytes the store holds: pages in use (free pages are reused before the file grows) plus the
+        write-ahead log, which is part of what the volume must hold."""
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        pages = conn.execute("PRAGMA page_count").fetchone()[0] - conn.execute("PRAGMA freelist_count").fetchone()[0]
+        try:
+            wal = self.path.with_name(self.path.name + "-wal").stat().st_size
+        except FileNotFoundError:
+            wal = 0
+        return int(pages * page_size + wal)
+
+    async def insert(self, job: Job, records: bytes, quota: Quota | None = None) -> Versioned:
         index = self.index(job)
-        row = (job.id, job.idempotency_key, encode(job), records, index.run_at, index.queued_since, index.callback_at)
+        key = self.idempotency(job)
+        doc = encode(job)
+        row = (job.id, key, job.owner, doc, records, index.run_at, index.queued_since, index.callback_at)
 
         def insert(conn: sqlite3.Connection) -> Versioned:
-            # One transaction: the existing job of an idempotency key cannot be purged in between.
+            # One transaction: the existing job of an idempotency key cannot be purged in between, and
+            # concurrent submissions from other workers cannot slip past the quota.
             with conn:
                 conn.execute("BEGIN IMMEDIATE")
-                if job.idempotency_key is not None:
-                    found = conn.execute(
-                        "SELECT doc, version FROM jobs WHERE idempotency_key = ?", (job.idempotency_key,)
-                    ).fetchone()
+                if key is not None:
+                    found = conn.execute("SELECT doc, version FROM jobs WHERE idempotency_key = ?", (key,)).fetchone()
                     if found is not None:
                         return Versioned(decode(found[0]), found[1])
+                if quota is not None:
+                    self._check(conn, quota, job.owner, len(doc) + len(records))
                 conn.execute(
-                    "INSERT INTO jobs (id, version, idempotency_key, doc, records, run_at, queued_since, callback_at)"
-                    " VALUES (?, 1, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO jobs (id, version, idempotency_key, owner, doc, records, run_at, queued_since,"
+                    " callback_at) VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?)",
                     row,
                 )
                 return Versioned(job, 1)
 
         return await self._run(insert)
+
+    def _check(self, conn: sqlite3.Connection, quota: Quota, owner: str | None, incoming: int) -> None:
+        queued = conn.execute("SELECT count(*) FROM jobs WHERE queued_since IS NOT NULL").fetchone()[0]
+        if queued >= quota.max_queued:
+            raise quota.queue_full(owned=False)
+        if owner is not None:
+            mine = conn.execute(
+                "SELECT count(*) FROM jobs WHERE owner = ? AND queued_since IS NOT NULL", (owner,)
+            ).fetchone()[0]
+            if mine >= quota.max_queued_owner:
+                raise quota.queue_full(owned=True)
+        # Twice the row: it is written to the log first, then to the database at the next checkpoint.
+        if self.size_bytes(conn) + 2 * incoming > quota.max_bytes:
+            raise quota.store_full()
 
     async def get(self, job_id: str) -> Versioned | None:
         def get(conn: sqlite3.Connection) -> Versioned | None:

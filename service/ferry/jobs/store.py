@@ -20,8 +20,8 @@ from typing import Literal
 
 import redis.exceptions
 
-from ferry.errors import JobConflict
-from ferry.jobs.document import Index, Job, index_of
+from ferry.errors import JobConflict, JobQuotaExceeded, JobStoreFull
+from ferry.jobs.document import Index, Job, idempotency_scope, index_of
 from ferry.settings import JobsSettings
 
 # A transition: the next document, or None when the change does not apply in the job's state.
@@ -50,6 +50,24 @@ class Updated:
 
 
 @dataclass(frozen=True, slots=True)
+class Quota:
+    """Limits an insert must keep, checked atomically with it. ``max_queued_owner`` applies to the
+    job's owner (jobs without an owner: only ``max_queued``)."""
+
+    max_queued: int
+    max_queued_owner: int
+    max_bytes: int
+    retry_after_s: float
+
+    def queue_full(self, owned: bool) -> JobQuotaExceeded:
+        which = "your jobs waiting to run" if owned else "jobs waiting to run"
+        return JobQuotaExceeded(f"too many {which}; retry later", retry_after_s=self.retry_after_s)
+
+    def store_full(self) -> JobStoreFull:
+        return JobStoreFull(retry_after_s=self.retry_after_s)
+
+
+@dataclass(frozen=True, slots=True)
 class QueueStats:
     queued: int
     oldest_queued_at: float | None
@@ -65,9 +83,11 @@ class JobStore(ABC):
     async def close(self) -> None: ...
 
     @abstractmethod
-    async def insert(self, job: Job, records: bytes) -> Versioned:
-        """Store a new job and its input (JSON bytes). With an idempotency key already in use,
-        store nothing and return the existing job instead (its id differs from ``job``'s)."""
+    async def insert(self, job: Job, records: bytes, quota: Quota | None = None) -> Versioned:
+        """Store a new job and its input (JSON bytes). With an idempotency key already in use (in the
+        job owner's namespace, ``document.idempotency_scope``), store nothing and return the existing
+        job instead (its id differs from ``job``'s). With a ``quota``, raise ``JobQuotaExceeded`` or
+        ``JobStoreFull`` instead of storing a job that would exceed it."""
 
     @abstractmethod
     async def get(self, job_id: str) -> Versioned | None: ...
@@ -117,6 +137,10 @@ class JobStore(ABC):
     @staticmethod
     def index(job: Job) -> Index:
         return index_of(job)
+
+    @staticmethod
+    def idempotency(job: Job) -> str | None:
+        return idempotency_scope(job)
 
 
 # What a store raises when its backend is down or refuses: the API answers 503, runners retry.

@@ -79,7 +79,9 @@ def test_no_or_wrong_credentials_are_401_and_probes_stay_open(api_key_server: Se
     assert httpx.get(url + "/livez").status_code == 200
     assert httpx.get(url + "/readyz").status_code == 200
     # The right key, in either header, passes.
-    assert httpx.post(url + "/api/v1/predict", json={"record": record}, headers=bearer(KEYS["alice"])).status_code == 200
+    assert (
+        httpx.post(url + "/api/v1/predict", json={"record": record}, headers=bearer(KEYS["alice"])).status_code == 200
+    )
     ok = httpx.post(url + "/api/v1/predict", json={"record": record}, headers={"x-api-key": KEYS["alice"]})
     assert ok.status_code == 200
 
@@ -101,9 +103,10 @@ def test_principals_see_only_their_own_jobs(api_key_server: Server, record: dict
         response = httpx.request(method, job_url + path, headers=bob)
         assert (response.status_code, response.json()["code"]) == (404, "job_not_found"), (method, path)
     # Exactly what a job that does not exist answers: no oracle for other principals' ids.
-    assert httpx.get(f"{url}/api/v1/jobs/{'0' * 32}", headers=bob).json()["message"] == httpx.get(
-        job_url, headers=bob
-    ).json()["message"]
+    assert (
+        httpx.get(f"{url}/api/v1/jobs/{'0' * 32}", headers=bob).json()["message"]
+        == httpx.get(job_url, headers=bob).json()["message"]
+    )
     assert httpx.get(job_url, headers=bearer(KEYS["alice"])).json()["status"] == "queued"
     assert httpx.get(job_url, headers=bearer(ADMIN_KEY)).status_code == 200  # admin sees every job
     assert httpx.delete(job_url, headers=bearer(KEYS["alice"])).json()["status"] == "canceled"

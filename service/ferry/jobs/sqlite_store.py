@@ -103,16 +103,20 @@ class SqliteJobStore(JobStore):
             await asyncio.to_thread(conn.close)
 
     # -- contract ----------------------------------------------------------------------------
+    def _wal_bytes(self) -> int:
+        try:
+            return self.path.with_name(self.path.name + "-wal").stat().st_size
+        except FileNotFoundError:
+            return 0
+
     def size_bytes(self, conn: sqlite3.Connection) -> int:
-        """Bytes the store holds: pages in use (free pages are reused before the file grows) plus the
-        write-ahead log, which is part of what the volume must hold."""
+        """Bytes the store holds and will hold: pages in use (free pages are reused before the file
+        grows), the write-ahead log, and room for the results of jobs not finished yet (as large as
+        their input: a result row is a label and a probability per class, smaller than most records)."""
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
         pages = conn.execute("PRAGMA page_count").fetchone()[0] - conn.execute("PRAGMA freelist_count").fetchone()[0]
-        try:
-            wal = self.path.with_name(self.path.name + "-wal").stat().st_size
-        except FileNotFoundError:
-            wal = 0
-        return int(pages * page_size + wal)
+        pending = conn.execute("SELECT coalesce(sum(length(records)), 0) FROM jobs WHERE expires_at IS NULL").fetchone()
+        return int(pages * page_size + self._wal_bytes() + pending[0])
 
     async def insert(self, job: Job, records: bytes, quota: Quota | None = None) -> Versioned:
         index = self.index(job)
@@ -121,6 +125,10 @@ class SqliteJobStore(JobStore):
         row = (job.id, key, job.owner, doc, records, index.run_at, index.queued_since, index.callback_at)
 
         def insert(conn: sqlite3.Connection) -> Versioned:
+            if quota is not None and self._wal_bytes() > WAL_SIZE_LIMIT:
+                # Large jobs can outgrow the log faster than automatic checkpoints (which never wait for
+                # readers) empty it: copy it into the database and cut it back before counting it.
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             # One transaction: the existing job of an idempotency key cannot be purged in between, and
             # concurrent submissions from other workers cannot slip past the quota.
             with conn:
@@ -150,8 +158,9 @@ class SqliteJobStore(JobStore):
             ).fetchone()[0]
             if mine >= quota.max_queued_owner:
                 raise quota.queue_full(owned=True)
-        # Twice the row: it is written to the log first, then to the database at the next checkpoint.
-        if self.size_bytes(conn) + 2 * incoming > quota.max_bytes:
+        # Twice the row: it is written to the log first, then to the database at the next checkpoint; and
+        # room for the log to grow to its size limit while results are written between checkpoints.
+        if self.size_bytes(conn) + 2 * incoming + WAL_SIZE_LIMIT > quota.max_bytes:
             raise quota.store_full()
 
     async def get(self, job_id: str) -> Versioned | None:

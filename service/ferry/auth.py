@@ -156,6 +156,9 @@ class JwtVerifier:
             key = self._key_for(kid)
             if key is None:
                 raise _invalid("token signed by an unknown key")
+        if header["alg"] != key.algorithm_name:
+            # PyJWT would hand an RSA key to the EC verifier (a TypeError): refuse the mix-up here.
+            raise _invalid("token algorithm does not match its key")
         return self.verify(credential, key)
 
     def verify(self, token: str, key: jwt.PyJWK) -> Principal:
@@ -164,7 +167,7 @@ class JwtVerifier:
             claims = jwt.decode(
                 token,
                 key.key,
-                algorithms=self.algorithms,
+                algorithms=[key.algorithm_name],
                 audience=settings.jwt_audience,
                 issuer=settings.jwt_issuer,
                 leeway=settings.jwt_leeway_s,
@@ -176,7 +179,7 @@ class JwtVerifier:
             raise _invalid("token audience is not this service") from None
         except jwt.InvalidIssuerError:
             raise _invalid("token issuer not accepted") from None
-        except jwt.PyJWTError as exc:
+        except (jwt.PyJWTError, TypeError, ValueError) as exc:  # a hostile token must never become a 500
             raise _invalid(f"invalid token ({type(exc).__name__})") from None
         name = claims.get(settings.jwt_principal_claim)
         if not isinstance(name, str) or not name:

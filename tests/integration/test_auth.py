@@ -7,6 +7,9 @@ key whose JWKS this test serves on 127.0.0.1, as an OIDC issuer would.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +23,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ferry.auth import key_digest
-from support.server import Server, free_port
+from support.server import REPO, Server, free_port
 
 KEYS = {"alice": "alice-key-0123456789abcdef", "bob": "bob-key-0123456789abcdef", "carol": "carol-key-0123456789"}
 ADMIN_KEY = "admin-key-0123456789abcdef"
@@ -250,3 +253,23 @@ def test_jwt_checked_for_signature_issuer_audience_and_expiry(jwt_server: Server
     assert issuer.fetches - fetches <= 2, "an unknown key id must not refetch the JWKS on every request"
     no_scope = submit(url, issuer.token(scope="openid"), record)
     assert (no_scope.status_code, no_scope.json()["code"]) == (403, "forbidden")
+
+
+def test_the_client_and_the_cli_send_a_key(api_key_server: Server, record: dict, tmp_path: Path) -> None:
+    from ferry_client import Client, FerryClientError
+
+    url = api_key_server.url
+    with Client(url, token=KEYS["alice"]) as client:
+        assert client.predict(record)["prediction"] in ("churn", "stay")
+        job = client.submit_job([record])
+    with Client(url) as anonymous, pytest.raises(FerryClientError) as caught:
+        anonymous.predict(record)
+    assert (caught.value.status, caught.value.code) == (401, "unauthorized")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
+    env["PYTHONPATH"] = str(REPO / "service")
+    argv = [sys.executable, "-m", "ferry", "jobs", "status", "--url", url, job["id"]]
+    as_alice = subprocess.run(argv, env=env | {"FERRY_TOKEN": KEYS["alice"]}, capture_output=True, text=True)
+    assert as_alice.returncode == 0, as_alice.stderr
+    assert json.loads(as_alice.stdout)["id"] == job["id"]
+    as_bob = subprocess.run([*argv, "--token", KEYS["bob"]], env=env, capture_output=True, text=True)
+    assert as_bob.returncode == 1 and "job_not_found" in as_bob.stderr + as_bob.stdout

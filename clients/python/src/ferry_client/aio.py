@@ -50,7 +50,9 @@ class AsyncClient(ClientSettings):
     """Asynchronous ferry client.
 
     ``token`` is the API key or OIDC access token of a service with authentication on (sent as
-    ``Authorization: Bearer``). Answers 429 and 503 are retried up to ``max_retries`` times, after the server's ``Retry-After`` or
+    ``Authorization: Bearer``).
+
+    Answers 429 and 503 are retried up to ``max_retries`` times, after the server's ``Retry-After`` or
     an exponential backoff with full jitter; failed connections are retried for idempotent calls. Any
     other error answer raises :class:`FerryClientError` at once.
     """

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from threadpoolctl import threadpool_limits
 
 from ferry import __version__
-from ferry.api.auth import AuthMiddleware
+from ferry.api.auth import AuthMiddleware, scope_for
 from ferry.api.errors import from_status
 from ferry.api.metrics_port import MetricsListener
 from ferry.api.middleware import RequestMiddleware
@@ -204,10 +204,24 @@ def _install_openapi(app: FastAPI, core: Core) -> None:
         example = {"id": "example-1", "inputs": [v2_tensor([_example_row(core)], name=v2.INPUT_NAME)]}
         schema["components"]["schemas"]["InferRequest"]["examples"] = [example]
         _enumerate_path_parameters(schema, {"name": core.holder.name, "version": core.holder.version})
+        if core.settings.auth.mode != "none":
+            _declare_bearer_auth(schema)
         app.openapi_schema = schema if core.holder.ready else None
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _declare_bearer_auth(schema: dict[str, Any]) -> None:
+    """Every operation needs a bearer credential except the open paths (so /docs offers 'Authorize')."""
+    schema.setdefault("components", {})["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer", "description": "An API key or an OIDC access token."}
+    }
+    schema["security"] = [{"bearer": []}]
+    for path, item in schema["paths"].items():
+        if scope_for(path) is None:
+            for operation in item.values():
+                operation["security"] = []
 
 
 def _enumerate_path_parameters(schema: dict[str, Any], values: dict[str, str]) -> None:

@@ -220,6 +220,18 @@ def jwt_server(churn_model: Path, tmp_path_factory: pytest.TempPathFactory, issu
     assert srv.stop() == 0, srv.output()[-2000:]
 
 
+def test_the_api_description_declares_bearer_auth(jwt_server: Server) -> None:
+    spec = httpx.get(jwt_server.url + "/openapi.json").json()  # open: docs are on by default
+    assert spec["components"]["securitySchemes"]["bearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key or an OIDC access token.",
+    }
+    assert spec["security"] == [{"bearer": []}]
+    assert spec["paths"]["/livez"]["get"]["security"] == []
+    assert "security" not in spec["paths"]["/api/v1/jobs"]["post"]
+
+
 def test_jwt_checked_for_signature_issuer_audience_and_expiry(jwt_server: Server, issuer: Issuer, record: dict) -> None:
     url = jwt_server.url
     good = submit(url, issuer.token(), record)

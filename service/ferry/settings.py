@@ -544,6 +544,11 @@ def timeout_chain_warnings(settings: Settings) -> list[str]:
     return []
 
 
+# Read by the client and the CLI (ferry_client.cli), not by the service: a shell that exports them for
+# `ferry jobs ...` must still be able to `make run`.
+CLIENT_VARIABLES = frozenset({"FERRY_URL", "FERRY_TOKEN"})
+
+
 def unknown_variables(environ: dict[str, str]) -> list[str]:
     """``FERRY_*`` variables that name no setting (typos would otherwise be ignored silently)."""
     known = set()
@@ -554,4 +559,5 @@ def unknown_variables(environ: dict[str, str]) -> list[str]:
             known.update(f"FERRY_{name.upper()}__{sub.upper()}" for sub in group.model_fields)
         else:
             known.add(f"FERRY_{name.upper()}")
+    known |= CLIENT_VARIABLES
     return sorted(key for key in environ if key.upper().startswith("FERRY_") and key.upper() not in known)

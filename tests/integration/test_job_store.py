@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import sqlite3
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -18,7 +19,7 @@ from ferry.errors import JobQuotaExceeded, JobStoreFull
 from ferry.jobs import transitions as t
 from ferry.jobs.document import Job, ModelRef, new_job
 from ferry.jobs.redis_store import RedisJobStore
-from ferry.jobs.sqlite_store import SqliteJobStore
+from ferry.jobs.sqlite_store import SCHEMA, SqliteJobStore
 from ferry.jobs.store import JobStore, Quota
 from support.memory_store import MemoryJobStore
 
@@ -306,3 +307,22 @@ def test_quotas_refuse_atomically_with_the_insert(make_store) -> None:
             await store.insert(owned("carol"), b"[1]", replace(quota, max_queued=100, max_bytes=1))
 
     run(make_store, body)
+
+
+def test_a_sqlite_file_from_before_job_owners_gets_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(SCHEMA.replace("    owner TEXT,\n", ""))
+    assert "owner" not in {row[1] for row in sqlite3.connect(path).execute("PRAGMA table_info(jobs)")}
+
+    async def body() -> None:
+        stores = [SqliteJobStore(path), SqliteJobStore(path)]
+        await asyncio.gather(*(store.open() for store in stores))  # two workers upgrading together
+        try:
+            stored = await stores[0].insert(owned("alice", "k"), b"[1]")
+            assert (await stores[1].get(stored.job.id)) is not None
+        finally:
+            for store in stores:
+                await store.close()
+
+    asyncio.run(body())

@@ -24,6 +24,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     version INTEGER NOT NULL,
     idempotency_key TEXT UNIQUE,
+    owner TEXT,
     doc BLOB NOT NULL,
     records BLOB NOT NULL,
     run_at REAL,
@@ -36,7 +37,7 @@ CREATE INDEX IF NOT EXISTS jobs_queued_since ON jobs(queued_since) WHERE queued_
 CREATE INDEX IF NOT EXISTS jobs_callback_at ON jobs(callback_at) WHERE callback_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_expires_at ON jobs(expires_at) WHERE expires_at IS NOT NULL;
 """
-# Added after the first schema: a file from an older version gets the column (NULL: no owner).
+# A file from a version without job owners gets the column (NULL: no owner).
 OWNER_COLUMN = "ALTER TABLE jobs ADD COLUMN owner TEXT"
 OWNER_INDEX = "CREATE INDEX IF NOT EXISTS jobs_owner_queued ON jobs(owner, queued_since) WHERE queued_since IS NOT NULL"
 # After a checkpoint the write-ahead log is cut back to this size, so a burst of large jobs does not
@@ -78,7 +79,11 @@ class SqliteJobStore(JobStore):
                 conn.executescript(SCHEMA)
                 columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
                 if "owner" not in columns:
-                    conn.execute(OWNER_COLUMN)
+                    try:
+                        conn.execute(OWNER_COLUMN)
+                    except sqlite3.OperationalError as exc:  # another process added it since we looked
+                        if "duplicate column" not in str(exc):
+                            raise
                 conn.execute(OWNER_INDEX)
                 return
             except sqlite3.OperationalError as exc:
@@ -109,14 +114,20 @@ class SqliteJobStore(JobStore):
         except FileNotFoundError:
             return 0
 
-    def size_bytes(self, conn: sqlite3.Connection) -> int:
-        """Bytes the store holds and will hold: pages in use (free pages are reused before the file
-        grows), the write-ahead log, and room for the results of jobs not finished yet (as large as
-        their input: a result row is a label and a probability per class, smaller than most records)."""
-        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-        pages = conn.execute("PRAGMA page_count").fetchone()[0] - conn.execute("PRAGMA freelist_count").fetchone()[0]
+    def projected_bytes(self, conn: sqlite3.Connection, incoming: int) -> int:
+        """How large the files (database and write-ahead log) may grow once a row of ``incoming`` bytes
+        is stored and the jobs not finished yet have written their results.
+
+        New data fills free pages first, then grows the database file. Still to come: the row, and a
+        result for each unfinished job, counted as large as its input (a result row is a label and a
+        probability per class, smaller than most records). The log holds the row and those results once
+        more until the next checkpoint, plus up to its size limit of other writes (lease renewals)."""
+        page_size, pages, free = (
+            conn.execute(f"PRAGMA {name}").fetchone()[0] for name in ("page_size", "page_count", "freelist_count")
+        )
         pending = conn.execute("SELECT coalesce(sum(length(records)), 0) FROM jobs WHERE expires_at IS NULL").fetchone()
-        return int(pages * page_size + self._wal_bytes() + pending[0])
+        growth = max(0, incoming + int(pending[0]) - free * page_size)
+        return int(pages * page_size + growth + self._wal_bytes() + incoming + int(pending[0]) + WAL_SIZE_LIMIT)
 
     async def insert(self, job: Job, records: bytes, quota: Quota | None = None) -> Versioned:
         index = self.index(job)
@@ -158,9 +169,7 @@ class SqliteJobStore(JobStore):
             ).fetchone()[0]
             if mine >= quota.max_queued_owner:
                 raise quota.queue_full(owned=True)
-        # Twice the row: it is written to the log first, then to the database at the next checkpoint; and
-        # room for the log to grow to its size limit while results are written between checkpoints.
-        if self.size_bytes(conn) + 2 * incoming + WAL_SIZE_LIMIT > quota.max_bytes:
+        if self.projected_bytes(conn, incoming) > quota.max_bytes:
             raise quota.store_full()
 
     async def get(self, job_id: str) -> Versioned | None:

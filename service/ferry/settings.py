@@ -349,6 +349,14 @@ class JobsSettings(_Group):
         "used_memory). A submission that would pass it gets 429 'job_store_full' with Retry-After. Keep it "
         "below the volume that holds the SQLite file (the chart sizes it from this value).",
     )
+    max_store_bytes_per_principal: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        le=1024**4,
+        description="Most bytes one principal's jobs may hold in the store, finished ones included until they "
+        "expire: input, document and result (a result not written yet is counted as large as its input). "
+        "auth.mode api_key or jwt only. Beyond it: 429 'job_store_full' with Retry-After.",
+    )
     quota_retry_after_s: int = Field(
         30,
         ge=1,

@@ -25,9 +25,15 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from ferry.auth import key_digest
 from support.server import REPO, Server, free_port
 
-KEYS = {"alice": "alice-key-0123456789abcdef", "bob": "bob-key-0123456789abcdef", "carol": "carol-key-0123456789"}
+KEYS = {
+    "alice": "alice-key-0123456789abcdef",
+    "bob": "bob-key-0123456789abcdef",
+    "carol": "carol-key-0123456789",
+    "erin": "erin-key-0123456789",
+}
 ADMIN_KEY = "admin-key-0123456789abcdef"
 PER_PRINCIPAL = 3
+PER_PRINCIPAL_BYTES = 200_000
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -44,6 +50,7 @@ def api_key_server(churn_model: Path, tmp_path_factory: pytest.TempPathFactory) 
                 {"sha256": key_digest(KEYS["alice"]), "principal": "alice", "scopes": ["predict", "jobs"]},
                 {"sha256": key_digest(KEYS["bob"]), "principal": "bob", "scopes": ["jobs"]},
                 {"sha256": key_digest(KEYS["carol"]), "principal": "carol", "scopes": ["jobs"]},
+                {"sha256": key_digest(KEYS["erin"]), "principal": "erin", "scopes": ["jobs"]},
             ]
         )
     )
@@ -55,6 +62,7 @@ def api_key_server(churn_model: Path, tmp_path_factory: pytest.TempPathFactory) 
         ),
         "FERRY_JOBS__RUNNERS": "0",  # jobs stay queued: quotas and cancel see them
         "FERRY_JOBS__MAX_QUEUED_PER_PRINCIPAL": str(PER_PRINCIPAL),
+        "FERRY_JOBS__MAX_STORE_BYTES_PER_PRINCIPAL": str(PER_PRINCIPAL_BYTES),
         "FERRY_API__DOCS_ENABLED": "false",
         "FERRY_METRICS__PORT": str(free_port()),
     }
@@ -141,6 +149,24 @@ def test_queued_jobs_per_principal_are_capped_with_429(api_key_server: Server, r
     # A canceled job leaves the queue, and the principal may submit again.
     httpx.delete(f"{url}/api/v1/jobs/{accepted[0].json()['id']}", headers=bearer(KEYS["carol"]))
     assert submit(url, KEYS["carol"], record).status_code == 202
+
+
+def test_a_principals_share_of_the_store_is_capped_with_429(api_key_server: Server, record: dict) -> None:
+    """Canceled jobs leave the queue but stay (with their input) until they expire: they still count."""
+    url, erin = api_key_server.url, bearer(KEYS["erin"])
+    body = {"records": [record] * 100}  # about 20 kB of input
+    statuses = []
+    for _ in range(20):
+        response = httpx.post(f"{url}/api/v1/jobs", json=body, headers=erin)
+        statuses.append(response.status_code)
+        if response.status_code != 202:
+            break
+        httpx.delete(f"{url}/api/v1/jobs/{response.json()['id']}", headers=erin)
+    assert statuses[-1] == 429 and 3 <= len(statuses) < 20, statuses
+    assert response.json()["code"] == "job_store_full" and int(response.headers["retry-after"]) >= 1
+    assert "your jobs" in response.json()["message"]
+    other = httpx.post(f"{url}/api/v1/jobs", json=body, headers=bearer(KEYS["bob"]))
+    assert other.status_code == 202, other.text
 
 
 def test_docs_off_and_metrics_only_on_their_own_port(api_key_server: Server) -> None:

@@ -326,3 +326,25 @@ def test_a_sqlite_file_from_before_job_owners_gets_the_column(tmp_path: Path) ->
                 await store.close()
 
     asyncio.run(body())
+
+
+def test_an_owners_bytes_are_capped_until_its_jobs_expire(make_store) -> None:
+    records = b"[" + b"1," * 499 + b"1]"  # 1,000 bytes
+    per_job = 2 * len(records) + 1000  # input twice (the result to come) and a generous document
+    quota = Quota(max_queued=100, max_queued_owner=100, max_bytes=1 << 30, retry_after_s=7, max_bytes_owner=2 * per_job)
+
+    async def body(store: JobStore) -> None:
+        first = await store.insert(owned("alice"), records, quota)
+        await store.insert(owned("alice"), records, quota)
+        with pytest.raises(JobStoreFull) as caught:
+            await store.insert(owned("alice"), records, quota)
+        assert caught.value.retry_after_s == 7 and "your jobs" in caught.value.message
+        await store.insert(owned("bob"), records, quota)  # another owner's share is its own
+        await store.insert(owned(None), records, quota)  # no owner: only the store-wide limit
+        # A job that ended and expired no longer counts.
+        ended = await store.update(first.job.id, lambda j: t.cancel(j, now=time.time() - 120, ttl_s=60))
+        assert ended is not None and ended.after is not None
+        await store.purge(time.time())
+        await store.insert(owned("alice"), records, quota)
+
+    run(make_store, body)

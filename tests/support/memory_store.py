@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from ferry.jobs.document import Job
+from ferry.jobs.document import Job, encode
 from ferry.jobs.store import DueKind, JobStore, QueueStats, Quota, Versioned
 
 
@@ -37,6 +37,14 @@ class MemoryJobStore(JobStore):
                 raise quota.queue_full(owned=True)
             if sum(map(len, self.inputs.values())) + len(records) > quota.max_bytes:
                 raise quota.store_full()
+            if job.owner is not None:
+                held = sum(
+                    len(self.inputs[i]) * (1 if v.job.status.terminal else 2) + len(encode(v.job))
+                    for i, v in self.jobs.items()
+                    if v.job.owner == job.owner
+                )
+                if held + 2 * len(records) + len(encode(job)) > quota.max_bytes_owner:
+                    raise quota.store_full(owned=True)
         stored = Versioned(job, 1)
         self.jobs[job.id] = stored
         self.inputs[job.id] = records

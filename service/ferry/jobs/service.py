@@ -115,6 +115,7 @@ class JobService:
             max_queued=jobs.max_queued,
             max_queued_owner=jobs.max_queued_per_principal,
             max_bytes=jobs.max_store_bytes,
+            max_bytes_owner=jobs.max_store_bytes_per_principal,
             retry_after_s=jobs.quota_retry_after_s,
         )
 

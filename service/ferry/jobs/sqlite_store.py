@@ -40,6 +40,7 @@ CREATE INDEX IF NOT EXISTS jobs_expires_at ON jobs(expires_at) WHERE expires_at 
 # A file from a version without job owners gets the column (NULL: no owner).
 OWNER_COLUMN = "ALTER TABLE jobs ADD COLUMN owner TEXT"
 OWNER_INDEX = "CREATE INDEX IF NOT EXISTS jobs_owner_queued ON jobs(owner, queued_since) WHERE queued_since IS NOT NULL"
+OWNER_ROWS_INDEX = "CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner) WHERE owner IS NOT NULL"
 # After a checkpoint the write-ahead log is cut back to this size, so a burst of large jobs does not
 # leave a large -wal file behind (it counts against jobs.max_store_bytes).
 WAL_SIZE_LIMIT = 4 * 1024 * 1024
@@ -85,6 +86,7 @@ class SqliteJobStore(JobStore):
                         if "duplicate column" not in str(exc):
                             raise
                 conn.execute(OWNER_INDEX)
+                conn.execute(OWNER_ROWS_INDEX)
                 return
             except sqlite3.OperationalError as exc:
                 if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > ends:
@@ -149,7 +151,7 @@ class SqliteJobStore(JobStore):
                     if found is not None:
                         return Versioned(decode(found[0]), found[1])
                 if quota is not None:
-                    self._check(conn, quota, job.owner, len(doc) + len(records))
+                    self._check(conn, quota, job.owner, len(doc) + len(records), len(records))
                 conn.execute(
                     "INSERT INTO jobs (id, version, idempotency_key, owner, doc, records, run_at, queued_since,"
                     " callback_at) VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?)",
@@ -159,7 +161,9 @@ class SqliteJobStore(JobStore):
 
         return await self._run(insert)
 
-    def _check(self, conn: sqlite3.Connection, quota: Quota, owner: str | None, incoming: int) -> None:
+    def _check(
+        self, conn: sqlite3.Connection, quota: Quota, owner: str | None, incoming: int, len_records: int
+    ) -> None:
         queued = conn.execute("SELECT count(*) FROM jobs WHERE queued_since IS NOT NULL").fetchone()[0]
         if queued >= quota.max_queued:
             raise quota.queue_full(owned=False)
@@ -169,6 +173,13 @@ class SqliteJobStore(JobStore):
             ).fetchone()[0]
             if mine >= quota.max_queued_owner:
                 raise quota.queue_full(owned=True)
+            held = conn.execute(
+                "SELECT coalesce(sum(length(records) + length(doc)"
+                " + CASE WHEN expires_at IS NULL THEN length(records) ELSE 0 END), 0) FROM jobs WHERE owner = ?",
+                (owner,),
+            ).fetchone()[0]
+            if held + incoming + len_records > quota.max_bytes_owner:
+                raise quota.store_full(owned=True)
         if self.projected_bytes(conn, incoming) > quota.max_bytes:
             raise quota.store_full()
 

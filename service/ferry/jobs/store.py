@@ -51,19 +51,25 @@ class Updated:
 
 @dataclass(frozen=True, slots=True)
 class Quota:
-    """Limits an insert must keep, checked atomically with it. ``max_queued_owner`` applies to the
-    job's owner (jobs without an owner: only ``max_queued``)."""
+    """Limits an insert must keep, checked atomically with it. The ``*_owner`` limits apply to the
+    job's owner (jobs without an owner: only the store-wide ones). An owner's bytes: every job it holds
+    (until purged), input plus document, plus its input once more while the result is still to come."""
 
     max_queued: int
     max_queued_owner: int
     max_bytes: int
     retry_after_s: float
+    max_bytes_owner: int = 1 << 62
 
     def queue_full(self, owned: bool) -> JobQuotaExceeded:
         which = "your jobs waiting to run" if owned else "jobs waiting to run"
         return JobQuotaExceeded(f"too many {which}; retry later", retry_after_s=self.retry_after_s)
 
-    def store_full(self) -> JobStoreFull:
+    def store_full(self, owned: bool = False) -> JobStoreFull:
+        if owned:
+            return JobStoreFull(
+                "your jobs hold your share of the job store; retry after they expire", retry_after_s=self.retry_after_s
+            )
         return JobStoreFull(retry_after_s=self.retry_after_s)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import sys
 import threading
@@ -218,6 +219,10 @@ class GateUser(HttpUser):
     wait_time = between(0.05, 0.15)
 
     def on_start(self) -> None:
+        # A service with authentication on (docs/security.md): the key or token needs 'predict' and 'jobs'.
+        token = os.environ.get("FERRY_TOKEN")
+        if token:
+            self.client.headers["Authorization"] = f"Bearer {token}"
         self.model, self.payloads = _card(self)
         self.options = self.environment.parsed_options
 

@@ -46,7 +46,7 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60.0
     raise SystemExit(f"{url}/readyz never answered 200 within {timeout:.0f} s")
 
 
-def start_service(workdir: Path) -> tuple[subprocess.Popen[bytes], str, str]:
+def start_service(workdir: Path, callback_port: int) -> tuple[subprocess.Popen[bytes], str, str]:
     sys.path.insert(0, str(ROOT / "service"))
     from ferry.webhooks import generate_secret
 
@@ -60,7 +60,8 @@ def start_service(workdir: Path) -> tuple[subprocess.Popen[bytes], str, str]:
         "FERRY_CALLBACKS__SIGNING_SECRET": secret,
     }
     env.setdefault("FERRY_CALLBACKS__ALLOW_HTTP", "true")
-    env.setdefault("FERRY_CALLBACKS__ALLOW_HOSTS", '["127.0.0.1"]')
+    # The gate's receiver, and no other port of this host (allowlists name host:port).
+    env.setdefault("FERRY_CALLBACKS__ALLOW_HOSTS", f'["127.0.0.1:{callback_port}"]')
     env.setdefault("FERRY_METRICS__DIR", str(workdir / "metrics"))
     env.setdefault("FERRY_JOBS__SQLITE_PATH", str(workdir / "jobs.sqlite3"))
     log = (workdir / "service.log").open("ab")
@@ -113,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ferry-gate-") as tmp:
         host = args.host
         if not host:
-            process, host, secret = start_service(Path(tmp))
+            callback_port = free_port()
+            process, host, secret = start_service(Path(tmp), callback_port)
             env["LOCUST_CALLBACK_SECRET"] = secret
+            env["LOCUST_CALLBACK_PORT"] = str(callback_port)
             print(f"started the service at {host} (gunicorn, 2 workers)", flush=True)
         if args.slo_file:
             env["LOCUST_SLO_FILE"] = str(Path(args.slo_file).resolve())

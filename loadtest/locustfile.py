@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import sys
 import threading
@@ -78,6 +79,13 @@ def _options(parser: Any) -> None:
     opt("callback-secret", default="", help="whsec_… signing secret of the service; enables callbacks")
     opt("callback-bind", default="127.0.0.1", help="address the callback receiver listens on")
     opt("callback-host", default="127.0.0.1", help="address the service reaches the receiver at")
+    opt(
+        "callback-port",
+        type=int,
+        default=0,
+        help="port of the callback receiver (0: any free one); the service's FERRY_CALLBACKS__ALLOW_HOSTS "
+        "must name host:port when the receiver is on a private address",
+    )
     opt("step-start", type=int, default=2, help="step shape: users of the first step")
     opt("step-users", type=int, default=2, help="step shape: users added per step")
     opt("step-seconds", type=float, default=10.0, help="step shape: seconds per step")
@@ -119,7 +127,7 @@ class Payloads:
 class Receiver:
     """Signed job callbacks, verified with ferry.webhooks.verify; keyed by the per-job token in the URL."""
 
-    def __init__(self, secret: str, bind: str, advertise: str) -> None:
+    def __init__(self, secret: str, bind: str, advertise: str, port: int = 0) -> None:
         self.secret = secret
         self.lock = threading.Lock()
         self.arrived: dict[str, tuple[float, str | None, dict[str, Any] | None]] = {}
@@ -147,7 +155,7 @@ class Receiver:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer((bind, 0), Handler)
+        self.httpd = ThreadingHTTPServer((bind, port), Handler)
         self.httpd.daemon_threads = True
         self.base = f"http://{advertise}:{self.httpd.server_address[1]}/hook"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
@@ -196,7 +204,9 @@ def _init(environment: Any, **_: Any) -> None:
     environment._remove_user_classes_with_weight_zero()
     STATE["thresholds"] = slo_gate.load_thresholds(options.slo_file)  # a bad SLO file stops the run now
     if options.callback_secret and not isinstance(environment.runner, MasterRunner):
-        STATE["receiver"] = Receiver(options.callback_secret, options.callback_bind, options.callback_host)
+        STATE["receiver"] = Receiver(
+            options.callback_secret, options.callback_bind, options.callback_host, options.callback_port
+        )
         log.info("callback receiver at %s", STATE["receiver"].base)
 
 
@@ -218,6 +228,10 @@ class GateUser(HttpUser):
     wait_time = between(0.05, 0.15)
 
     def on_start(self) -> None:
+        # A service with authentication on (docs/security.md): the key or token needs 'predict' and 'jobs'.
+        token = os.environ.get("FERRY_TOKEN")
+        if token:
+            self.client.headers["Authorization"] = f"Bearer {token}"
         self.model, self.payloads = _card(self)
         self.options = self.environment.parsed_options
 

@@ -105,6 +105,11 @@ def metrics_md() -> str:
         "hook removes a dead worker's live gauges.\n"
     )
     out.append(
+        "With `FERRY_METRICS__PORT` set, `/metrics` is served on that port only (and answers 404 on the API "
+        "port): every worker listens on it with SO_REUSEPORT and answers with all workers' metrics, so "
+        "the ingress can route the API port without exposing metrics.\n"
+    )
+    out.append(
         f"Latency histograms use the buckets {', '.join(str(b) for b in LATENCY_BUCKETS)} seconds "
         "(0.3 s is a bucket edge so the latency SLO is exact).\n"
     )

@@ -78,6 +78,34 @@ class CallbacksNotConfigured(FerryError):
     )
 
 
+class Unauthorized(FerryError):
+    status, code, default_message = (
+        401,
+        "unauthorized",
+        "authentication required: send Authorization: Bearer <key or token>",
+    )
+
+
+class Forbidden(FerryError):
+    status, code, default_message = 403, "forbidden", "the credentials do not grant this operation"
+
+
+class AuthUnavailable(FerryError):
+    status, code, default_message = (
+        503,
+        "auth_unavailable",
+        "the identity provider's keys cannot be fetched; retry later",
+    )
+
+
+class JobQuotaExceeded(FerryError):
+    status, code, default_message = 429, "job_quota_exceeded", "too many jobs waiting to run; retry later"
+
+
+class JobStoreFull(FerryError):
+    status, code, default_message = 429, "job_store_full", "the job store is full; retry after finished jobs expire"
+
+
 class JobNotFound(FerryError):
     status, code, default_message = 404, "job_not_found", "no such job (never existed, or purged after its TTL)"
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 import ferry
+from ferry.auth import authenticator_for
 from ferry.logging import configure_logging, get_logger
 from ferry.settings import Settings, timeout_chain_warnings, unknown_variables
 
@@ -81,11 +82,18 @@ def load_settings() -> Settings:
         problem = {"unknown": unknown, "hint": "see docs/configuration.md"}
     else:
         try:
-            return Settings()
+            settings = Settings()
         except ValidationError as exc:
             problem = {
                 "errors": [{"setting": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
             }
+        else:
+            try:
+                authenticator_for(settings.auth)  # an unreadable or invalid API key file stops the launch too
+                return settings
+            except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+                message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                problem = {"errors": [{"setting": "auth.api_keys_file", "message": message}]}
     configure_logging()
     get_logger("ferry.launcher").critical("invalid_settings", **problem)
     raise SystemExit(2)

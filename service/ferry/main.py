@@ -6,6 +6,7 @@ gunicorn loads ``ferry.main:create_app()`` in each worker (see service/gunicorn.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,9 +18,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from threadpoolctl import threadpool_limits
 
 from ferry import __version__
+from ferry.api.auth import AuthMiddleware, scope_for
 from ferry.api.errors import from_status
+from ferry.api.metrics_port import MetricsListener
 from ferry.api.middleware import RequestMiddleware
 from ferry.api.routes import health, jobs, models, predict, stream, v2
+from ferry.auth import authenticator_for
 from ferry.core import Core
 from ferry.errors import from_validation
 from ferry.jobs.callbacks import CallbackSender
@@ -65,8 +69,10 @@ def _build(settings: Settings, role: str) -> FastAPI:
     runner_count = max(1, settings.jobs.runners) if role == "worker" else settings.jobs.runners
     # Job tasks of this process, started and stopped in this order (stopped in reverse).
     tasks: list[JobRunners | CallbackDeliverer | Housekeeper] = [Housekeeper(store, metrics)]
+    # Job documents name their runner by this opaque id, never by host name and pid (what a client must
+    # not learn about the cluster); the worker_started log line maps it to both.
+    identity = secrets.token_hex(6)
     if runner_count:
-        identity = f"{socket.gethostname()}:{os.getpid()}"
         tasks.append(
             CallbackDeliverer(
                 store,
@@ -88,6 +94,12 @@ def _build(settings: Settings, role: str) -> FastAPI:
             )
         )
 
+    metrics_listener = (
+        None
+        if settings.metrics.port is None
+        else MetricsListener(settings.host, settings.metrics.port, metrics.exposition)
+    )
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # One BLAS/OpenMP thread per inference thread: workers x threads never oversubscribe cores.
@@ -96,6 +108,8 @@ def _build(settings: Settings, role: str) -> FastAPI:
         await core.start()
         for task in tasks:
             task.start()
+        if metrics_listener is not None:
+            await metrics_listener.start()
         log.info(
             "worker_started",
             role=role,
@@ -103,10 +117,16 @@ def _build(settings: Settings, role: str) -> FastAPI:
             model_path=str(settings.model.path),
             job_store=settings.jobs.store,
             job_runners=runner_count,
+            runner_id=identity,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            auth=settings.auth.mode,
         )
         try:
             yield
         finally:
+            if metrics_listener is not None:
+                await metrics_listener.stop()
             # Runners first: they hand running jobs back while the store is still open.
             for task in reversed(tasks):
                 await task.stop()
@@ -120,7 +140,8 @@ def _build(settings: Settings, role: str) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url="/docs" if settings.api.docs_enabled else None,
+        openapi_url="/openapi.json" if settings.api.docs_enabled else None,
         redoc_url=None,
         # A POST without Content-Type is JSON: Open Inference Protocol clients send none.
         strict_content_type=False,
@@ -140,11 +161,12 @@ def _build(settings: Settings, role: str) -> FastAPI:
     async def _http(_: Request, exc: StarletteHTTPException) -> Response:
         raise from_status(exc.status_code, str(exc.detail)) from None
 
+    serve_metrics = settings.metrics.port is None  # else only on the metrics port
     if role == "worker":
-        routers: tuple[APIRouter, ...] = (health.build_router(core),)
+        routers: tuple[APIRouter, ...] = (health.build_router(core, metrics_route=serve_metrics),)
     else:
         routers = (
-            health.build_router(core),
+            health.build_router(core, metrics_route=serve_metrics),
             predict.build_router(core),
             stream.build_router(core),
             jobs.build_router(core, job_service),
@@ -154,6 +176,9 @@ def _build(settings: Settings, role: str) -> FastAPI:
     for router in routers:
         app.include_router(router)
     own_routes = [route for router in routers for route in router.routes]
+    authenticator = authenticator_for(settings.auth)
+    if authenticator is not None:  # added first: it runs inside RequestMiddleware, which renders its refusals
+        app.add_middleware(AuthMiddleware, authenticator=authenticator)
     app.add_middleware(
         RequestMiddleware,
         metrics=metrics,
@@ -179,10 +204,24 @@ def _install_openapi(app: FastAPI, core: Core) -> None:
         example = {"id": "example-1", "inputs": [v2_tensor([_example_row(core)], name=v2.INPUT_NAME)]}
         schema["components"]["schemas"]["InferRequest"]["examples"] = [example]
         _enumerate_path_parameters(schema, {"name": core.holder.name, "version": core.holder.version})
+        if core.settings.auth.mode != "none":
+            _declare_bearer_auth(schema)
         app.openapi_schema = schema if core.holder.ready else None
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _declare_bearer_auth(schema: dict[str, Any]) -> None:
+    """Every operation needs a bearer credential except the open paths (so /docs offers 'Authorize')."""
+    schema.setdefault("components", {})["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer", "description": "An API key or an OIDC access token."}
+    }
+    schema["security"] = [{"bearer": []}]
+    for path, item in schema["paths"].items():
+        if scope_for(path) is None:
+            for operation in item.values():
+                operation["security"] = []
 
 
 def _enumerate_path_parameters(schema: dict[str, Any], values: dict[str, str]) -> None:

@@ -26,7 +26,12 @@ class ModelState(enum.StrEnum):
 
 
 class ModelLoadError(Exception):
-    """The model must not be served; the message says why."""
+    """The model must not be served. The message says why without paths or hashes (it is published by
+    /readyz); ``detail`` holds those, for the log only."""
+
+    def __init__(self, message: str, **detail: Any) -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,7 @@ class ModelHolder:
         try:
             self.card = load_card(self.path)
         except CardError as exc:
-            self._fail(str(exc))
+            self._fail("the model card is unusable (see the log)", error=str(exc))
         self.name = self.card.name if self.card else (settings.name or self.path.stem)
         self.version = self.card.version if self.card else "unversioned"
         self.schema = FeatureSchema(self.card.features if self.card else None, self.card.example if self.card else None)
@@ -63,10 +68,11 @@ class ModelHolder:
     def ready(self) -> bool:
         return self.state is ModelState.READY
 
-    def _fail(self, reason: str) -> None:
+    def _fail(self, reason: str, **detail: Any) -> None:
+        """``reason`` is public (/readyz); ``detail`` (paths, hashes, exception text) goes to the log only."""
         self.state = ModelState.FAILED
         self.reason = reason
-        log.error("model_load_failed", path=str(self.path), reason=reason)
+        log.error("model_load_failed", path=str(self.path), reason=reason, **detail)
 
     def load(self) -> None:
         """Verify the file's sha256, then unpickle. Blocking: run it off the event loop."""
@@ -75,10 +81,10 @@ class ModelHolder:
         try:
             self.loaded = self._load()
         except ModelLoadError as exc:
-            self._fail(str(exc))
+            self._fail(str(exc), **exc.detail)
             return
         except Exception as exc:  # unpickling arbitrary files can raise anything
-            self._fail(f"cannot load {self.path}: {type(exc).__name__}: {exc}")
+            self._fail(f"cannot load the model file ({type(exc).__name__})", error=f"{type(exc).__name__}: {exc}")
             return
         self.schema.set_width(self.loaded.n_features)
         self.state = ModelState.READY
@@ -94,20 +100,27 @@ class ModelHolder:
         try:
             blob = self.path.read_bytes()
         except OSError as exc:
-            raise ModelLoadError(f"cannot read model file {self.path}: {exc.strerror}") from exc
+            raise ModelLoadError(f"cannot read the model file ({exc.strerror})", error=str(exc)) from exc
         digest = hashlib.sha256(blob).hexdigest()
         if self.card is not None and self.card.sha256 != digest:
             raise ModelLoadError(
-                f"sha256 mismatch for {self.path}: the card says {self.card.sha256}, the file is {digest}; "
-                "refusing to unpickle a file that is not the one the card describes"
+                "sha256 mismatch: the model file is not the one its card describes; refusing to unpickle it",
+                expected_sha256=self.card.sha256,
+                actual_sha256=digest,
             )
         if self.settings.sha256 is not None and self.settings.sha256 != digest:
             raise ModelLoadError(
-                f"sha256 mismatch for {self.path}: FERRY_MODEL__SHA256 is {self.settings.sha256}, the file is {digest}"
+                "sha256 mismatch: the model file is not the one FERRY_MODEL__SHA256 pins; refusing to unpickle it",
+                expected_sha256=self.settings.sha256,
+                actual_sha256=digest,
             )
         if self.card is None:
             if self.settings.require_card:
-                raise ModelLoadError(f"no model card beside {self.path} and FERRY_MODEL__REQUIRE_CARD=true")
+                raise ModelLoadError(
+                    "the model has no card, and unpickling an unverified file runs whatever code it holds: "
+                    "refused (FERRY_MODEL__REQUIRE_CARD=false serves a card-less file you trust)",
+                    sha256=digest,
+                )
             if self.settings.sha256 is None:
                 log.warning(
                     "model_unverified",
@@ -121,7 +134,7 @@ class ModelHolder:
 
     def _check(self, estimator: Any, digest: str) -> LoadedModel:
         if not callable(getattr(estimator, "predict", None)):
-            raise ModelLoadError(f"{self.path} holds a {type(estimator).__name__}, which has no predict()")
+            raise ModelLoadError(f"the model file holds a {type(estimator).__name__}, which has no predict()")
         n_features = getattr(estimator, "n_features_in_", None)
         n_features = int(n_features) if n_features is not None else None
         if self.card is not None and n_features is not None and n_features != len(self.card.features):

@@ -6,6 +6,7 @@ Nested groups use ``__``: ``FERRY_MODEL__PATH`` sets ``Settings().model.path``.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -103,8 +104,9 @@ class ModelSettings(_Group):
         "the background, with /readyz at 503 until it is done.",
     )
     require_card: bool = Field(
-        False,
-        description="Refuse to serve a model that has no card (and hence no verified hash).",
+        True,
+        description="Refuse to unpickle a model that has no card (and hence no verified hash): unpickling runs "
+        "any code the file holds. Set false only for a file you trust, ideally with model.sha256 pinned.",
     )
 
 
@@ -120,6 +122,11 @@ class ApiSettings(_Group):
     )
     max_batch_size: int = Field(
         1000, ge=1, le=100_000, description="Most records in one /api/v1/predict/batch or OIP v2 request."
+    )
+    docs_enabled: bool = Field(
+        True,
+        description="Serve the interactive docs (/docs) and the OpenAPI document (/openapi.json). On for local "
+        "runs; turn off on an internet-facing deployment that does not publish its API description.",
     )
 
 
@@ -231,6 +238,13 @@ class MetricsSettings(_Group):
     process_interval_s: float = Field(
         5.0, gt=0, le=300, description="How often each worker refreshes its process_* metrics."
     )
+    port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Serve /metrics on this port only (every worker listens on it with SO_REUSEPORT; each answers "
+        "with all workers' metrics) and not on the API port. Unset: /metrics on the API port.",
+    )
 
 
 class StreamSettings(_Group):
@@ -313,6 +327,50 @@ class JobsSettings(_Group):
     poll_interval_s: float = Field(
         0.2, gt=0, le=60, description="How often an idle runner, and a job event stream, look at the store."
     )
+    max_queued: int = Field(
+        1000,
+        ge=1,
+        le=10_000_000,
+        description="Most jobs waiting to run, in the whole store. A submission beyond it gets 429 "
+        "'job_quota_exceeded' with Retry-After.",
+    )
+    max_queued_per_principal: int = Field(
+        100,
+        ge=1,
+        le=10_000_000,
+        description="Most jobs one principal may have waiting to run (auth.mode api_key or jwt; without "
+        "authentication only max_queued applies). Beyond it: 429 'job_quota_exceeded' with Retry-After.",
+    )
+    max_store_bytes: int = Field(
+        192 * 1024 * 1024,
+        ge=1024 * 1024,
+        le=1024**4,
+        description="Most bytes the job store may hold (SQLite: pages in use plus the write-ahead log; Redis: "
+        "used_memory). A submission that would pass it gets 429 'job_store_full' with Retry-After. Keep it "
+        "below the volume that holds the SQLite file (the chart sizes it from this value).",
+    )
+    max_store_bytes_per_principal: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        le=1024**4,
+        description="Most bytes one principal's jobs may hold in the store, finished ones included until they "
+        "expire: input, document and result (a result not written yet is counted as large as its input). "
+        "auth.mode api_key or jwt only. Beyond it: 429 'job_store_full' with Retry-After.",
+    )
+    quota_retry_after_s: int = Field(
+        30,
+        ge=1,
+        le=3600,
+        description="Retry-After (seconds) of a 429 for a full queue or store: about the time for queued jobs "
+        "to run or finished ones to expire.",
+    )
+
+
+def _json_list(value: Any) -> Any:
+    """A JSON list given as one string (an environment variable); empty means none."""
+    if isinstance(value, str):
+        return json.loads(value) if value.strip() else []
+    return value
 
 
 def _secret_list(value: Any) -> Any:
@@ -333,8 +391,10 @@ class CallbacksSettings(_Group):
     allow_http: bool = Field(False, description="Allow http:// callback URLs (https only by default).")
     allow_hosts: list[str] = Field(
         default_factory=list,
-        description="JSON list of hosts, exactly as written in the URL, exempt from the private-address "
-        "check (e.g. an in-cluster receiver). Never widens anything else.",
+        description="JSON list of callback targets exempt from the private-address check (e.g. an in-cluster "
+        "receiver): 'host:port' (host exactly as written in the URL; IPv6 in brackets), 'host' alone (the "
+        "scheme's default port only), or a URL prefix 'https://host:port/path/'. Any other port or path of "
+        "the host stays refused. Never widens anything else.",
     )
     timeout_s: float = Field(10.0, gt=0, le=300, description="Timeout of one delivery attempt (connect + answer).")
     max_attempts: int = Field(12, ge=1, le=100, description="Delivery attempts before a callback is dead-lettered.")
@@ -348,6 +408,83 @@ class CallbacksSettings(_Group):
         1.0, gt=0, le=3600, description="Base of the exponential backoff between attempts (full jitter)."
     )
     backoff_max_s: float = Field(600.0, gt=0, le=86400, description="Longest wait between two attempts.")
+
+
+def _word_list(value: Any) -> Any:
+    """A list from one string of words separated by spaces or commas (a JSON list also works)."""
+    if isinstance(value, str) and not value.lstrip().startswith("["):
+        return [part for part in value.replace(",", " ").split() if part]
+    if isinstance(value, str):
+        return json.loads(value)
+    return value
+
+
+Scope = Literal["predict", "jobs", "admin"]
+
+
+class ApiKeyEntry(_Group):
+    """One API key, stored as the sha256 of the key: the key itself never sits in configuration."""
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 hex digest of the key.")
+    principal: str = Field(
+        min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$", description="Who the key belongs to."
+    )
+    scopes: list[Scope] = Field(
+        min_length=1,
+        description="'predict' (prediction routes), 'jobs' (own jobs), 'admin' (every principal's jobs).",
+    )
+
+
+class AuthSettings(_Group):
+    """Authentication of API clients and ownership of jobs. Probes (/livez, /readyz) are always open."""
+
+    mode: Literal["none", "api_key", "jwt"] = Field(
+        "none",
+        description="'none': no authentication (local runs; every job is visible to every client). 'api_key': "
+        "'Authorization: Bearer <key>' (or 'X-API-Key'), checked against hashed keys. 'jwt': OIDC bearer tokens "
+        "checked against the issuer's JWKS. With either, a job belongs to the principal that submitted it.",
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="JSON file (mounted from a Secret) listing API keys as [{'sha256': '<hex of the key>', "
+        "'principal': 'team-a', 'scopes': ['predict', 'jobs']}]. Only hashes are stored; re-read at start.",
+    )
+    api_keys: Annotated[list[ApiKeyEntry], NoDecode, BeforeValidator(_json_list)] = Field(
+        default_factory=list,
+        description="The same entries as a JSON list in the environment, added to the file's.",
+    )
+    jwt_issuer: str | None = Field(
+        None, description="Expected 'iss' of a token (mode jwt), e.g. https://idp.example.com/."
+    )
+    jwt_audience: str | None = Field(
+        None, description="Expected 'aud' of a token (mode jwt): this service's id at the IdP."
+    )
+    jwt_jwks_url: str | None = Field(
+        None,
+        description="The issuer's JWKS URL (mode jwt; the 'jwks_uri' of its /.well-known/openid-configuration). "
+        "Keys are cached and fetched again for an unknown key id at most once per jwks_min_refresh_s.",
+    )
+    jwt_algorithms: Annotated[list[str], NoDecode, BeforeValidator(_word_list)] = Field(
+        default_factory=lambda: ["RS256", "ES256"],
+        description="Signature algorithms accepted (asymmetric only: 'none' and HMAC are never accepted).",
+    )
+    jwt_principal_claim: str = Field("sub", description="Claim that names the principal (jobs belong to it).")
+    jwt_scopes_claim: str = Field(
+        "scope", description="Claim with the token's scopes: a space-separated string or a list (e.g. 'scope', 'scp')."
+    )
+    jwt_default_scopes: Annotated[list[str], NoDecode, BeforeValidator(_word_list)] = Field(
+        default_factory=list,
+        description="Scopes granted to every valid token in addition to its own, for issuers that cannot "
+        "put ferry's scopes (predict, jobs, admin) in tokens.",
+    )
+    jwt_leeway_s: float = Field(30.0, ge=0, le=600, description="Clock skew tolerated on exp, nbf and iat.")
+    jwks_min_refresh_s: float = Field(
+        60.0,
+        ge=0,
+        le=86400,
+        description="Least time between two JWKS fetches caused by tokens with an unknown key id, so forged "
+        "tokens cannot make ferry hammer the issuer.",
+    )
 
 
 class Settings(BaseSettings):
@@ -377,6 +514,7 @@ class Settings(BaseSettings):
     stream: StreamSettings = Field(default_factory=StreamSettings, description=StreamSettings.__doc__)
     jobs: JobsSettings = Field(default_factory=JobsSettings, description=JobsSettings.__doc__)
     callbacks: CallbacksSettings = Field(default_factory=CallbacksSettings, description=CallbacksSettings.__doc__)
+    auth: AuthSettings = Field(default_factory=AuthSettings, description=AuthSettings.__doc__)
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -388,6 +526,12 @@ class Settings(BaseSettings):
             raise ValueError("server.drain_grace_s must be below server.graceful_timeout_s")
         if self.callbacks.backoff_base_s > self.callbacks.backoff_max_s:
             raise ValueError("callbacks.backoff_base_s must not exceed callbacks.backoff_max_s")
+        if self.metrics.port is not None and self.metrics.port == self.port:
+            raise ValueError("metrics.port must differ from port")
+        if self.auth.mode == "api_key" and self.auth.api_keys_file is None and not self.auth.api_keys:
+            raise ValueError("auth.mode=api_key needs auth.api_keys_file or auth.api_keys")
+        if self.auth.mode == "jwt" and not (self.auth.jwt_issuer and self.auth.jwt_audience and self.auth.jwt_jwks_url):
+            raise ValueError("auth.mode=jwt needs auth.jwt_issuer, auth.jwt_audience and auth.jwt_jwks_url")
         for secret in self.callbacks.signing_secret:
             if not secret.get_secret_value().startswith("whsec_"):
                 raise ValueError("callbacks.signing_secret: each secret is 'whsec_' followed by base64")
@@ -408,6 +552,11 @@ def timeout_chain_warnings(settings: Settings) -> list[str]:
     return []
 
 
+# Read by the client and the CLI (ferry_client.cli), not by the service: a shell that exports them for
+# `ferry jobs ...` must still be able to `make run`.
+CLIENT_VARIABLES = frozenset({"FERRY_URL", "FERRY_TOKEN"})
+
+
 def unknown_variables(environ: dict[str, str]) -> list[str]:
     """``FERRY_*`` variables that name no setting (typos would otherwise be ignored silently)."""
     known = set()
@@ -418,4 +567,5 @@ def unknown_variables(environ: dict[str, str]) -> list[str]:
             known.update(f"FERRY_{name.upper()}__{sub.upper()}" for sub in group.model_fields)
         else:
             known.add(f"FERRY_{name.upper()}")
+    known |= CLIENT_VARIABLES
     return sorted(key for key in environ if key.upper().startswith("FERRY_") and key.upper() not in known)

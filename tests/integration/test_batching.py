@@ -103,11 +103,11 @@ def test_batching_off_runs_one_request_per_call(churn_model: Path, record: dict,
 
 
 def test_a_poison_record_fails_only_its_own_request(tmp_path: Path) -> None:
-    from support.models import PickyModel
+    from support.models import TRUSTED_CARDLESS, PickyModel
 
     path = tmp_path / "picky.joblib"
     joblib.dump(PickyModel(delay_s=0.1), path)  # long enough for concurrent arrivals to queue and merge
-    with Server(tmp_path, path) as server:
+    with Server(tmp_path, path, env=TRUSTED_CARDLESS) as server:
 
         async def fire() -> list[httpx.Response]:
             async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from hypothesis import given, settings
@@ -123,8 +124,10 @@ def receiver() -> Iterator[Receiver]:
     rcv.stop()
 
 
-def callback_settings(**overrides) -> CallbacksSettings:
-    values = {"signing_secret": [SECRET], "allow_http": True, "allow_hosts": ["127.0.0.1"], "timeout_s": 5.0}
+def callback_settings(url: str | None = None, **overrides) -> CallbacksSettings:
+    """Settings that allowlist the host and port of ``url`` (allowlists name a port, never a whole host)."""
+    allow = [urlsplit(url).netloc] if url else []
+    values = {"signing_secret": [SECRET], "allow_http": True, "allow_hosts": allow, "timeout_s": 5.0}
     return CallbacksSettings(**{**values, **overrides})
 
 
@@ -133,7 +136,7 @@ def deliver(url: str, webhook_id: str = "job_1.result", *, metrics: Metrics | No
     verify = kwargs.pop("verify", True)
 
     async def go() -> Attempt:
-        async with CallbackSender(callback_settings(**kwargs), metrics, resolver, verify=verify) as sender:
+        async with CallbackSender(callback_settings(url, **kwargs), metrics, resolver, verify=verify) as sender:
             return await sender.deliver(url, webhook_id, BODY)
 
     return asyncio.run(go())
@@ -187,13 +190,13 @@ def test_retries_keep_the_id_and_sign_afresh(receiver: Receiver) -> None:
     url = f"http://127.0.0.1:{receiver.port}/"
 
     async def go() -> list[Attempt]:
-        async with CallbackSender(callback_settings()) as sender:
+        async with CallbackSender(callback_settings(url)) as sender:
             first = await sender.deliver(url, "job_9.result", BODY)
             await asyncio.sleep(1.05)  # the next attempt gets a later timestamp
             return [first, await sender.deliver(url, "job_9.result", BODY)]
 
     first, second = asyncio.run(go())
-    assert (first.outcome, first.status_code, first.error) == ("retry", 503, "HTTP 503: busy")
+    assert (first.outcome, first.status_code, first.error) == ("retry", 503, "HTTP 503")
     assert first.retry_after_s is None
     assert second.outcome == "delivered"
     one, two = receiver.requests
@@ -228,7 +231,7 @@ def test_other_4xx_rejected(receiver: Receiver, status: int) -> None:
     metrics = Metrics()
     attempt = deliver(f"http://127.0.0.1:{receiver.port}/", metrics=metrics)
     assert (attempt.outcome, attempt.status_code, attempt.retry_after_s) == ("rejected", status, None)
-    assert attempt.error == f"HTTP {status}: gone for good"
+    assert attempt.error == f"HTTP {status}", "the receiver's body is never kept"
     assert attempts(metrics, "rejected") == 1
 
 
@@ -258,12 +261,11 @@ def test_connection_refused_is_retried() -> None:
     assert attempts(metrics, "retry") == 1
 
 
-def test_large_answer_is_read_only_in_part(receiver: Receiver) -> None:
-    receiver.replies.append(Reply(500, body=b"x" * (4 << 20)))
+def test_an_answer_body_is_never_read_or_kept(receiver: Receiver) -> None:
+    receiver.replies.append(Reply(500, body=b"internal-secret " * (1 << 18)))  # 4 MiB
     attempt = deliver(f"http://127.0.0.1:{receiver.port}/")
-    assert attempt.outcome == "retry"
-    assert (attempt.error or "").startswith("HTTP 500: xxx")
-    assert len(attempt.error or "") <= 220
+    assert (attempt.outcome, attempt.error) == ("retry", "HTTP 500")
+    assert attempt.duration_s < 2
 
 
 def test_environment_proxy_is_ignored(receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -288,7 +290,9 @@ def test_without_a_secret_nothing_is_sent(receiver: Receiver) -> None:
 def test_connection_is_pinned_to_the_checked_address(receiver: Receiver) -> None:
     calls: list[str] = []
     attempt = deliver(
-        f"http://callback.test:{receiver.port}/cb", allow_hosts=["callback.test"], resolver=to_loopback(calls)
+        f"http://callback.test:{receiver.port}/cb",
+        allow_hosts=[f"callback.test:{receiver.port}"],
+        resolver=to_loopback(calls),
     )
     assert attempt.outcome == "delivered"
     assert calls == ["callback.test"]  # resolved once, by the guard; httpx never looked the name up
@@ -299,7 +303,7 @@ def test_connection_is_pinned_to_the_checked_address(receiver: Receiver) -> None
 
 def test_name_resolving_to_loopback_is_forbidden_and_nothing_is_sent(receiver: Receiver) -> None:
     metrics = Metrics()
-    attempt = deliver(f"http://rebind.test:{receiver.port}/cb", metrics=metrics, resolver=to_loopback())
+    attempt = deliver(f"http://rebind.test:{receiver.port}/cb", metrics=metrics, resolver=to_loopback(), allow_hosts=[])
     assert (attempt.outcome, attempt.status_code) == ("forbidden", None)
     assert "loopback" in (attempt.error or "")
     assert receiver.requests == []
@@ -362,7 +366,7 @@ def test_https_uses_the_real_name_for_sni_and_certificate(
     trust = ssl.create_default_context(cafile=str(certificate[0]))
     attempt = deliver(
         f"https://callback.test:{tls_receiver.port}/cb",
-        allow_hosts=["callback.test"],
+        allow_hosts=[f"callback.test:{tls_receiver.port}"],
         resolver=to_loopback(),
         verify=trust,
     )
@@ -378,7 +382,7 @@ def test_https_certificate_for_another_name_is_not_accepted(
     trust = ssl.create_default_context(cafile=str(certificate[0]))
     attempt = deliver(
         f"https://impostor.test:{tls_receiver.port}/cb",
-        allow_hosts=["impostor.test"],
+        allow_hosts=[f"impostor.test:{tls_receiver.port}"],
         resolver=to_loopback(),
         verify=trust,
     )

@@ -209,7 +209,7 @@ def srv(churn_model: Path, tmp_path_factory: pytest.TempPathFactory, hooks: Hook
     env = {
         "FERRY_CALLBACKS__SIGNING_SECRET": secret,
         "FERRY_CALLBACKS__ALLOW_HTTP": "true",
-        "FERRY_CALLBACKS__ALLOW_HOSTS": '["127.0.0.1"]',
+        "FERRY_CALLBACKS__ALLOW_HOSTS": f'["127.0.0.1:{hooks.httpd.server_address[1]}"]',
         "FERRY_CALLBACKS__BACKOFF_BASE_S": "0.1",
         "FERRY_CALLBACKS__BACKOFF_MAX_S": "0.5",
     }
@@ -469,12 +469,12 @@ def test_stream_errors_raise(srv: Server, tmp_path: Path, record: dict) -> None:
     assert (caught.value.status, caught.value.code) == (422, "validation_error")
 
     # a chunk the model fails on: `event: error`, its offset in the caller's records
-    from support.models import PickyModel
+    from support.models import TRUSTED_CARDLESS, PickyModel
 
     path = tmp_path / "picky.joblib"
     joblib.dump(PickyModel(delay_s=0.01), path)
     rows = [[13.0 if i == 250 else 1000.0 + i, 1.0, 2.0] for i in range(450)]
-    with start(tmp_path, path) as picky, Client(picky.url) as client:
+    with start(tmp_path, path, TRUSTED_CARDLESS) as picky, Client(picky.url) as client:
         seen: list[dict] = []
         with pytest.raises(FerryClientError) as caught:
             seen.extend(client.stream(rows, chunk_size=100))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import sqlite3
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -14,11 +15,12 @@ from typing import Any
 
 import pytest
 
+from ferry.errors import JobQuotaExceeded, JobStoreFull
 from ferry.jobs import transitions as t
 from ferry.jobs.document import Job, ModelRef, new_job
 from ferry.jobs.redis_store import RedisJobStore
-from ferry.jobs.sqlite_store import SqliteJobStore
-from ferry.jobs.store import JobStore
+from ferry.jobs.sqlite_store import SCHEMA, SqliteJobStore
+from ferry.jobs.store import JobStore, Quota
 from support.memory_store import MemoryJobStore
 
 MODEL = ModelRef(name="m", version="1")
@@ -263,3 +265,86 @@ def test_workers_opening_a_fresh_sqlite_file_together_never_fail(tmp_path: Path)
             process.join(30)
         failures += [r for r in (results.get(timeout=5) for _ in processes) if r != "ok"]
     assert failures == []
+
+
+def owned(owner: str | None, key: str | None = None) -> Job:
+    return replace(job(key=key), owner=owner)
+
+
+def test_idempotency_keys_are_per_owner(make_store) -> None:
+    async def body(store: JobStore) -> None:
+        a = await store.insert(owned("alice", "k"), b"[1]")
+        b = await store.insert(owned("bob", "k"), b"[1]")
+        anonymous = await store.insert(owned(None, "k"), b"[1]")
+        assert len({a.job.id, b.job.id, anonymous.job.id}) == 3
+        replay = await store.insert(owned("alice", "k"), b"[1]")
+        assert replay.job.id == a.job.id and replay.job.owner == "alice"
+        # An owner whose name ends where another's key begins cannot collide ("a b" + "c" vs "a" + "b c").
+        assert (await store.insert(owned("a b", "c"), b"[1]")).job.id != (
+            await store.insert(owned("a", "b"), b"[1]")
+        ).job.id
+
+    run(make_store, body)
+
+
+def test_quotas_refuse_atomically_with_the_insert(make_store) -> None:
+    quota = Quota(max_queued=4, max_queued_owner=2, max_bytes=1 << 30, retry_after_s=7)
+
+    async def body(store: JobStore) -> None:
+        first = await store.insert(owned("alice"), b"[1]", quota)
+        await store.insert(owned("alice"), b"[1]", quota)
+        with pytest.raises(JobQuotaExceeded) as caught:
+            await store.insert(owned("alice"), b"[1]", quota)
+        assert caught.value.retry_after_s == 7
+        await store.insert(owned("bob"), b"[1]", quota)
+        await store.insert(owned(None), b"[1]", quota)
+        with pytest.raises(JobQuotaExceeded):
+            await store.insert(owned(None), b"[1]", quota)  # 4 queued in all
+        # A job that leaves the queue frees a place, in all and for its owner.
+        assert await store.update(first.job.id, lambda j: claim(j)) is not None
+        await store.insert(owned("alice"), b"[1]", quota)
+        with pytest.raises(JobStoreFull):
+            await store.insert(owned("carol"), b"[1]", replace(quota, max_queued=100, max_bytes=1))
+
+    run(make_store, body)
+
+
+def test_a_sqlite_file_from_before_job_owners_gets_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(SCHEMA.replace("    owner TEXT,\n", ""))
+    assert "owner" not in {row[1] for row in sqlite3.connect(path).execute("PRAGMA table_info(jobs)")}
+
+    async def body() -> None:
+        stores = [SqliteJobStore(path), SqliteJobStore(path)]
+        await asyncio.gather(*(store.open() for store in stores))  # two workers upgrading together
+        try:
+            stored = await stores[0].insert(owned("alice", "k"), b"[1]")
+            assert (await stores[1].get(stored.job.id)) is not None
+        finally:
+            for store in stores:
+                await store.close()
+
+    asyncio.run(body())
+
+
+def test_an_owners_bytes_are_capped_until_its_jobs_expire(make_store) -> None:
+    records = b"[" + b"1," * 499 + b"1]"  # 1,000 bytes
+    per_job = 2 * len(records) + 1000  # input twice (the result to come) and a generous document
+    quota = Quota(max_queued=100, max_queued_owner=100, max_bytes=1 << 30, retry_after_s=7, max_bytes_owner=2 * per_job)
+
+    async def body(store: JobStore) -> None:
+        first = await store.insert(owned("alice"), records, quota)
+        await store.insert(owned("alice"), records, quota)
+        with pytest.raises(JobStoreFull) as caught:
+            await store.insert(owned("alice"), records, quota)
+        assert caught.value.retry_after_s == 7 and "your jobs" in caught.value.message
+        await store.insert(owned("bob"), records, quota)  # another owner's share is its own
+        await store.insert(owned(None), records, quota)  # no owner: only the store-wide limit
+        # A job that ended and expired no longer counts.
+        ended = await store.update(first.job.id, lambda j: t.cancel(j, now=time.time() - 120, ttl_s=60))
+        assert ended is not None and ended.after is not None
+        await store.purge(time.time())
+        await store.insert(owned("alice"), records, quota)
+
+    run(make_store, body)

@@ -7,6 +7,7 @@ import asyncio
 import concurrent.futures
 import os
 import signal
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,19 +21,25 @@ import pytest
 from ferry import webhooks
 from ferry.jobs.redis_store import RedisJobStore
 from ferry_client.protocol import TERMINAL_JOB_STATUSES
-from support.models import SlowModel
+from support.models import TRUSTED_CARDLESS, SlowModel
 from support.receiver import Receiver
-from support.server import Server
+from support.server import Server, free_port
 
 SECRET = webhooks.generate_secret()
 TERMINAL = TERMINAL_JOB_STATUSES
+# Callback allowlists name a port, never a whole host: every Receiver of this module listens on this one.
+RECEIVER_PORT = free_port()
+
+
+def receiver(**kw: Any) -> Receiver:
+    return Receiver(port=RECEIVER_PORT, **kw)
 
 
 def job_env(store: str, redis_url: str | None, **extra: str) -> dict[str, str]:
     env = {
         "FERRY_CALLBACKS__SIGNING_SECRET": SECRET,
         "FERRY_CALLBACKS__ALLOW_HTTP": "true",
-        "FERRY_CALLBACKS__ALLOW_HOSTS": '["127.0.0.1"]',
+        "FERRY_CALLBACKS__ALLOW_HOSTS": f'["127.0.0.1:{RECEIVER_PORT}"]',
         "FERRY_CALLBACKS__BACKOFF_BASE_S": "0.2",
         "FERRY_CALLBACKS__BACKOFF_MAX_S": "0.5",
         "FERRY_JOBS__POLL_INTERVAL_S": "0.05",
@@ -82,6 +89,8 @@ def server_with(tmp_path: Path, churn_model: Path) -> Iterator[Any]:
     started: list[Server] = []
 
     def start(env: dict[str, str], model: Path | None = None, **kw: Any) -> Server:
+        if model is not None:  # the module's test models are card-less pickles
+            env = TRUSTED_CARDLESS | env
         srv = Server(tmp_path / f"srv{len(started)}", model or churn_model, env=env, **kw).start()
         started.append(srv)
         return srv
@@ -156,9 +165,9 @@ def test_events_stream_follows_the_job_to_its_end(server_with, slow_model) -> No
 
 def test_callback_retried_until_delivered_with_one_webhook_id(server_with, store_env, record) -> None:
     srv = server_with(store_env)
-    with Receiver(answer=lambda n: (503, {}) if n < 3 else (200, {})) as receiver:
-        job_id = submit(srv.url, [record], callback_url=receiver.url).json()["id"]
-        received = receiver.wait_for(4)
+    with receiver(answer=lambda n: (503, {}) if n < 3 else (200, {})) as hook:
+        job_id = submit(srv.url, [record], callback_url=hook.url).json()["id"]
+        received = hook.wait_for(4)
         job = wait_terminal(srv.url, job_id)
         deadline = time.monotonic() + 10
         while job["callback"]["status"] != "delivered" and time.monotonic() < deadline:
@@ -185,9 +194,9 @@ def test_dead_letter_then_redeliver(server_with, record) -> None:
     env = job_env("sqlite", None, FERRY_CALLBACKS__MAX_ATTEMPTS="2")
     srv = server_with(env)
     answers = {"status": 500}
-    with Receiver(answer=lambda n: (answers["status"], {})) as receiver:
-        job_id = submit(srv.url, [record], callback_url=receiver.url).json()["id"]
-        receiver.wait_for(2)
+    with receiver(answer=lambda n: (answers["status"], {})) as hook:
+        job_id = submit(srv.url, [record], callback_url=hook.url).json()["id"]
+        hook.wait_for(2)
         deadline = time.monotonic() + 10
         while (job := httpx.get(f"{srv.url}/api/v1/jobs/{job_id}").json())["callback"]["status"] != "dead_letter":
             assert time.monotonic() < deadline, job["callback"]
@@ -197,30 +206,34 @@ def test_dead_letter_then_redeliver(server_with, record) -> None:
         answers["status"] = 204
         again = httpx.post(f"{srv.url}/api/v1/jobs/{job_id}/callback/redeliver")
         assert again.status_code == 202 and again.json()["callback"]["status"] == "pending"
-        received = receiver.wait_for(3)
+        received = hook.wait_for(3)
     assert received[-1].headers["webhook-id"] == received[0].headers["webhook-id"] == f"msg_{job_id}"
     webhooks.verify(received[-1].body, received[-1].headers, SECRET)
 
 
 def test_a_job_survives_kill_9_of_its_runner(server_with, store_env, slow_model) -> None:
     srv = server_with(store_env, model=slow_model)
-    with Receiver() as receiver:
-        job_id = submit(srv.url, [[1.0, 2.0, 3.0]], callback_url=receiver.url).json()["id"]
+    with receiver() as hook:
+        job_id = submit(srv.url, [[1.0, 2.0, 3.0]], callback_url=hook.url).json()["id"]
         deadline = time.monotonic() + 20
         while (job := httpx.get(f"{srv.url}/api/v1/jobs/{job_id}").json())["status"] != "running":
             assert time.monotonic() < deadline
             time.sleep(0.05)
         time.sleep(0.5)  # well inside the 3 s model call
-        runner_pid = int(job["runner"].split(":")[1])
+        # Job documents name an opaque runner id; only the log maps it to a process.
+        runner_id = job["runner"].split(":")[0]
+        assert str(os.getpid()) not in job["runner"] and socket.gethostname() not in job["runner"]
+        starts = [r for r in srv.records() if r.get("event") == "worker_started" and r.get("runner_id") == runner_id]
+        runner_pid = starts[0]["pid"]
         assert runner_pid in srv.worker_pids()
         os.kill(runner_pid, signal.SIGKILL)
         job = wait_terminal(srv.url, job_id, timeout=60)
-        receiver.wait_for(1)
+        hook.wait_for(1)
         time.sleep(1.0)  # a duplicate delivery, if any, would arrive now
     assert job["status"] == "succeeded", job
     assert terminal_entries(job) == ["succeeded"], "exactly one terminal state"
     assert job["attempts"] == 2 and "lost" in [h["status"] for h in job["history"]]
-    assert {r.headers["webhook-id"] for r in receiver.requests} == {f"msg_{job_id}"}
+    assert {r.headers["webhook-id"] for r in hook.requests} == {f"msg_{job_id}"}
     assert 'ferry_job_runs_total{kind="reclaim"} 1.0' in httpx.get(f"{srv.url}/metrics").text
 
 
@@ -297,7 +310,7 @@ def stored_statuses(env: dict[str, str], ids: list[str]) -> dict[str, str]:
 
 def test_callback_urls_to_private_addresses_are_refused_unless_allowlisted(server_with, record) -> None:
     env = job_env("sqlite", None, FERRY_CALLBACKS__ALLOW_HTTP="false", FERRY_JOBS__RUNNERS="0")
-    srv = server_with(env | {"FERRY_CALLBACKS__ALLOW_HOSTS": '["127.0.0.1"]'})
+    srv = server_with(env | {"FERRY_CALLBACKS__ALLOW_HOSTS": '["127.0.0.1:443"]'})
     for url in (
         "https://127.0.0.2/hook",
         "https://10.0.0.1/hook",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import threading
 import time
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from support.metrics import Background
-from support.models import ExplodingModel, SlowModel
+from support.models import TRUSTED_CARDLESS, ExplodingModel, SlowModel
 from support.server import Server
 
 
@@ -30,7 +31,11 @@ def test_tampered_model_never_becomes_ready(churn_model: Path, tmp_path: Path) -
         ready = httpx.get(server.url + "/readyz")
         assert ready.status_code == 503
         assert ready.json()["status"] == "failed"
-        assert "sha256 mismatch" in ready.json()["reason"]
+        reason = ready.json()["reason"]
+        assert "sha256 mismatch" in reason
+        # Public: no path, no hash. The log has both, for the operator.
+        assert str(tmp_path) not in ready.text and "model.joblib" not in ready.text, ready.text
+        assert not re.search(r"[0-9a-f]{64}", ready.text), ready.text
         assert httpx.get(server.url + "/livez").status_code == 200
         assert httpx.get(server.url + "/v2/health/ready").status_code == 503
         r = httpx.post(
@@ -41,6 +46,7 @@ def test_tampered_model_never_becomes_ready(churn_model: Path, tmp_path: Path) -
     failures = [r for r in server.records() if r.get("event") == "model_load_failed"]
     assert len(failures) == 2  # one per worker, each saying why
     assert all("sha256 mismatch" in f["reason"] and f["level"] == "error" for f in failures)
+    assert all(f["path"] == str(path) and len(f["actual_sha256"]) == 64 for f in failures)
     assert not [r for r in server.records() if r.get("event") == "model_loaded"]
 
 
@@ -59,7 +65,7 @@ def slow_model(tmp_path: Path) -> Path:
 
 def test_card_less_model_generic_schema(slow_model: Path, tmp_path: Path) -> None:
     joblib.dump(SlowModel(delay_s=0.0), slow_model)
-    with Server(tmp_path, slow_model).start() as server:
+    with Server(tmp_path, slow_model, env=TRUSTED_CARDLESS).start() as server:
         listing = httpx.get(server.url + "/api/v1/models").json()["models"][0]
         assert listing["name"] == "slowpoke"  # the file stem
         card = httpx.get(server.url + "/api/v1/models/slowpoke").json()
@@ -76,15 +82,21 @@ def test_card_less_model_generic_schema(slow_model: Path, tmp_path: Path) -> Non
 
 
 def test_model_name_setting_and_require_card(slow_model: Path, tmp_path: Path) -> None:
-    with Server(tmp_path, slow_model, env={"FERRY_MODEL__NAME": "named", "FERRY_MODEL__LOAD_WAIT_S": "0"}) as server:
+    env = TRUSTED_CARDLESS | {"FERRY_MODEL__NAME": "named", "FERRY_MODEL__LOAD_WAIT_S": "0"}
+    with Server(tmp_path, slow_model, env=env) as server:
         assert httpx.get(server.url + "/api/v1/models").json()["models"][0]["name"] == "named"
-    with Server(tmp_path, slow_model, env={"FERRY_MODEL__REQUIRE_CARD": "true"}).start(wait_ready=False) as server:
-        time.sleep(1)
-        assert "no model card" in httpx.get(server.url + "/readyz").json()["reason"]
+    # The default: a card-less file is never unpickled, and /readyz says why without naming the file.
+    with Server(tmp_path, slow_model).start(wait_ready=False) as server:
+        server.wait_for("/readyz", 503, 10)
+        ready = httpx.get(server.url + "/readyz")
+        assert "no card" in ready.json()["reason"] and "REQUIRE_CARD=false" in ready.json()["reason"]
+        assert str(slow_model) not in ready.text and ready.json()["status"] == "failed"
+    refusals = [r for r in server.records() if r.get("event") == "model_load_failed"]
+    assert refusals and not [r for r in server.records() if r.get("event") == "model_loaded"]
 
 
 def test_livez_answers_while_the_model_is_busy(slow_model: Path, tmp_path: Path) -> None:
-    with Server(tmp_path, slow_model).start() as server:
+    with Server(tmp_path, slow_model, env=TRUSTED_CARDLESS).start() as server:
         # The longest deadline: on a slow machine more requests than needed may queue behind 1.5 s calls.
         busy = Background(
             server.url + "/api/v1/predict", {"record": [1.0, 2.0, 3.0]}, headers={"X-Request-Timeout": "30"}
@@ -102,7 +114,7 @@ def test_livez_answers_while_the_model_is_busy(slow_model: Path, tmp_path: Path)
 
 
 def test_sigterm_lets_in_flight_requests_finish(slow_model: Path, tmp_path: Path) -> None:
-    server = Server(tmp_path, slow_model).start()
+    server = Server(tmp_path, slow_model, env=TRUSTED_CARDLESS).start()
     result: dict[str, httpx.Response] = {}
 
     def call() -> None:
@@ -119,7 +131,7 @@ def test_sigterm_lets_in_flight_requests_finish(slow_model: Path, tmp_path: Path
 def test_model_failure_is_500_model_error(tmp_path: Path) -> None:
     path = tmp_path / "exploding.joblib"
     joblib.dump(ExplodingModel(delay_s=0), path)
-    with Server(tmp_path, path).start() as server:
+    with Server(tmp_path, path, env=TRUSTED_CARDLESS).start() as server:
         r = httpx.post(server.url + "/api/v1/predict", json={"record": [1.0, 2.0, 3.0]})
         assert (r.status_code, r.json()["code"]) == (500, "model_error")
         assert "boom" not in r.text and "Traceback" not in r.text

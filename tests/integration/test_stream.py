@@ -16,7 +16,7 @@ import joblib
 import pytest
 
 from support.metrics import counter, scrape
-from support.models import PickyModel
+from support.models import TRUSTED_CARDLESS, PickyModel
 from support.records import make_records
 from support.server import Server
 
@@ -227,7 +227,9 @@ def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def slow_server(slow_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("slow-srv"), slow_model, env={"FERRY_STREAM__HEARTBEAT_S": "0.1"}).start()
+    srv = Server(
+        tmp_path_factory.mktemp("slow-srv"), slow_model, env=TRUSTED_CARDLESS | {"FERRY_STREAM__HEARTBEAT_S": "0.1"}
+    ).start()
     warm_up(srv)
     yield srv
     assert srv.stop() == 0, srv.output()[-2000:]
@@ -340,7 +342,7 @@ def test_deadline_applies_per_chunk(slow_server: Server) -> None:
 
 # -- shutdown -------------------------------------------------------------------------------------------
 def test_sigterm_ends_open_streams_with_a_shutdown_event(slow_model: Path, tmp_path: Path) -> None:
-    server = Server(tmp_path, slow_model).start()
+    server = Server(tmp_path, slow_model, env=TRUSTED_CARDLESS).start()
     warm_up(server)
     grace_s = int(server.env["FERRY_SERVER__GRACEFUL_TIMEOUT_S"])
     try:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
-from ferry.jobs.document import Job
-from ferry.jobs.store import DueKind, JobStore, QueueStats, Versioned
+from ferry.jobs.document import Job, encode
+from ferry.jobs.store import DueKind, JobStore, QueueStats, Quota, Versioned
 
 
 class MemoryJobStore(JobStore):
@@ -24,15 +24,32 @@ class MemoryJobStore(JobStore):
     async def close(self) -> None:
         pass
 
-    async def insert(self, job: Job, records: bytes) -> Versioned:
+    async def insert(self, job: Job, records: bytes, quota: Quota | None = None) -> Versioned:
         await asyncio.sleep(0)  # a real store yields here: let racing callers interleave
-        if job.idempotency_key is not None and job.idempotency_key in self.keys:
-            return self.jobs[self.keys[job.idempotency_key]]
+        key = self.idempotency(job)
+        if key is not None and key in self.keys:
+            return self.jobs[self.keys[key]]
+        if quota is not None:
+            queued = [v.job for v in self.jobs.values() if self.index(v.job).queued_since is not None]
+            if len(queued) >= quota.max_queued:
+                raise quota.queue_full(owned=False)
+            if job.owner is not None and sum(j.owner == job.owner for j in queued) >= quota.max_queued_owner:
+                raise quota.queue_full(owned=True)
+            if sum(map(len, self.inputs.values())) + len(records) > quota.max_bytes:
+                raise quota.store_full()
+            if job.owner is not None:
+                held = sum(
+                    len(self.inputs[i]) * (1 if v.job.status.terminal else 2) + len(encode(v.job))
+                    for i, v in self.jobs.items()
+                    if v.job.owner == job.owner
+                )
+                if held + 2 * len(records) + len(encode(job)) > quota.max_bytes_owner:
+                    raise quota.store_full(owned=True)
         stored = Versioned(job, 1)
         self.jobs[job.id] = stored
         self.inputs[job.id] = records
-        if job.idempotency_key is not None:
-            self.keys[job.idempotency_key] = job.id
+        if key is not None:
+            self.keys[key] = job.id
         return stored
 
     async def get(self, job_id: str) -> Versioned | None:

@@ -38,3 +38,8 @@ class PickyModel(SlowModel):
         if (np.asarray(x, dtype=float)[:, 0] == 13.0).any():
             raise ValueError("poison row")
         return super().predict_proba(x)
+
+
+# The models above are plain pickles without a card. ferry refuses to unpickle a card-less file unless
+# told the file is trusted; the tests that serve one say so with this environment.
+TRUSTED_CARDLESS = {"FERRY_MODEL__REQUIRE_CARD": "false"}

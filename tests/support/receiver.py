@@ -23,6 +23,8 @@ class Receiver:
 
     answer: Callable[[int], tuple[int, dict[str, str]]] = lambda n: (200, {})
     requests: list[Received] = field(default_factory=list)
+    port: int = 0  # 0: any free port; a fixed one lets a server started earlier allowlist it
+    reply: bytes = b""  # the body of every answer
 
     def __post_init__(self) -> None:
         receiver = self
@@ -39,14 +41,15 @@ class Receiver:
                 self.send_response(status)
                 for key, value in headers.items():
                     self.send_header(key, value)
-                self.send_header("content-length", "0")
+                self.send_header("content-length", str(len(receiver.reply)))
                 self.end_headers()
+                self.wfile.write(receiver.reply)
 
             def log_message(self, *args: object) -> None:
                 pass
 
         self.lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

@@ -11,7 +11,15 @@ from typing import Any
 import orjson
 import pytest
 
-from ferry.errors import CallbacksNotConfigured, IdempotencyKeyReused, JobConflict, JobNotFound, JobStoreUnavailable
+from ferry.auth import Principal
+from ferry.errors import (
+    CallbacksNotConfigured,
+    IdempotencyKeyReused,
+    JobConflict,
+    JobNotFound,
+    JobQuotaExceeded,
+    JobStoreUnavailable,
+)
 from ferry.jobs import transitions as t
 from ferry.jobs.callbacks import Attempt
 from ferry.jobs.delivery import CallbackDeliverer
@@ -194,7 +202,7 @@ def test_a_store_outage_is_job_store_unavailable() -> None:
         async def get(self, job_id: str) -> Any:
             raise sqlite3.OperationalError("disk I/O error")
 
-        async def insert(self, job: Job, records: bytes) -> Any:
+        async def insert(self, job: Job, records: bytes, quota: Any = None) -> Any:
             raise ConnectionRefusedError("redis down")
 
     async def test(rig: Rig) -> None:
@@ -373,3 +381,74 @@ def test_housekeeper_reports_the_queue_and_purges_expired_jobs_once_a_minute() -
         assert finished["id"] not in rig.store.jobs and old["id"] in rig.store.jobs
 
     run(test)
+
+
+# -- ownership and quotas --------------------------------------------------------------------------
+ALICE = Principal("alice", frozenset({"jobs"}))
+BOB = Principal("bob", frozenset({"jobs"}))
+OPS = Principal("ops", frozenset({"admin"}))
+
+
+async def submit_as(rig: Rig, principal: Principal | None, key: str | None = None, records: Any = None) -> Any:
+    return await rig.service.submit(
+        records or [1],
+        callback_url=None,
+        metadata=None,
+        idempotency_key=key,
+        request_id="r",
+        model=MODEL,
+        principal=principal,
+    )
+
+
+def test_another_principals_job_is_not_found_everywhere() -> None:
+    async def test(rig: Rig) -> None:
+        doc, _ = await submit_as(rig, ALICE)
+        job_id = doc["id"]
+        for call in (rig.service.get, rig.service.cancel, rig.service.redeliver):
+            with pytest.raises(JobNotFound):
+                await call(job_id, BOB)
+        with pytest.raises(JobNotFound):
+            await anext(rig.service.follow(job_id, lambda: True, BOB))
+        assert rig.job(job_id).status is Status.QUEUED, "bob's cancel changed nothing"
+        assert (await rig.service.get(job_id, OPS))["id"] == job_id
+        assert (await rig.service.cancel(job_id, ALICE))["status"] == "canceled"
+
+    run(test)
+
+
+def test_idempotency_keys_are_scoped_per_principal() -> None:
+    async def test(rig: Rig) -> None:
+        (a, a_new), (b, b_new) = await submit_as(rig, ALICE, "k"), await submit_as(rig, BOB, "k", [2])
+        assert a_new and b_new and a["id"] != b["id"]
+        again, again_new = await submit_as(rig, ALICE, "k")
+        assert again["id"] == a["id"] and not again_new
+        with pytest.raises(IdempotencyKeyReused):
+            await submit_as(rig, BOB, "k", [3])
+        anonymous, _ = await submit_as(rig, None, "k")
+        assert anonymous["id"] not in (a["id"], b["id"])
+
+    run(test)
+
+
+def test_queue_quotas_in_all_and_per_principal() -> None:
+    config = settings().model_copy(
+        update={"jobs": settings().jobs.model_copy(update={"max_queued": 5, "max_queued_per_principal": 2})}
+    )
+
+    async def test(rig: Rig) -> None:
+        await submit_as(rig, ALICE)
+        await submit_as(rig, ALICE)
+        with pytest.raises(JobQuotaExceeded) as caught:
+            await submit_as(rig, ALICE)
+        assert caught.value.status == 429 and caught.value.retry_after_s == config.jobs.quota_retry_after_s
+        await submit_as(rig, BOB)
+        await submit_as(rig, BOB)
+        await submit_as(rig, None)
+        with pytest.raises(JobQuotaExceeded):
+            await submit_as(rig, None)  # 5 queued in all
+        first = next(iter(rig.store.jobs))
+        await rig.finish(first)  # a finished job leaves the queue
+        await submit_as(rig, None)
+
+    run(test, config)

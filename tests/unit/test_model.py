@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -66,14 +67,46 @@ def test_broken_card_fails_without_crashing(churn_model: Path, tmp_path: Path) -
 def test_card_less_model(tmp_path: Path) -> None:
     path = tmp_path / "plain.joblib"
     joblib.dump(SlowModel(delay_s=0, n_features=4), path)
-    holder = holder_for(path)
+    holder = holder_for(path, require_card=False)
     assert holder.state is ModelState.READY and holder.name == "plain"
     assert holder.schema.n_features == 4 and holder.schema.example == [0.0] * 4
-    assert holder_for(path, name="custom").name == "custom"
-    assert holder_for(path, require_card=True).state is ModelState.FAILED
+    assert holder_for(path, name="custom", require_card=False).name == "custom"
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    assert holder_for(path, sha256=digest).state is ModelState.READY
-    assert holder_for(path, sha256="0" * 64).state is ModelState.FAILED
+    assert holder_for(path, sha256=digest, require_card=False).state is ModelState.READY
+    assert holder_for(path, sha256="0" * 64, require_card=False).state is ModelState.FAILED
+
+
+def test_a_card_less_model_is_refused_by_default(tmp_path: Path) -> None:
+    """Unpickling runs code: without a card (or an explicit opt-out) the file is never unpickled."""
+    path = tmp_path / "plain.joblib"
+    joblib.dump(SlowModel(delay_s=0, n_features=4), path)
+    for settings in ({}, {"sha256": hashlib.sha256(path.read_bytes()).hexdigest()}):
+        holder = holder_for(path, **settings)
+        assert holder.state is ModelState.FAILED and holder.loaded is None
+        assert holder.reason is not None and "no card" in holder.reason and "REQUIRE_CARD=false" in holder.reason
+        assert str(tmp_path) not in holder.reason
+
+
+def test_failure_reasons_name_no_path_and_no_hash(churn_model: Path, tmp_path: Path) -> None:
+    """/readyz publishes the reason: paths and hashes go to the log only."""
+    tampered = tmp_path / "model.joblib"
+    tampered.write_bytes(churn_model.read_bytes() + b"x")
+    tampered.with_name("model.card.json").write_bytes(churn_model.with_name("model.card.json").read_bytes())
+    card_sha = json.loads(tampered.with_name("model.card.json").read_text())["sha256"]
+    reasons = [
+        holder_for(tampered).reason,
+        holder_for(churn_model, sha256="0" * 64).reason,
+        holder_for(tmp_path / "missing.joblib").reason,
+    ]
+    assert [str(r).split(":")[0].split(" (")[0] for r in reasons] == [
+        "sha256 mismatch",
+        "sha256 mismatch",
+        "cannot read the model file",
+    ]
+    for reason in reasons:
+        assert str(tmp_path) not in str(reason) and str(churn_model.parent) not in str(reason)
+        assert not re.search(r"[0-9a-f]{64}", str(reason)), reason
+    assert card_sha not in str(reasons)
 
 
 def test_missing_file(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,28 @@ def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, 
 def test_unknown_top_level_names_are_reported() -> None:
     env = {"FERRY_PROT": "1", "FERRY_PORT": "1", "FERRY_MODEL__PATH": "x", "FERRY_MODEL__PAHT": "y", "HOME": "/"}
     assert unknown_variables(env) == ["FERRY_MODEL__PAHT", "FERRY_PROT"]
+
+
+def test_the_clients_variables_are_not_unknown_settings() -> None:
+    """A shell that exports the CLI's URL and token can still start the service."""
+    assert unknown_variables({"FERRY_URL": "http://x", "FERRY_TOKEN": "t", "FERRY_TOKENS": "t"}) == ["FERRY_TOKENS"]
+
+
+def test_an_unusable_api_key_file_stops_the_launch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capfd) -> None:
+    from ferry.launcher import load_settings
+
+    for content in (None, "not json", '[{"sha256": "short", "principal": "a", "scopes": ["jobs"]}]', "[]"):
+        path = tmp_path / "keys.json"
+        path.unlink(missing_ok=True)
+        if content is not None:
+            path.write_text(content)
+        monkeypatch.setenv("FERRY_AUTH__MODE", "api_key")
+        monkeypatch.setenv("FERRY_AUTH__API_KEYS_FILE", str(path))
+        with pytest.raises(SystemExit) as caught:
+            load_settings()
+        assert caught.value.code == 2
+        line = json.loads(capfd.readouterr().out.strip().splitlines()[-1])
+        assert line["event"] == "invalid_settings" and line["errors"][0]["setting"] == "auth.api_keys_file", line
 
 
 def test_every_setting_is_documented() -> None:

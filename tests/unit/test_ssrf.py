@@ -162,8 +162,40 @@ def test_malformed_urls_refused(url: str, match: str) -> None:
 
 
 def test_allowlisted_loopback_accepted_with_http() -> None:
-    target = check("http://127.0.0.1:9000/cb", allow_http=True, allow_hosts=("127.0.0.1",))
+    target = check("http://127.0.0.1:9000/cb", allow_http=True, allow_hosts=("127.0.0.1:9000",))
     assert (target.address, target.port, target.host_header) == ("127.0.0.1", 9000, "127.0.0.1:9000")
+
+
+@pytest.mark.parametrize(
+    ("url", "entries"),
+    [
+        ("http://127.0.0.1:9001/cb", ("127.0.0.1:9000",)),  # another port of an allowlisted host
+        ("http://127.0.0.1:9000/cb", ("127.0.0.1",)),  # a bare host means the scheme's default port only
+        ("http://127.0.0.1/cb", ("127.0.0.1:9000",)),
+        ("http://127.0.0.1:9000/other", ("http://127.0.0.1:9000/cb/",)),  # outside the URL prefix
+        ("http://127.0.0.1:9000/cbx", ("http://127.0.0.1:9000/cb",)),  # a prefix ends at a path segment
+        ("https://127.0.0.1:9000/cb/", ("http://127.0.0.1:9000/cb/",)),  # another scheme
+        ("http://127.0.0.1:9000/cb", ("127.0.0.1:x",)),  # a malformed entry allows nothing
+    ],
+)
+def test_allowlist_entries_name_a_port_never_a_whole_host(url: str, entries: tuple[str, ...]) -> None:
+    refused(url, "loopback", allow_hosts=entries)
+
+
+@pytest.mark.parametrize(
+    ("url", "entries"),
+    [
+        ("http://127.0.0.1:9000/cb", ("127.0.0.1:9000",)),
+        ("http://127.0.0.1/cb", ("127.0.0.1",)),
+        ("http://127.0.0.1:80/cb", ("127.0.0.1:80",)),
+        ("http://[::1]:81/", ("[::1]:81",)),
+        ("http://127.0.0.1:9000/cb/job-7", ("http://127.0.0.1:9000/cb/",)),
+        ("http://127.0.0.1:9000/cb", ("http://127.0.0.1:9000/cb",)),
+        ("http://127.0.0.1:9000/cb/x", ("HTTP://127.0.0.1:9000/cb",)),
+    ],
+)
+def test_allowlist_entries_accepted(url: str, entries: tuple[str, ...]) -> None:
+    assert check(url, allow_hosts=entries).address in ("127.0.0.1", "::1")
 
 
 def test_allowlist_never_permits_http() -> None:
@@ -171,7 +203,7 @@ def test_allowlist_never_permits_http() -> None:
 
 
 def test_allowlist_matches_the_host_exactly_as_written() -> None:
-    hosts = ("receiver.internal", "[::1]")
+    hosts = ("receiver.internal", "[::1]:81")
     assert check("https://RECEIVER.internal/", allow_hosts=hosts, resolver=fixed("10.1.2.3")).address == "10.1.2.3"
     assert check("http://[::1]:81/", allow_hosts=hosts).host_header == "[::1]:81"
     # Other spellings of an allowlisted address, and subdomains of an allowlisted name, stay refused.

@@ -42,6 +42,24 @@ class StreamBody(CardBody):
     chunk_size: int | None = None
 
 
+MAX_METADATA_DEPTH = 32  # far beyond any labelling scheme, far below orjson's 254
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of a parsed JSON value (a scalar is 0, ``{}`` is 1), iteratively."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            depth += 1
+            deepest = max(deepest, depth)
+            stack.extend((child, depth) for child in item if isinstance(child, dict | list))
+    return deepest
+
+
 class JobBody(CardBody):
     records: list[Any]
     callback_url: str | None = None
@@ -51,7 +69,16 @@ class JobBody(CardBody):
     @field_validator("metadata")
     @classmethod
     def _metadata_size(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and len(orjson.dumps(value)) > cls.max_metadata_bytes:
+        if value is None:
+            return value
+        # Depth first, without recursion: orjson refuses to encode past 254 levels (which was a 500).
+        if json_depth(value) > MAX_METADATA_DEPTH:
+            raise ValueError(f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels")
+        try:
+            size = len(orjson.dumps(value))
+        except orjson.JSONEncodeError as exc:  # e.g. an integer beyond 64 bits
+            raise ValueError(f"metadata cannot be stored as JSON ({exc})") from None
+        if size > cls.max_metadata_bytes:
             raise ValueError(f"metadata is larger than {cls.max_metadata_bytes} bytes as JSON")
         return value
 

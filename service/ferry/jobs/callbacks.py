@@ -8,13 +8,10 @@ outcome the runner can act on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import ssl
 import time
-from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import cast
 from urllib.parse import urlsplit
 
 import httpx
@@ -28,7 +25,6 @@ from ferry.metrics import Metrics
 from ferry.settings import CallbacksSettings
 from ferry_client.protocol import parse_retry_after
 
-MAX_RESPONSE_BYTES = 4096  # of the receiver's answer: enough for an error message, bounded memory
 MAX_ERROR_CHARS = 200
 RETRY_STATUSES = frozenset({408, 429})  # plus every 5xx
 USER_AGENT = "ferry-callbacks"
@@ -153,7 +149,7 @@ class CallbackSender:
         except httpx.InvalidURL as exc:
             return _result(Delivery.REJECTED, error=f"invalid callback URL: {exc}"[:MAX_ERROR_CHARS])
         try:
-            return await self._classify(response, deadline)
+            return self._classify(response)
         finally:
             await response.aclose()
 
@@ -166,30 +162,17 @@ class CallbackSender:
             "POST", _pinned_url(target), headers=headers, content=body, extensions=extensions
         )
 
-    async def _classify(self, response: httpx.Response, deadline: float) -> Attempt:
+    @staticmethod
+    def _classify(response: httpx.Response) -> Attempt:
+        """From the status line and Retry-After only. The receiver's body is never read: a job that
+        carried it back would let a client read whatever a callback URL answers (an internal service's
+        error page, a metadata document)."""
         status = response.status_code
         if 200 <= status < 300:
             return _result(Delivery.DELIVERED, status)
-        detail = await self._read_prefix(response, deadline)
-        error = f"HTTP {status}" + (f": {detail}" if detail else "")
+        error = f"HTTP {status}"
         if status in RETRY_STATUSES or 500 <= status < 600:
             return _result(Delivery.RETRY, status, error, parse_retry_after(response.headers.get("retry-after")))
         if 300 <= status < 400:
             error = f"HTTP {status} redirect (redirects are not followed)"
         return _result(Delivery.REJECTED, status, error)
-
-    @staticmethod
-    async def _read_prefix(response: httpx.Response, deadline: float) -> str:
-        """The start of the answer, for the error message; a slow or broken body does not change the outcome."""
-        buf = bytearray()
-        try:
-            # aiter_raw is an async generator (typed as an iterator): close it when we stop early.
-            raw = cast(AsyncGenerator[bytes, None], response.aiter_raw())
-            async with asyncio.timeout_at(deadline), contextlib.aclosing(raw) as chunks:
-                async for chunk in chunks:
-                    buf += chunk
-                    if len(buf) >= MAX_RESPONSE_BYTES:
-                        break
-        except (TimeoutError, httpx.HTTPError):
-            pass
-        return _printable(bytes(buf[:MAX_RESPONSE_BYTES]))

@@ -90,6 +90,7 @@ class Job:
     request_id: str
     request_hash: str  # of the submitted body: an Idempotency-Key replay must carry the same
     idempotency_key: str | None = None
+    owner: str | None = None  # the principal that submitted it (None: authentication off)
     metadata: dict[str, Any]
     callback: Callback | None = None
     history: tuple[HistoryEntry, ...]
@@ -132,6 +133,7 @@ def new_job(
     request_hash: str,
     request_id: str,
     model: ModelRef,
+    owner: str | None = None,
 ) -> Job:
     job_id = uuid.uuid4().hex
     return Job(
@@ -143,11 +145,21 @@ def new_job(
         request_id=request_id,
         request_hash=request_hash,
         idempotency_key=idempotency_key,
+        owner=owner,
         metadata=metadata or {},
         callback=None if callback_url is None else Callback(url=callback_url, webhook_id=f"msg_{job_id}"),
         history=(HistoryEntry(status=Status.QUEUED, at=now),),
         available_at=now,
     )
+
+
+def idempotency_scope(job: Job) -> str | None:
+    """The key the store deduplicates on: the Idempotency-Key within its owner's namespace, so two
+    principals using the same key get two jobs. The key has no spaces (its header pattern), so
+    ``owner + " " + key`` splits one way only."""
+    if job.idempotency_key is None:
+        return None
+    return job.idempotency_key if job.owner is None else f"{job.owner} {job.idempotency_key}"
 
 
 def index_of(job: Job) -> Index:

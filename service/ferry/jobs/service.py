@@ -9,6 +9,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import orjson
 
+from ferry.auth import Principal
 from ferry.clock import SYSTEM_CLOCK, Clock
 from ferry.errors import (
     CallbacksNotConfigured,
@@ -20,7 +21,7 @@ from ferry.errors import (
 from ferry.jobs import transitions
 from ferry.jobs.document import Job, ModelRef, new_job, public
 from ferry.jobs.ssrf import Resolver, check_callback_url
-from ferry.jobs.store import STORE_ERRORS, JobStore, Transition, Updated
+from ferry.jobs.store import STORE_ERRORS, JobStore, Quota, Transition, Updated
 from ferry.logging import get_logger
 from ferry.metrics import Metrics
 from ferry.settings import Settings
@@ -69,9 +70,11 @@ class JobService:
         idempotency_key: str | None,
         request_id: str,
         model: ModelRef,
+        principal: Principal | None = None,
     ) -> tuple[dict[str, Any], bool]:
-        """Queue a job; returns its public document and whether it was created now (False: the
-        same Idempotency-Key was seen before, and this is that job)."""
+        """Queue a job owned by ``principal``; returns its public document and whether it was created
+        now (False: the same principal sent the same Idempotency-Key before, and this is that job).
+        Raises ``JobQuotaExceeded`` / ``JobStoreFull`` (429) when the queue or the store is full."""
         callbacks = self.settings.callbacks
         if callback_url is not None:
             if not callbacks.signing_secret:
@@ -95,8 +98,9 @@ class JobService:
             request_hash=request_hash,
             request_id=request_id,
             model=model,
+            owner=None if principal is None else principal.name,
         )
-        stored = await self.store.insert(job, payload)
+        stored = await self.store.insert(job, payload, self.quota)
         created = stored.job.id == job.id
         if not created and stored.job.request_hash != request_hash:
             raise IdempotencyKeyReused()
@@ -104,26 +108,42 @@ class JobService:
             self.metrics.jobs_submitted.inc()
         return public(stored.job), created
 
-    async def _load(self, job_id: str) -> Job:
+    @property
+    def quota(self) -> Quota:
+        jobs = self.settings.jobs
+        return Quota(
+            max_queued=jobs.max_queued,
+            max_queued_owner=jobs.max_queued_per_principal,
+            max_bytes=jobs.max_store_bytes,
+            max_bytes_owner=jobs.max_store_bytes_per_principal,
+            retry_after_s=jobs.quota_retry_after_s,
+        )
+
+    async def _load(self, job_id: str, principal: Principal | None) -> Job:
         found = await self.store.get(job_id) if _plausible_id(job_id) else None
-        if found is None:
+        # Another principal's job answers exactly like a job that does not exist: no id oracle.
+        if found is None or not _visible(found.job, principal):
             raise JobNotFound()
         return found.job
 
-    async def _update(self, job_id: str, transition: Transition) -> Updated:
-        updated = await self.store.update(job_id, transition) if _plausible_id(job_id) else None
+    async def _update(self, job_id: str, principal: Principal | None, transition: Transition) -> Updated:
+        # The owner never changes, so checking it before the compare-and-set loop is race-free.
+        await self._load(job_id, principal)
+        updated = await self.store.update(job_id, transition)
         if updated is None:
             raise JobNotFound()
         return updated
 
     @_store_errors
-    async def get(self, job_id: str) -> dict[str, Any]:
-        return public(await self._load(job_id))
+    async def get(self, job_id: str, principal: Principal | None = None) -> dict[str, Any]:
+        return public(await self._load(job_id, principal))
 
     @_store_errors
-    async def cancel(self, job_id: str) -> dict[str, Any]:
+    async def cancel(self, job_id: str, principal: Principal | None = None) -> dict[str, Any]:
         ttl_s = self.settings.jobs.result_ttl_s
-        updated = await self._update(job_id, lambda job: transitions.cancel(job, now=self.clock.time(), ttl_s=ttl_s))
+        updated = await self._update(
+            job_id, principal, lambda job: transitions.cancel(job, now=self.clock.time(), ttl_s=ttl_s)
+        )
         if updated.after is None:
             raise JobConflict(f"a {updated.before.status} job cannot be canceled (only queued jobs can)")
         job = updated.after
@@ -131,9 +151,11 @@ class JobService:
         return public(job)
 
     @_store_errors
-    async def redeliver(self, job_id: str) -> dict[str, Any]:
+    async def redeliver(self, job_id: str, principal: Principal | None = None) -> dict[str, Any]:
         ttl_s = self.settings.jobs.result_ttl_s
-        updated = await self._update(job_id, lambda job: transitions.redeliver(job, now=self.clock.time(), ttl_s=ttl_s))
+        updated = await self._update(
+            job_id, principal, lambda job: transitions.redeliver(job, now=self.clock.time(), ttl_s=ttl_s)
+        )
         if updated.after is None:
             before = updated.before
             why = (
@@ -146,10 +168,12 @@ class JobService:
             raise JobConflict(f"cannot redeliver: {why}")
         return public(updated.after)
 
-    async def follow(self, job_id: str, is_stopping: Callable[[], bool]) -> AsyncIterator[dict[str, Any]]:
+    async def follow(
+        self, job_id: str, is_stopping: Callable[[], bool], principal: Principal | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
         """The job's document each time it changes, ending with its terminal state (or when
         ``is_stopping()`` turns true). Polls the store, so it sees changes made by any process."""
-        current = await self._load(job_id)
+        current = await self._load(job_id, principal)
         yield public(current)
         seen = _change(current)
         while not current.status.terminal and not is_stopping():
@@ -164,6 +188,11 @@ class JobService:
             if _change(current) != seen:  # lease renewals change the version, not the status
                 seen = _change(current)
                 yield public(current)
+
+
+def _visible(job: Job, principal: Principal | None) -> bool:
+    """Authentication off: every job. On: the principal's own jobs; every job for 'admin'."""
+    return principal is None or principal.is_admin or job.owner == principal.name
 
 
 def _change(job: Job) -> tuple[str, int]:

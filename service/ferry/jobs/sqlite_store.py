@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import TypeVar
 
 from ferry.jobs.document import Job, decode, encode
-from ferry.jobs.store import DueKind, JobStore, QueueStats, Versioned
+from ferry.jobs.store import DueKind, JobStore, QueueStats, Quota, Versioned
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     version INTEGER NOT NULL,
     idempotency_key TEXT UNIQUE,
+    owner TEXT,
     doc BLOB NOT NULL,
     records BLOB NOT NULL,
     run_at REAL,
@@ -36,6 +37,13 @@ CREATE INDEX IF NOT EXISTS jobs_queued_since ON jobs(queued_since) WHERE queued_
 CREATE INDEX IF NOT EXISTS jobs_callback_at ON jobs(callback_at) WHERE callback_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_expires_at ON jobs(expires_at) WHERE expires_at IS NOT NULL;
 """
+# A file from a version without job owners gets the column (NULL: no owner).
+OWNER_COLUMN = "ALTER TABLE jobs ADD COLUMN owner TEXT"
+OWNER_INDEX = "CREATE INDEX IF NOT EXISTS jobs_owner_queued ON jobs(owner, queued_since) WHERE queued_since IS NOT NULL"
+OWNER_ROWS_INDEX = "CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner) WHERE owner IS NOT NULL"
+# After a checkpoint the write-ahead log is cut back to this size, so a burst of large jobs does not
+# leave a large -wal file behind (it counts against jobs.max_store_bytes).
+WAL_SIZE_LIMIT = 4 * 1024 * 1024
 BUSY_TIMEOUT_MS = 10_000
 T = TypeVar("T")
 
@@ -52,6 +60,7 @@ class SqliteJobStore(JobStore):
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
         try:
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             self._setup(conn)
         except BaseException:
             conn.close()
@@ -69,6 +78,15 @@ class SqliteJobStore(JobStore):
                 conn.execute("PRAGMA journal_mode=WAL")  # persistent; several processes may set it at once
                 conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
                 conn.executescript(SCHEMA)
+                columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+                if "owner" not in columns:
+                    try:
+                        conn.execute(OWNER_COLUMN)
+                    except sqlite3.OperationalError as exc:  # another process added it since we looked
+                        if "duplicate column" not in str(exc):
+                            raise
+                conn.execute(OWNER_INDEX)
+                conn.execute(OWNER_ROWS_INDEX)
                 return
             except sqlite3.OperationalError as exc:
                 if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > ends:
@@ -92,28 +110,78 @@ class SqliteJobStore(JobStore):
             await asyncio.to_thread(conn.close)
 
     # -- contract ----------------------------------------------------------------------------
-    async def insert(self, job: Job, records: bytes) -> Versioned:
+    def _wal_bytes(self) -> int:
+        try:
+            return self.path.with_name(self.path.name + "-wal").stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def projected_bytes(self, conn: sqlite3.Connection, incoming: int) -> int:
+        """How large the files (database and write-ahead log) may grow once a row of ``incoming`` bytes
+        is stored and the jobs not finished yet have written their results.
+
+        New data fills free pages first, then grows the database file. Still to come: the row, and a
+        result for each unfinished job, counted as large as its input (a result row is a label and a
+        probability per class, smaller than most records). The log holds the row and those results once
+        more until the next checkpoint, plus up to its size limit of other writes (lease renewals)."""
+        page_size, pages, free = (
+            conn.execute(f"PRAGMA {name}").fetchone()[0] for name in ("page_size", "page_count", "freelist_count")
+        )
+        pending = conn.execute("SELECT coalesce(sum(length(records)), 0) FROM jobs WHERE expires_at IS NULL").fetchone()
+        growth = max(0, incoming + int(pending[0]) - free * page_size)
+        return int(pages * page_size + growth + self._wal_bytes() + incoming + int(pending[0]) + WAL_SIZE_LIMIT)
+
+    async def insert(self, job: Job, records: bytes, quota: Quota | None = None) -> Versioned:
         index = self.index(job)
-        row = (job.id, job.idempotency_key, encode(job), records, index.run_at, index.queued_since, index.callback_at)
+        key = self.idempotency(job)
+        doc = encode(job)
+        row = (job.id, key, job.owner, doc, records, index.run_at, index.queued_since, index.callback_at)
 
         def insert(conn: sqlite3.Connection) -> Versioned:
-            # One transaction: the existing job of an idempotency key cannot be purged in between.
+            if quota is not None and self._wal_bytes() > WAL_SIZE_LIMIT:
+                # Large jobs can outgrow the log faster than automatic checkpoints (which never wait for
+                # readers) empty it: copy it into the database and cut it back before counting it.
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            # One transaction: the existing job of an idempotency key cannot be purged in between, and
+            # concurrent submissions from other workers cannot slip past the quota.
             with conn:
                 conn.execute("BEGIN IMMEDIATE")
-                if job.idempotency_key is not None:
-                    found = conn.execute(
-                        "SELECT doc, version FROM jobs WHERE idempotency_key = ?", (job.idempotency_key,)
-                    ).fetchone()
+                if key is not None:
+                    found = conn.execute("SELECT doc, version FROM jobs WHERE idempotency_key = ?", (key,)).fetchone()
                     if found is not None:
                         return Versioned(decode(found[0]), found[1])
+                if quota is not None:
+                    self._check(conn, quota, job.owner, len(doc) + len(records), len(records))
                 conn.execute(
-                    "INSERT INTO jobs (id, version, idempotency_key, doc, records, run_at, queued_since, callback_at)"
-                    " VALUES (?, 1, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO jobs (id, version, idempotency_key, owner, doc, records, run_at, queued_since,"
+                    " callback_at) VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?)",
                     row,
                 )
                 return Versioned(job, 1)
 
         return await self._run(insert)
+
+    def _check(
+        self, conn: sqlite3.Connection, quota: Quota, owner: str | None, incoming: int, len_records: int
+    ) -> None:
+        queued = conn.execute("SELECT count(*) FROM jobs WHERE queued_since IS NOT NULL").fetchone()[0]
+        if queued >= quota.max_queued:
+            raise quota.queue_full(owned=False)
+        if owner is not None:
+            mine = conn.execute(
+                "SELECT count(*) FROM jobs WHERE owner = ? AND queued_since IS NOT NULL", (owner,)
+            ).fetchone()[0]
+            if mine >= quota.max_queued_owner:
+                raise quota.queue_full(owned=True)
+            held = conn.execute(
+                "SELECT coalesce(sum(length(records) + length(doc)"
+                " + CASE WHEN expires_at IS NULL THEN length(records) ELSE 0 END), 0) FROM jobs WHERE owner = ?",
+                (owner,),
+            ).fetchone()[0]
+            if held + incoming + len_records > quota.max_bytes_owner:
+                raise quota.store_full(owned=True)
+        if self.projected_bytes(conn, incoming) > quota.max_bytes:
+            raise quota.store_full()
 
     async def get(self, job_id: str) -> Versioned | None:
         def get(conn: sqlite3.Connection) -> Versioned | None:

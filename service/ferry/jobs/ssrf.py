@@ -4,8 +4,10 @@ A callback URL makes ferry send a POST wherever a client points it, from inside 
 resolves the host once, refuses the URL if any address is not a public unicast address (loopback,
 RFC 1918, link-local with the cloud metadata endpoint, ULA, CGNAT, multicast, reserved, ...), and
 returns the checked address so the sender connects to exactly that address: a second resolution
-could answer differently (DNS rebinding). ``allow_hosts`` exempts hosts, matched as written in the
-URL, from the address check only; scheme and userinfo rules always apply.
+could answer differently (DNS rebinding). ``allow_hosts`` exempts targets from the address check only
+(scheme and userinfo rules always apply): ``host:port``, ``host`` (the scheme's default port), or a URL
+prefix. Never a whole host: with ``127.0.0.1`` allowed for one receiver, a client must not reach every
+other port of it (a port scanner, and a way into sidecars and admin ports).
 """
 
 from __future__ import annotations
@@ -160,6 +162,35 @@ def _split(url: str, allow_http: bool) -> tuple[str, str, str, int]:
     return scheme, written, lookup, port or DEFAULT_PORTS[scheme]
 
 
+def _entry_host_port(entry: str) -> tuple[str, int | None]:
+    """``host:port``, ``[v6]:port``, ``host`` or a bare IPv6 address -> (host, port or None)."""
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else None
+    if entry.count(":") == 1:
+        host, _, port = entry.partition(":")
+        return host, int(port) if port.isdigit() else -1  # -1: a malformed port matches nothing
+    return entry, None
+
+
+def _allows(entry: str, url: str, scheme: str, host: str, port: int) -> bool:
+    """Whether one ``allow_hosts`` entry covers the URL (host already lowercased, port resolved)."""
+    entry = entry.strip().lower()
+    if "://" in entry:  # a URL prefix: same scheme, host and port, and the path within the prefix's
+        try:
+            prefix = urlsplit(entry)
+            prefix_port = prefix.port or DEFAULT_PORTS.get(prefix.scheme)
+        except ValueError:
+            return False
+        if (prefix.scheme, prefix.hostname, prefix_port) != (scheme, host, port):
+            return False
+        base = prefix.path or "/"
+        path = urlsplit(url).path or "/"
+        return path == base or path.startswith(base if base.endswith("/") else base + "/")
+    entry_host, entry_port = _entry_host_port(entry)
+    return entry_host == host and (entry_port or DEFAULT_PORTS[scheme]) == port
+
+
 async def check_callback_url(
     url: str,
     *,
@@ -184,7 +215,7 @@ async def check_callback_url(
         if not addresses:
             raise CallbackUrlForbidden("callback_url host does not resolve")
 
-    allowlisted = written in {h.strip().strip("[]").lower() for h in allow_hosts}
+    allowlisted = any(_allows(entry, url, scheme, written, port) for entry in allow_hosts)
     checked: list[str] = []
     for text in addresses:
         ip = _parse_ip(text)

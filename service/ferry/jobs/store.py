@@ -20,8 +20,8 @@ from typing import Literal
 
 import redis.exceptions
 
-from ferry.errors import JobConflict
-from ferry.jobs.document import Index, Job, index_of
+from ferry.errors import JobConflict, JobQuotaExceeded, JobStoreFull
+from ferry.jobs.document import Index, Job, idempotency_scope, index_of
 from ferry.settings import JobsSettings
 
 # A transition: the next document, or None when the change does not apply in the job's state.
@@ -50,6 +50,30 @@ class Updated:
 
 
 @dataclass(frozen=True, slots=True)
+class Quota:
+    """Limits an insert must keep, checked atomically with it. The ``*_owner`` limits apply to the
+    job's owner (jobs without an owner: only the store-wide ones). An owner's bytes: every job it holds
+    (until purged), input plus document, plus its input once more while the result is still to come."""
+
+    max_queued: int
+    max_queued_owner: int
+    max_bytes: int
+    retry_after_s: float
+    max_bytes_owner: int = 1 << 62
+
+    def queue_full(self, owned: bool) -> JobQuotaExceeded:
+        which = "your jobs waiting to run" if owned else "jobs waiting to run"
+        return JobQuotaExceeded(f"too many {which}; retry later", retry_after_s=self.retry_after_s)
+
+    def store_full(self, owned: bool = False) -> JobStoreFull:
+        if owned:
+            return JobStoreFull(
+                "your jobs hold your share of the job store; retry after they expire", retry_after_s=self.retry_after_s
+            )
+        return JobStoreFull(retry_after_s=self.retry_after_s)
+
+
+@dataclass(frozen=True, slots=True)
 class QueueStats:
     queued: int
     oldest_queued_at: float | None
@@ -65,9 +89,11 @@ class JobStore(ABC):
     async def close(self) -> None: ...
 
     @abstractmethod
-    async def insert(self, job: Job, records: bytes) -> Versioned:
-        """Store a new job and its input (JSON bytes). With an idempotency key already in use,
-        store nothing and return the existing job instead (its id differs from ``job``'s)."""
+    async def insert(self, job: Job, records: bytes, quota: Quota | None = None) -> Versioned:
+        """Store a new job and its input (JSON bytes). With an idempotency key already in use (in the
+        job owner's namespace, ``document.idempotency_scope``), store nothing and return the existing
+        job instead (its id differs from ``job``'s). With a ``quota``, raise ``JobQuotaExceeded`` or
+        ``JobStoreFull`` instead of storing a job that would exceed it."""
 
     @abstractmethod
     async def get(self, job_id: str) -> Versioned | None: ...
@@ -117,6 +143,10 @@ class JobStore(ABC):
     @staticmethod
     def index(job: Job) -> Index:
         return index_of(job)
+
+    @staticmethod
+    def idempotency(job: Job) -> str | None:
+        return idempotency_scope(job)
 
 
 # What a store raises when its backend is down or refuses: the API answers 503, runners retry.

@@ -50,13 +50,23 @@ LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=64)
 class ClientSettings:
     """What both clients are configured with; ``http_options()`` feeds the httpx client underneath."""
 
-    def __init__(self, base_url: str, *, timeout: float, max_retries: int, headers: dict[str, str] | None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float,
+        max_retries: int,
+        headers: dict[str, str] | None,
+        token: str | None = None,
+    ) -> None:
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
         self.base_url = str(base_url).rstrip("/")
         self.timeout = timeout
         self.max_retries = max_retries
         self.headers = dict(headers or {})
+        if token:  # an API key or an OIDC access token: the service takes either as a bearer credential
+            self.headers["Authorization"] = f"Bearer {token}"
 
     def http_options(self) -> dict[str, Any]:
         return {

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 PROG = "ferry-client"
 DEFAULT_URL = "http://127.0.0.1:8000"
+TOKEN_ENV = "FERRY_TOKEN"
 EXIT_FAILED = 1  # the server refused, the job failed, a timeout
 EXIT_INPUT = 2  # the input file cannot be used (argparse also exits 2 on bad usage)
 
@@ -34,6 +35,12 @@ def _connection(parser: argparse.ArgumentParser) -> None:
         "--http-timeout", type=float, default=30.0, help="seconds per HTTP request (default: %(default)s)"
     )
     parser.add_argument("--retries", type=int, default=5, help="retries on 429/503 and failed connections (default: 5)")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get(TOKEN_ENV),
+        help=f"API key or OIDC access token, sent as a bearer credential (default: ${TOKEN_ENV}; prefer the "
+        "variable: an option is visible to other users in the process list)",
+    )
 
 
 def _records_input(parser: argparse.ArgumentParser) -> None:
@@ -128,7 +135,7 @@ def _describe(exc: Exception) -> str:
 def _client(args: argparse.Namespace) -> Client:
     from ferry_client import Client
 
-    return Client(args.url, timeout=args.http_timeout, max_retries=args.retries)
+    return Client(args.url, timeout=args.http_timeout, max_retries=args.retries, token=args.token)
 
 
 def _predict(args: argparse.Namespace) -> int:

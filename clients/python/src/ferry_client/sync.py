@@ -43,6 +43,9 @@ from ferry_client.sse import SSEParser, iter_events
 class Client(ClientSettings):
     """Synchronous ferry client.
 
+    ``token`` is the API key or OIDC access token of a service with authentication on (sent as
+    ``Authorization: Bearer``).
+
     Answers 429 and 503 are retried up to ``max_retries`` times, after the server's ``Retry-After`` or
     an exponential backoff with full jitter; failed connections are retried for idempotent calls. Any
     other error answer raises :class:`FerryClientError` at once.
@@ -55,9 +58,10 @@ class Client(ClientSettings):
         timeout: float = 30.0,
         max_retries: int = 5,
         headers: dict[str, str] | None = None,
+        token: str | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        super().__init__(base_url, timeout=timeout, max_retries=max_retries, headers=headers)
+        super().__init__(base_url, timeout=timeout, max_retries=max_retries, headers=headers, token=token)
         self._http = httpx.Client(transport=transport, **self.http_options())
 
     # -- lifecycle ---------------------------------------------------------------------------

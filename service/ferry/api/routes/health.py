@@ -11,7 +11,8 @@ from ferry.core import Core
 from ferry.lifecycle import is_draining
 
 
-def build_router(core: Core) -> APIRouter:
+def build_router(core: Core, *, metrics_route: bool = True) -> APIRouter:
+    """Probes, and /metrics unless it has a port of its own (``metrics.port``)."""
     router = APIRouter(route_class=OrjsonRoute, tags=["health"])
 
     @router.get("/livez", response_model=Health, summary="Liveness: the process answers (never touches the model)")
@@ -34,9 +35,11 @@ def build_router(core: Core) -> APIRouter:
             body = Health(status=holder.state.value, model=holder.name, version=holder.version, reason=holder.reason)
         return JSONResponse(body.model_dump(), status_code=503, headers={"retry-after": "1"})
 
-    @router.get("/metrics", summary="Prometheus metrics of all workers", response_class=Response)
-    async def metrics() -> Response:
-        payload, content_type = core.metrics.exposition()
-        return Response(payload, media_type=content_type)
+    if metrics_route:
+
+        @router.get("/metrics", summary="Prometheus metrics of all workers", response_class=Response)
+        async def metrics() -> Response:
+            payload, content_type = core.metrics.exposition()
+            return Response(payload, media_type=content_type)
 
     return router

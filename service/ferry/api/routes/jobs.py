@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import Field, create_model
 
 from ferry.api import sse
+from ferry.api.auth import PrincipalDep
 from ferry.api.deps import RequestIdDep
 from ferry.api.orjson_route import OrjsonRoute
 from ferry.api.schemas import ErrorBody, Job, JobBody
@@ -26,10 +27,13 @@ JOB_ID = Path(
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in {
-        404: "No such job (or purged after its TTL)",
+        401: "No or invalid credentials (authentication on)",
+        403: "The credentials lack the 'jobs' scope",
+        404: "No such job (or purged after its TTL, or another principal's)",
         409: "Not allowed in the job's state, or Idempotency-Key reused with another body",
         413: "Body over the size limit",
         422: "Invalid records, metadata or callback_url (callback_url_forbidden)",
+        429: "Too many queued jobs (job_quota_exceeded) or job store full (job_store_full); see Retry-After",
         503: "Job store unavailable",
     }.items()
 }
@@ -71,6 +75,7 @@ def build_router(core: Core, jobs: JobService) -> APIRouter:
     async def submit(
         body: Annotated[job_request, Body()],
         request_id: RequestIdDep,
+        principal: PrincipalDep,
         idempotency_key: Annotated[
             str | None,
             Header(
@@ -78,7 +83,8 @@ def build_router(core: Core, jobs: JobService) -> APIRouter:
                 max_length=255,
                 pattern=r"^[\x21-\x7e]+$",
                 description="Same key (and same body) → the same job, so a retried submit never runs twice. "
-                "The same key with another body → 409 idempotency_key_reused.",
+                "The same key with another body → 409 idempotency_key_reused. With authentication on, keys are "
+                "per principal: two principals using one key get two jobs.",
             ),
         ] = None,
     ) -> Response:
@@ -90,6 +96,7 @@ def build_router(core: Core, jobs: JobService) -> APIRouter:
             idempotency_key=idempotency_key,
             request_id=request_id,
             model=core.model_ref,
+            principal=principal,
         )
         headers = {"location": f"/api/v1/jobs/{doc['id']}"}
         if not created:
@@ -97,12 +104,12 @@ def build_router(core: Core, jobs: JobService) -> APIRouter:
         return _json(doc, 202, headers)
 
     @router.get("/{job_id}", response_model=Job, summary="A job: status, result or error, callback delivery")
-    async def get_job(job_id: Annotated[str, JOB_ID]) -> Response:
-        return _json(await jobs.get(job_id))
+    async def get_job(job_id: Annotated[str, JOB_ID], principal: PrincipalDep) -> Response:
+        return _json(await jobs.get(job_id, principal))
 
     @router.delete("/{job_id}", response_model=Job, summary="Cancel a job that has not started")
-    async def cancel_job(job_id: Annotated[str, JOB_ID]) -> Response:
-        return _json(await jobs.cancel(job_id))
+    async def cancel_job(job_id: Annotated[str, JOB_ID], principal: PrincipalDep) -> Response:
+        return _json(await jobs.cancel(job_id, principal))
 
     @router.post(
         "/{job_id}/callback/redeliver",
@@ -110,8 +117,8 @@ def build_router(core: Core, jobs: JobService) -> APIRouter:
         response_model=Job,
         summary="Deliver a finished job's callback again (after dead-letter), with the same webhook-id",
     )
-    async def redeliver(job_id: Annotated[str, JOB_ID]) -> Response:
-        return _json(await jobs.redeliver(job_id), 202)
+    async def redeliver(job_id: Annotated[str, JOB_ID], principal: PrincipalDep) -> Response:
+        return _json(await jobs.redeliver(job_id, principal), 202)
 
     @router.get(
         "/{job_id}/events",
@@ -119,15 +126,15 @@ def build_router(core: Core, jobs: JobService) -> APIRouter:
         response_class=StreamingResponse,
         responses={200: {"content": {"text/event-stream": {}}, "description": "`event: status`, data = the job"}},
     )
-    async def events(job_id: Annotated[str, JOB_ID]) -> Response:
-        await jobs.get(job_id)  # 404 before the stream starts
+    async def events(job_id: Annotated[str, JOB_ID], principal: PrincipalDep) -> Response:
+        await jobs.get(job_id, principal)  # 404 before the stream starts
         gauge = core.metrics.sse_streams_open.labels("job_events")
 
         async def stream() -> AsyncIterator[bytes]:
             gauge.inc()
             try:
                 last = None
-                async for last in jobs.follow(job_id, is_draining):
+                async for last in jobs.follow(job_id, is_draining, principal):
                     yield sse.encode(last, event="status", id=len(last["history"]))
                 if is_draining() and (last is None or last["status"] not in TERMINAL_JOB_STATUSES):
                     yield sse.encode({"message": "server shutting down; reconnect to follow the job"}, event="shutdown")

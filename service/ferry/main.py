@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from threadpoolctl import threadpool_limits
 
 from ferry import __version__
+from ferry.api import connections
 from ferry.api.errors import from_status
 from ferry.api.middleware import RequestMiddleware
 from ferry.api.routes import health, jobs, models, predict, stream, v2
@@ -59,6 +60,7 @@ def create_worker_app(settings: Settings | None = None) -> FastAPI:
 def _build(settings: Settings, role: str) -> FastAPI:
     configure_logging(settings.logging.level)
     metrics = Metrics()
+    connections.set_close_observer(lambda reason: metrics.connections_closed.labels(reason).inc())
     core = Core(settings, metrics)
     store = open_store(settings.jobs)
     job_service = JobService(settings, store, metrics)

@@ -258,6 +258,13 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=r,
         )
+        self.connections_closed = Counter(
+            "ferry_connections_closed_total",
+            "Connections a worker closed itself: header or body timeout, headers too large, refused or "
+            "evicted at the connection limit.",
+            ["reason"],
+            registry=r,
+        )
         self.stream_chunks = Counter(
             "ferry_stream_chunks_total",
             "Chunks of streamed predictions: sent, or skipped because the client left or the server stopped.",

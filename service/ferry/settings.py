@@ -140,6 +140,21 @@ class InferenceSettings(_Group):
         description="Model calls allowed to wait for a thread, per worker. Beyond it requests are shed "
         "at once with 503 'overloaded' and Retry-After instead of queueing without bound.",
     )
+    hang_s: float = Field(
+        60.0,
+        gt=0,
+        le=86400,
+        description="A model call still running after this long is hung: the worker turns unready (/readyz "
+        "503, predictions 503 'model_not_ready'), the call counts as a breaker failure, and "
+        "ferry_model_hangs_total and a 'model_call_hung' error line say so. Keep it above deadline.max_s.",
+    )
+    hang_exit_s: float = Field(
+        15.0,
+        ge=0,
+        le=3600,
+        description="How long a worker with a hung model call stays up, unready (so the load balancer takes it "
+        "out), before it exits and gunicorn starts a fresh one. A call that returns meanwhile makes it ready again.",
+    )
 
 
 class BreakerSettings(_Group):
@@ -254,6 +269,53 @@ class StreamSettings(_Group):
     )
 
 
+class ConnectionSettings(_Group):
+    """Connection protection in each worker (the protections a front proxy would give, kept in the service
+    so that it is safe without one). Read by the worker's HTTP protocol (``ferry.api.connections``)."""
+
+    max_header_bytes: int = Field(
+        32 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Largest request line plus headers, in bytes; larger requests get 431 and the connection "
+        "is closed. nginx: large_client_header_buffers 4 8k; Envoy: max_request_headers_kb 60.",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="A connection must deliver a request's complete headers within this many seconds of its "
+        "first byte (or, for a new connection, of being accepted); else it is closed and logged. "
+        "nginx: client_header_timeout; Envoy: request_headers_timeout.",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Longest pause while a request body is being received (between two reads, as nginx's "
+        "client_body_timeout); a stalled body is answered 408 and the connection closed and logged. "
+        "Envoy: stream_idle_timeout.",
+    )
+    max_connections: int = Field(
+        4096,
+        ge=16,
+        le=1_000_000,
+        description="Open connections per worker, lowered at start to fit the process's descriptor limit "
+        "(RLIMIT_NOFILE minus a reserve). At the limit a new connection first closes the oldest connection "
+        "that has no request being answered (idle, or still sending headers or body); if every connection "
+        "is busy it gets 503 'too_many_connections' and is closed. nginx: worker_connections; Envoy: "
+        "max_connections (overload manager).",
+    )
+    max_event_streams: int = Field(
+        2000,
+        ge=0,
+        le=100_000,
+        description="Open job event streams (GET /api/v1/jobs/{id}/events) per worker; beyond it 503 "
+        "'too_many_streams' with Retry-After. Followers of one job share one store poll. Keep it below "
+        "max_connections.",
+    )
+
+
 class JobsSettings(_Group):
     """Async inference jobs: store, runners, retention."""
 
@@ -348,6 +410,20 @@ class CallbacksSettings(_Group):
         1.0, gt=0, le=3600, description="Base of the exponential backoff between attempts (full jitter)."
     )
     backoff_max_s: float = Field(600.0, gt=0, le=86400, description="Longest wait between two attempts.")
+    max_in_flight: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        description="Callback attempts sent at the same time, per process: a slow receiver holds one slot for "
+        "at most timeout_s, and never delays the callbacks of other receivers.",
+    )
+    max_per_host: int = Field(
+        2,
+        ge=1,
+        le=1024,
+        description="Callback attempts sent at the same time to one receiver (host:port), per process. Further "
+        "callbacks for it wait in the store, so one slow receiver cannot take every slot.",
+    )
 
 
 class Settings(BaseSettings):
@@ -377,6 +453,9 @@ class Settings(BaseSettings):
     stream: StreamSettings = Field(default_factory=StreamSettings, description=StreamSettings.__doc__)
     jobs: JobsSettings = Field(default_factory=JobsSettings, description=JobsSettings.__doc__)
     callbacks: CallbacksSettings = Field(default_factory=CallbacksSettings, description=CallbacksSettings.__doc__)
+    connections: ConnectionSettings = Field(
+        default_factory=ConnectionSettings, description=ConnectionSettings.__doc__
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

@@ -13,6 +13,7 @@ from gunicorn.arbiter import Arbiter
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
+from ferry.api import connections
 from ferry.lifecycle import set_heartbeat, start_draining
 from ferry.settings import Settings
 
@@ -79,7 +80,8 @@ class DrainingServer(Server):
 class FerryWorker(UvicornWorker):  # type: ignore[misc]  # uvicorn-worker ships no type information
     CONFIG_KWARGS: dict[str, Any] = {  # noqa: RUF012 - overrides the parent's class attribute
         "loop": "uvloop",
-        "http": "httptools",
+        # uvicorn's httptools protocol plus header size, read timeouts and a connection limit.
+        "http": connections.GuardedHttpToolsProtocol,
         "access_log": False,  # ferry's middleware writes exactly one access line per request
         "server_header": False,
         "proxy_headers": True,
@@ -105,8 +107,10 @@ class FerryWorker(UvicornWorker):  # type: ignore[misc]  # uvicorn-worker ships 
 
     async def _serve(self) -> None:
         self.config.app = self.wsgi
+        settings = Settings()
+        connections.configure(settings.connections)
         server = self._server = DrainingServer(config=self.config)
-        server.drain_grace_s = Settings().server.drain_grace_s
+        server.drain_grace_s = settings.server.drain_grace_s
         self._install_sigquit_handler()
         await server.serve(sockets=self.sockets)
         if not server.started:

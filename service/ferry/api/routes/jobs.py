@@ -13,7 +13,8 @@ from pydantic import Field, create_model
 
 from ferry.api import sse
 from ferry.api.deps import RequestIdDep
-from ferry.api.orjson_route import OrjsonRoute
+from ferry.api import json_body
+from ferry.api.orjson_route import bounded
 from ferry.api.schemas import ErrorBody, Job, JobBody
 from ferry.core import Core
 from ferry.jobs.service import JobService
@@ -65,7 +66,9 @@ def build_router(core: Core, jobs: JobService) -> APIRouter:
     )
     job_request.examples = lambda: [{"records": [schema.example, schema.example], "metadata": {"batch": "2026-11-27"}}]
     job_request.max_metadata_bytes = max_metadata
-    router = APIRouter(route_class=OrjsonRoute, prefix="/api/v1/jobs", tags=["jobs"], responses=ERRORS)
+    # Metadata takes at most one value per byte of its compact JSON.
+    route_class = bounded(lambda: schema.max_values(max_records) + max_metadata + json_body.SLACK_VALUES)
+    router = APIRouter(route_class=route_class, prefix="/api/v1/jobs", tags=["jobs"], responses=ERRORS)
 
     @router.post("", status_code=202, response_model=Job, summary="Submit records for asynchronous prediction")
     async def submit(

@@ -110,6 +110,10 @@ class DeadlineExceeded(FerryError):
     status, code, default_message = 504, "deadline_exceeded", "the request's deadline passed before it was answered"
 
 
+class ModelTimedOut(FerryError):
+    status, code, default_message = 504, "deadline_exceeded", "the model call outlived every request's deadline"
+
+
 class Overloaded(FerryError):
     status, code, default_message = 503, "overloaded", "too many requests in flight; retry later"
 

@@ -113,7 +113,7 @@ class Metrics:
         )
         self.model_calls = Counter(
             "ferry_model_calls_total",
-            "Model calls by outcome (ok, error); calls refused by the breaker are not model calls.",
+            "Model calls by outcome (ok, error, timeout: it returned after every caller's deadline); calls refused by the breaker are not model calls.",
             ["outcome"],
             registry=r,
         )
@@ -258,6 +258,17 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=r,
         )
+        self.model_hangs = Counter(
+            "ferry_model_hangs_total",
+            "Model calls still running after inference.hang_s (each makes its worker unready, then replaced).",
+            registry=r,
+        )
+        self.model_hung = Gauge(
+            "ferry_model_hung",
+            "1 while a worker has a hung model call (it is unready and about to be replaced).",
+            multiprocess_mode="livemax",
+            registry=r,
+        )
         self.connections_closed = Counter(
             "ferry_connections_closed_total",
             "Connections a worker closed itself: header or body timeout, headers too large, refused or "
@@ -289,7 +300,7 @@ class Metrics:
             self.deadline_exceeded.labels(stage)
         for state in ("closed", "half-open", "open"):
             self.breaker_transitions.labels(state)
-        for outcome in ("ok", "error"):
+        for outcome in ("ok", "error", "timeout"):
             self.model_calls.labels(outcome)
         self._cpu_seen = 0.0
         self._process = ProcessCollector(registry=None)

@@ -38,3 +38,13 @@ class PickyModel(SlowModel):
         if (np.asarray(x, dtype=float)[:, 0] == 13.0).any():
             raise ValueError("poison row")
         return super().predict_proba(x)
+
+
+class HangingModel(SlowModel):
+    """Never returns from a call that contains the value 666.0 in its first column (a hung native call)."""
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        if (np.asarray(x, dtype=float)[:, 0] == 666.0).any():
+            while True:
+                time.sleep(1)
+        return super().predict_proba(x)

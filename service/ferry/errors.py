@@ -118,6 +118,14 @@ class Overloaded(FerryError):
     status, code, default_message = 503, "overloaded", "too many requests in flight; retry later"
 
 
+class TooManyStreams(FerryError):
+    status, code, default_message = (
+        503,
+        "too_many_streams",
+        "this server has as many open event streams as it allows; retry later or poll the job",
+    )
+
+
 class ModelNotReady(FerryError):
     status, code, default_message = 503, "model_not_ready", "the model is not loaded yet"
 

@@ -31,7 +31,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         409: "Not allowed in the job's state, or Idempotency-Key reused with another body",
         413: "Body over the size limit",
         422: "Invalid records, metadata or callback_url (callback_url_forbidden)",
-        503: "Job store unavailable",
+        503: "Job store unavailable, or (event streams) too many open streams: too_many_streams",
     }.items()
 }
 
@@ -123,19 +123,25 @@ def build_router(core: Core, jobs: JobService) -> APIRouter:
         responses={200: {"content": {"text/event-stream": {}}, "description": "`event: status`, data = the job"}},
     )
     async def events(job_id: Annotated[str, JOB_ID]) -> Response:
-        await jobs.get(job_id)  # 404 before the stream starts
+        release = jobs.followers.reserve()  # 503 too_many_streams beyond the cap, before any work
+        try:
+            first = await jobs.load(job_id)  # 404 before the stream starts
+        except BaseException:
+            release()
+            raise
         gauge = core.metrics.sse_streams_open.labels("job_events")
 
         async def stream() -> AsyncIterator[bytes]:
             gauge.inc()
             try:
                 last = None
-                async for last in jobs.follow(job_id, is_draining):
+                async for last in jobs.follow(job_id, is_draining, first):
                     yield sse.encode(last, event="status", id=len(last["history"]))
                 if is_draining() and (last is None or last["status"] not in TERMINAL_JOB_STATUSES):
                     yield sse.encode({"message": "server shutting down; reconnect to follow the job"}, event="shutdown")
             finally:
                 gauge.dec()
+                release()
 
         return sse.EventStreamResponse(stream(), heartbeat_s=settings.stream.heartbeat_s)
 

@@ -29,12 +29,12 @@ from typing import Any
 import numpy as np
 
 from ferry.errors import DeadlineExceeded, FerryError, ModelError, ModelNotReady, ModelTimedOut, Overloaded
+from ferry.lifecycle import request_exit
 from ferry.logging import get_logger
 from ferry.metrics import MAX_CLASS_LABELS, Metrics
 from ferry.model import LoadedModel, ModelHolder
 from ferry.resilience.breaker import Breaker
 from ferry.resilience.deadline import Deadline
-from ferry.lifecycle import request_exit
 from ferry.resilience.faults import FaultInjector
 from ferry.resilience.hang import HangWatchdog
 from ferry.settings import Settings

@@ -113,7 +113,8 @@ class Metrics:
         )
         self.model_calls = Counter(
             "ferry_model_calls_total",
-            "Model calls by outcome (ok, error, timeout: it returned after every caller's deadline); calls refused by the breaker are not model calls.",
+            "Model calls by outcome (ok, error, timeout: it returned after every caller's deadline); calls "
+            "refused by the breaker are not model calls.",
             ["outcome"],
             registry=r,
         )

@@ -456,9 +456,7 @@ class Settings(BaseSettings):
     stream: StreamSettings = Field(default_factory=StreamSettings, description=StreamSettings.__doc__)
     jobs: JobsSettings = Field(default_factory=JobsSettings, description=JobsSettings.__doc__)
     callbacks: CallbacksSettings = Field(default_factory=CallbacksSettings, description=CallbacksSettings.__doc__)
-    connections: ConnectionSettings = Field(
-        default_factory=ConnectionSettings, description=ConnectionSettings.__doc__
-    )
+    connections: ConnectionSettings = Field(default_factory=ConnectionSettings, description=ConnectionSettings.__doc__)
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

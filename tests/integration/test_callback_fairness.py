@@ -24,7 +24,9 @@ def _slow(n: int) -> tuple[int, dict[str, str]]:
     return 200, {}
 
 
-def test_a_slow_receiver_does_not_delay_another_receivers_callback(churn_model: Path, tmp_path: Path, record: dict) -> None:
+def test_a_slow_receiver_does_not_delay_another_receivers_callback(
+    churn_model: Path, tmp_path: Path, record: dict
+) -> None:
     env = {
         "FERRY_CALLBACKS__SIGNING_SECRET": SECRET,
         "FERRY_CALLBACKS__ALLOW_HTTP": "true",
@@ -48,6 +50,8 @@ def test_a_slow_receiver_does_not_delay_another_receivers_callback(churn_model: 
             received = fast.wait_for(1, timeout=SLOW_S)[0]
             finished = client.get(f"/api/v1/jobs/{fast_job}").json()["finished_at"]
     delay = received.at - datetime.fromisoformat(finished).timestamp()
-    print(f"fast receiver's callback arrived {delay * 1000:.0f} ms after its job finished, "
-          f"behind {SLOW_JOBS} jobs for a receiver that takes {SLOW_S:g} s")
+    print(
+        f"fast receiver's callback arrived {delay * 1000:.0f} ms after its job finished, "
+        f"behind {SLOW_JOBS} jobs for a receiver that takes {SLOW_S:g} s"
+    )
     assert delay < ATTEMPT_TIMEOUT_S

@@ -45,7 +45,7 @@ def test_60_mib_of_empty_records_is_refused_with_bounded_memory_and_livez_keeps_
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
-        body = b"{\"records\":[" + b"[],[]," * (10 * MIB) + b"[]]}"  # 60 MiB
+        body = b'{"records":[' + b"[],[]," * (10 * MIB) + b"[]]}"  # 60 MiB
         started = time.perf_counter()
         response = httpx.post(srv.url + STREAM, content=body, headers={"content-type": "application/json"}, timeout=60)
         elapsed = time.perf_counter() - started

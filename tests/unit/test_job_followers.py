@@ -23,12 +23,14 @@ class CountingStore(MemoryJobStore):
         super().__init__()
         self.gets = 0
 
-    async def get(self, job_id: str):  # noqa: ANN201 - as the parent's
+    async def get(self, job_id: str):
         self.gets += 1
         return await super().get(job_id)
 
 
-def run(test: Callable[[VirtualClock, CountingStore, JobFollowers], Awaitable[None]], max_streams: int = 10_000) -> None:
+def run(
+    test: Callable[[VirtualClock, CountingStore, JobFollowers], Awaitable[None]], max_streams: int = 10_000
+) -> None:
     async def main() -> None:
         clock, store = VirtualClock(), CountingStore()
         await test(clock, store, JobFollowers(store, poll_s=POLL_S, max_streams=max_streams, clock=clock))
@@ -67,7 +69,9 @@ def test_a_thousand_followers_of_one_job_share_one_poll_and_all_see_every_change
         await clock.advance(10)  # 50 poll intervals without a change
         assert store.gets == 50, "one poll per interval for all 1000 followers"
         assert followers.watched_jobs == 1
-        await store.update(job_id, lambda j: t.claim(j, owner="p", now=clock.time(), lease_s=30, max_attempts=3, ttl_s=60))
+        await store.update(
+            job_id, lambda j: t.claim(j, owner="p", now=clock.time(), lease_s=30, max_attempts=3, ttl_s=60)
+        )
         await clock.advance(1)
         await store.update(job_id, lambda j: t.renew(j, owner="p", now=clock.time(), lease_s=30))
         await clock.advance(1)
@@ -118,7 +122,7 @@ def test_followers_end_when_the_server_stops_or_the_job_is_gone() -> None:
         ids = [await _job(store, clock) for _ in range(2)]
         firsts = [(await store.get(i)).job for i in ids]  # type: ignore[union-attr]
 
-        async def follow(first) -> list[str]:  # noqa: ANN001
+        async def follow(first) -> list[str]:
             return [job.status.value async for job in followers.follow(first, lambda: stopping)]
 
         stopped = asyncio.create_task(follow(firsts[0]))

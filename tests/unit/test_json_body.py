@@ -17,7 +17,7 @@ from ferry.features import FeatureSchema
 RECORD = {"a": 1.5, "b": "x,{y", "c": True}
 
 
-def run(coroutine):  # noqa: ANN001, ANN201 - a tiny helper for coroutines of any type
+def run(coroutine):
     return asyncio.run(coroutine)
 
 
@@ -28,7 +28,7 @@ def run(coroutine):  # noqa: ANN001, ANN201 - a tiny helper for coroutines of an
         {"chunk_size": 7, "records": [[1, 2, 3]] * 400_000},
         {"records": [[1, [2]], {"k": "}, {"}] * 200_000},
         {"metadata": {"records": [[9]]}, "records": [[1]] * 600_000},
-        {"records": ["a\\\"], [\\\"b"] * 400_000},
+        {"records": ['a\\"], [\\"b'] * 400_000},
     ],
     ids=["dicts", "lists-not-first", "nested-and-strings", "nested-records-key", "tricky-strings"],
 )

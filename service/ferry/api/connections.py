@@ -127,7 +127,7 @@ def _raw_response(status: int, code: str, message: str, extra: bytes = b"") -> b
     )
 
 
-class GuardedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]  # uvicorn's protocol is untyped here
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
     limits: ClassVar[ConnectionLimits] = ConnectionLimits(32 * 1024, 10.0, 30.0, 4096)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -143,8 +143,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]  # uvic
         super().connection_made(transport)
         self._since = self.loop.time()
         if len(self.connections) > self.limits.max_connections and not self._make_room():
-            log.warning("connection_refused", reason="too_many_connections", client=self._client(), open=len(self.connections))
-            self._close_with(503, "too_many_connections", "this worker has too many open connections; retry", b"retry-after: 1\r\n")
+            log.warning(
+                "connection_refused", reason="too_many_connections", client=self._client(), open=len(self.connections)
+            )
+            self._close_with(
+                503, "too_many_connections", "this worker has too many open connections; retry", b"retry-after: 1\r\n"
+            )
             return
         self._arm(self.limits.header_timeout_s, self._header_timeout)
 
@@ -154,12 +158,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]  # uvic
 
     def _make_room(self) -> bool:
         """Close the connection that least deserves its descriptor; False when none may be closed."""
-        victim, rank = None, (99, 0.0)
+        victim: GuardedHttpToolsProtocol | None = None
+        rank = (99, 0.0)
         for connection in self.connections:
-            phase = getattr(connection, "_phase", ANSWERING)
-            if connection is self or phase not in _EVICTABLE:
+            if connection is self or not isinstance(connection, GuardedHttpToolsProtocol):
                 continue
-            candidate = (_EVICTABLE[phase], connection._since)
+            if connection._phase not in _EVICTABLE:
+                continue
+            candidate = (_EVICTABLE[connection._phase], connection._since)
             if candidate < rank:
                 victim, rank = connection, candidate
         if victim is None:

@@ -11,9 +11,8 @@ from fastapi import APIRouter, Body, Header, Path, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import Field, create_model
 
-from ferry.api import sse
+from ferry.api import json_body, sse
 from ferry.api.deps import RequestIdDep
-from ferry.api import json_body
 from ferry.api.orjson_route import bounded
 from ferry.api.schemas import ErrorBody, Job, JobBody
 from ferry.core import Core

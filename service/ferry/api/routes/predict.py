@@ -9,8 +9,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends
 from pydantic import Field, create_model
 
-from ferry.api.deps import RequestIdDep, deadline_of
 from ferry.api import json_body
+from ferry.api.deps import RequestIdDep, deadline_of
 from ferry.api.orjson_route import bounded
 from ferry.api.schemas import BatchBody, BatchResponse, ErrorBody, PredictBody, PredictResponse
 from ferry.core import Core

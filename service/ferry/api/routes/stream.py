@@ -35,9 +35,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Request
 from pydantic import Field, create_model
 
-from ferry.api import sse
+from ferry.api import json_body, sse
 from ferry.api.deps import RequestIdDep, deadline_of
-from ferry.api import json_body
 from ferry.api.orjson_route import bounded
 from ferry.api.routes.predict import ERRORS, model_json
 from ferry.api.schemas import StreamBody

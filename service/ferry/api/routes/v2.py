@@ -138,6 +138,7 @@ def timeout_parameter(value: object) -> float:
         )
     return value / 1e6
 
+
 V2_SLACK_VALUES = 1024
 
 

@@ -5,6 +5,7 @@ gunicorn loads ``ferry.main:create_app()`` in each worker (see service/gunicorn.
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 from collections.abc import AsyncIterator
@@ -35,6 +36,8 @@ from ferry.settings import Settings
 from ferry_client.protocol import record_row, v2_tensor
 
 log = get_logger("ferry.main")
+# Allocations between two young-generation collections (CPython's default: 700).
+GC_YOUNG_THRESHOLD = 5000
 
 
 DESCRIPTION = """
@@ -96,6 +99,13 @@ def _build(settings: Settings, role: str) -> FastAPI:
         limits = threadpool_limits(limits=1)
         await store.open()
         await core.start()
+        # What is alive now (modules, the model) lives as long as the worker: frozen, it is no longer
+        # rescanned by every full collection; and the young generation is collected less often. A
+        # 100,000-record body otherwise triggers full collections that hold the event loop for 0.2 s+
+        # each (docs/architecture.md, "Large bodies and the event loop").
+        thresholds = gc.get_threshold()
+        gc.freeze()
+        gc.set_threshold(GC_YOUNG_THRESHOLD, *thresholds[1:])
         for task in tasks:
             task.start()
         log.info(
@@ -115,6 +125,8 @@ def _build(settings: Settings, role: str) -> FastAPI:
             await core.stop()
             await store.close()
             limits.restore_original_limits()
+            gc.set_threshold(*thresholds)
+            gc.unfreeze()
             log.info("worker_stopped")
 
     app = FastAPI(

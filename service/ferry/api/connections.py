@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -31,6 +32,7 @@ from typing import Any, ClassVar
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from ferry.errors import BodyTimeout, FerryError, HeadersTooLarge, TooManyConnections
 from ferry.logging import get_logger
 from ferry.settings import ConnectionSettings
 
@@ -114,13 +116,17 @@ def set_close_observer(observer: Callable[[str], None]) -> None:
     on_closed = observer
 
 
-def _raw_response(status: int, code: str, message: str, extra: bytes = b"") -> bytes:
-    body = orjson.dumps({"code": code, "message": message, "request_id": None})
+def _raw_response(error: FerryError) -> bytes:
+    """The error as ferry renders every error, written before (or instead of) the app seeing the request."""
+    request_id = secrets.token_hex(16)
+    body = orjson.dumps({"code": error.code, "message": error.message, "request_id": request_id})
+    retry_after = b"retry-after: %d\r\n" % round(error.retry_after_s) if error.retry_after_s else b""
     return b"".join(
         (
-            b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status]),
+            b"HTTP/1.1 %d %s\r\n" % (error.status, _REASONS[error.status]),
             b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n" % len(body),
-            extra,
+            b"x-request-id: %s\r\n" % request_id.encode(),
+            retry_after,
             b"\r\n",
             body,
         )
@@ -146,9 +152,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             log.warning(
                 "connection_refused", reason="too_many_connections", client=self._client(), open=len(self.connections)
             )
-            self._close_with(
-                503, "too_many_connections", "this worker has too many open connections; retry", b"retry-after: 1\r\n"
-            )
+            on_closed("too_many_connections")
+            self._close_with(TooManyConnections(retry_after_s=1))
             return
         self._arm(self.limits.header_timeout_s, self._header_timeout)
 
@@ -188,7 +193,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             log.warning("request_headers_too_large", client=self._client(), received=self._header_bytes)
             on_closed("headers_too_large")
             limit = self.limits.max_header_bytes
-            self._close_with(431, "headers_too_large", f"request line and headers exceed {limit} bytes")
+            self._close_with(HeadersTooLarge(f"request line and headers exceed {limit} bytes"))
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -244,7 +249,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         log.warning("request_body_timeout", client=self._client(), path=self.scope.get("path"), timeout_s=timeout)
         on_closed("body_timeout")
         if self.cycle is not None and not self.cycle.response_started:
-            self._close_with(408, "body_timeout", f"no part of the request body arrived for {timeout:g} s")
+            self._close_with(BodyTimeout(f"no part of the request body arrived for {timeout:g} s"))
         else:
             self.transport.close()
 
@@ -262,7 +267,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._guard.cancel()
             self._guard = None
 
-    def _close_with(self, status: int, code: str, message: str, extra: bytes = b"") -> None:
+    def _close_with(self, error: FerryError) -> None:
         """Answer with an error, half-close, drop what still comes for LINGER_S, then close."""
         self._disarm()
         self._phase = CLOSING
@@ -270,7 +275,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.cycle.keep_alive = False
         if self.transport.is_closing():
             return
-        self.transport.write(_raw_response(status, code, message, extra))
+        self.transport.write(_raw_response(error))
         try:
             self.transport.write_eof()
         except (NotImplementedError, OSError, RuntimeError):

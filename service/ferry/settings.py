@@ -478,14 +478,25 @@ def timeout_chain_warnings(settings: Settings) -> list[str]:
     """Links of the shutdown chain that do not hold. Not refused (tests and local runs shorten the
     graceful timeout on purpose); the launcher logs each, and the Helm chart refuses them."""
     server, deadline = settings.server, settings.deadline
+    warnings = []
     # uvicorn's own shutdown timeout is one second below gunicorn's graceful timeout (worker.py).
     budget = server.graceful_timeout_s - 1 - server.drain_grace_s
     if deadline.max_s > budget:
-        return [
+        warnings.append(
             f"deadline.max_s ({deadline.max_s:g} s) exceeds server.graceful_timeout_s - 1 - server.drain_grace_s "
             f"({budget:g} s): a request with the longest deadline that is running at SIGTERM is cut off"
-        ]
-    return []
+        )
+    if settings.inference.hang_s <= deadline.max_s:
+        warnings.append(
+            f"inference.hang_s ({settings.inference.hang_s:g} s) is not above deadline.max_s ({deadline.max_s:g} s): "
+            "a model call that is merely slow is taken for hung and its worker replaced"
+        )
+    if settings.connections.max_event_streams >= settings.connections.max_connections:
+        warnings.append(
+            "connections.max_event_streams is not below connections.max_connections: open job event streams "
+            "can take every connection of a worker"
+        )
+    return warnings
 
 
 def unknown_variables(environ: dict[str, str]) -> list[str]:

@@ -29,6 +29,16 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
 KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 MAX_CLASS_LABELS = 50
+# Why a worker closed a connection itself (ferry.api.connections).
+CONNECTION_CLOSE_REASONS = (
+    "header_timeout",
+    "body_timeout",
+    "headers_too_large",
+    "too_many_connections",
+    "evicted_idle",
+    "evicted_headers",
+    "evicted_body",
+)
 
 
 def _error_codes() -> set[str]:
@@ -303,6 +313,8 @@ class Metrics:
             self.breaker_transitions.labels(state)
         for outcome in ("ok", "error", "timeout"):
             self.model_calls.labels(outcome)
+        for reason in CONNECTION_CLOSE_REASONS:
+            self.connections_closed.labels(reason)
         self._cpu_seen = 0.0
         self._process = ProcessCollector(registry=None)
 

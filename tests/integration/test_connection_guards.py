@@ -88,6 +88,21 @@ def test_a_connection_stalled_before_its_headers_end_is_closed_and_logged(guarde
     assert any(r.get("event") == "request_header_timeout" and r.get("received") == len(sent) for r in timeouts)
 
 
+def test_a_second_request_stalled_mid_headers_on_a_kept_alive_connection_is_closed(guarded: Server) -> None:
+    sock = _connect(guarded)
+    sock.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+    first = sock.recv(65536)
+    assert first.startswith(b"HTTP/1.1 200"), first
+    started = time.perf_counter()
+    sock.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    rest = _read_all(sock)
+    elapsed = time.perf_counter() - started
+    sock.close()
+    print(f"second request stalled mid-headers: closed after {elapsed:.2f} s")
+    assert b"HTTP/1.1" not in rest  # (what may come is the rest of the first answer) no second answer
+    assert HEADER_TIMEOUT_S * 0.9 <= elapsed < HEADER_TIMEOUT_S + 1.5
+
+
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 def test_a_connection_stalled_mid_body_gets_408_and_is_closed(guarded: Server, chunked: bool) -> None:
     sock = _connect(guarded)

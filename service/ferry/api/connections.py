@@ -170,6 +170,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 continue
             if connection._phase not in _EVICTABLE:
                 continue
+            cycle = connection.cycle
+            if connection._phase != BODY and cycle is not None and not cycle.response_complete:
+                continue  # a pipelined request arrived while the previous one is being answered
             candidate = (_EVICTABLE[connection._phase], connection._since)
             if candidate < rank:
                 victim, rank = connection, candidate
@@ -189,23 +192,30 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._phase in (IDLE, HEADERS):
             self._header_bytes += len(data)
         super().data_received(data)
-        if self._phase == HEADERS and self._header_bytes > self.limits.max_header_bytes:
-            log.warning("request_headers_too_large", client=self._client(), received=self._header_bytes)
-            on_closed("headers_too_large")
-            limit = self.limits.max_header_bytes
-            self._close_with(HeadersTooLarge(f"request line and headers exceed {limit} bytes"))
+        # Timers are armed only for a request still incomplete after a read: a request that arrives
+        # whole (the usual case) costs no timer at all.
+        if self._phase == HEADERS:
+            if self._header_bytes > self.limits.max_header_bytes:
+                log.warning("request_headers_too_large", client=self._client(), received=self._header_bytes)
+                on_closed("headers_too_large")
+                limit = self.limits.max_header_bytes
+                self._close_with(HeadersTooLarge(f"request line and headers exceed {limit} bytes"))
+            elif self._guard is None:
+                remaining = self.limits.header_timeout_s - (self.loop.time() - self._since)
+                self._arm(max(0.0, remaining), self._header_timeout)
+        elif self._phase == BODY and self._guard is None:
+            self._arm(self.limits.body_timeout_s, self._body_timeout)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         if self._phase != HEADERS:  # a new request on a kept-alive connection
             self._enter(HEADERS)
-            self._arm(self.limits.header_timeout_s, self._header_timeout)
 
     def on_headers_complete(self) -> None:
+        self._disarm()
         self._header_bytes = 0
         self._enter(BODY)
-        self._last_read = self.loop.time()
-        self._arm(self.limits.body_timeout_s, self._body_timeout)
+        self._last_read = self._since
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:

@@ -47,6 +47,7 @@ class Core:
             load,
             asyncio.create_task(self._refresh_process_metrics(), name="ferry-process-metrics"),
             asyncio.create_task(self.predictor.run(), name="ferry-dispatcher"),
+            asyncio.create_task(self.predictor.watchdog.run(), name="ferry-hang-watchdog"),
         ]
         if self.predictor.faults.enabled:
             self.predictor.faults.refresh()
@@ -67,6 +68,7 @@ class Core:
         await asyncio.to_thread(self.predictor.shutdown)
 
     async def _load_model(self) -> None:
+        await self.predictor.warm_up()
         await asyncio.to_thread(self.holder.load)
         loaded = self.holder.loaded
         if self.holder.ready and loaded is not None:

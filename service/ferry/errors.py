@@ -138,8 +138,32 @@ class DeadlineExceeded(FerryError):
     status, code, default_message = 504, "deadline_exceeded", "the request's deadline passed before it was answered"
 
 
+class ModelTimedOut(FerryError):
+    status, code, default_message = 504, "deadline_exceeded", "the model call outlived every request's deadline"
+
+
 class Overloaded(FerryError):
     status, code, default_message = 503, "overloaded", "too many requests in flight; retry later"
+
+
+class BodyTimeout(FerryError):
+    status, code, default_message = 408, "body_timeout", "the request body stopped arriving"
+
+
+class HeadersTooLarge(FerryError):
+    status, code, default_message = 431, "headers_too_large", "request line and headers are too large"
+
+
+class TooManyConnections(FerryError):
+    status, code, default_message = 503, "too_many_connections", "this worker has too many open connections; retry"
+
+
+class TooManyStreams(FerryError):
+    status, code, default_message = (
+        503,
+        "too_many_streams",
+        "this server has as many open event streams as it allows; retry later or poll the job",
+    )
 
 
 class ModelNotReady(FerryError):

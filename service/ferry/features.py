@@ -115,6 +115,18 @@ class FeatureSchema:
                 await asyncio.sleep(0)  # let the loop serve others before the next slice
         return valid
 
+    def max_values(self, records: int) -> int:
+        """Most JSON values ``records`` records can take, as ``ferry.api.json_body`` counts them (commas,
+        ``[`` and ``{``): each field and the record itself, plus the punctuation inside category names."""
+        if self.features:
+            punctuation = sum(
+                max((sum(c.count(p) for p in ",[{") for c in f.categories or [""]), default=0) for f in self.features
+            )
+            per_record = len(self.features) + 1 + punctuation
+        else:
+            per_record = (self.n_features or 100_000) + 1  # the generic record's own length limit until loaded
+        return records * per_record
+
     @property
     def typed(self) -> bool:
         return self.features is not None

@@ -28,13 +28,15 @@ from typing import Any
 
 import numpy as np
 
-from ferry.errors import DeadlineExceeded, FerryError, ModelError, ModelNotReady, Overloaded
+from ferry.errors import DeadlineExceeded, FerryError, ModelError, ModelNotReady, ModelTimedOut, Overloaded
+from ferry.lifecycle import request_exit
 from ferry.logging import get_logger
 from ferry.metrics import MAX_CLASS_LABELS, Metrics
 from ferry.model import LoadedModel, ModelHolder
 from ferry.resilience.breaker import Breaker
 from ferry.resilience.deadline import Deadline
 from ferry.resilience.faults import FaultInjector
+from ferry.resilience.hang import HangWatchdog
 from ferry.settings import Settings
 
 log = get_logger("ferry.inference")
@@ -68,6 +70,7 @@ class _Request:
     future: asyncio.Future[_Output]
     enqueued: float = field(default_factory=time.perf_counter)
     started: bool = False
+    call: int = -1  # the watchdog's id of the model call it is part of
 
 
 _Outcome = _Output | BaseException
@@ -103,6 +106,14 @@ class Predictor:
         self.max_rows = settings.batching.max_batch_size if settings.batching.enabled else 1
         self.breaker = Breaker(settings.breaker, metrics, holder.name)
         self.faults = FaultInjector(settings.faults, metrics)
+        self.watchdog = HangWatchdog(
+            hang_s=settings.inference.hang_s,
+            exit_after_s=settings.inference.hang_exit_s,
+            metrics=metrics,
+            breaker=self.breaker,
+            request_exit=request_exit,
+            on_hung=self._shed_queue,
+        )
         self._queue: collections.deque[_Request] = collections.deque()
         self._free = self.threads  # inference threads not running a model call
         self._admitted = 0  # requests between admission and answer
@@ -132,8 +143,10 @@ class Predictor:
             self._free -= 1
             self.metrics.model_calls_in_flight.inc()
             started = time.perf_counter()
+            call_id = self.watchdog.started(sum(len(r.rows) for r in batch))
             for request in batch:
                 request.started = True
+                request.call = call_id
                 self.metrics.queue_wait.observe(started - request.enqueued)
             context = contextvars.copy_context()
             call = loop.run_in_executor(self._executor, context.run, self._call, model, batch)
@@ -165,6 +178,7 @@ class Predictor:
         self.metrics.deadline_exceeded.labels(stage).inc()
 
     def _finish(self, done: asyncio.Future[list[_Outcome]], batch: list[_Request]) -> None:
+        self.watchdog.finished(batch[0].call)
         self._free += 1
         self.metrics.model_calls_in_flight.dec()
         assert self._wakeup is not None
@@ -179,10 +193,26 @@ class Predictor:
             else:
                 request.future.set_result(outcome)
 
+    def _shed_queue(self) -> None:
+        """A call is hung: what waits for a thread would wait until its deadline; answer it now."""
+        while self._queue:
+            request = self._queue.popleft()
+            if not request.future.done():
+                request.future.set_exception(ModelNotReady("a model call is hung; retry", retry_after_s=1))
+        self.metrics.queue_depth.set(0)
+
+    async def warm_up(self) -> None:
+        """Start the inference threads now: their set-up (importing scikit-learn) must not be timed as
+        the first request's model call (nor look like a hang to the watchdog)."""
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(self._executor, time.sleep, 0.01) for _ in range(self.threads)))
+
     def admit(self) -> None:
         """The checks made before anything is queued: the model is loaded, the breaker lets calls through."""
         if self.holder.loaded is None or not self.holder.ready:
             raise ModelNotReady(retry_after_s=1)
+        if self.watchdog.hung:
+            raise ModelNotReady("a model call is hung; this worker is being replaced", retry_after_s=1)
         self.breaker.check()
 
     async def predict(self, rows: np.ndarray, deadline: Deadline) -> Prediction:
@@ -222,8 +252,9 @@ class Predictor:
     def _call(self, model: LoadedModel, batch: list[_Request]) -> list[_Outcome]:
         """One model call for the whole batch; one outcome per request, in order."""
         rows = batch[0].rows if len(batch) == 1 else np.concatenate([r.rows for r in batch])
+        latest = max(r.deadline.at for r in batch)
         try:
-            labels, proba = self._guarded_call(model, rows, len(batch))
+            labels, proba = self._guarded_call(model, rows, len(batch), latest)
         except ModelError:
             if len(batch) == 1:
                 raise
@@ -239,17 +270,25 @@ class Predictor:
 
     def _isolated(self, model: LoadedModel, request: _Request) -> _Outcome:
         try:
-            return self._guarded_call(model, request.rows, 1)
+            return self._guarded_call(model, request.rows, 1, request.deadline.at)
         except FerryError as error:
             return error
 
-    def _guarded_call(self, model: LoadedModel, rows: np.ndarray, requests: int) -> _Output:
+    def _guarded_call(self, model: LoadedModel, rows: np.ndarray, requests: int, deadline_at: float) -> _Output:
         started = time.perf_counter()
         try:
             with self.breaker.guard():
                 if self.faults.enabled:
                     self.faults.apply()
                 labels, proba = _call_model(model, rows)
+                if time.monotonic() > deadline_at:
+                    # Every caller has had its 504: a model this slow is failing, as the breaker must see.
+                    raise ModelTimedOut()
+        except ModelTimedOut:
+            seconds = time.perf_counter() - started
+            self.metrics.model_calls.labels("timeout").inc()
+            log.warning("model_call_timed_out", model=self.holder.name, rows=len(rows), running_s=round(seconds, 3))
+            raise
         except FerryError:
             raise
         except Exception as exc:

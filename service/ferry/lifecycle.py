@@ -20,6 +20,20 @@ def heartbeat() -> None:
     _heartbeat()
 
 
+_exit_request: Callable[[], None] = lambda: None  # noqa: E731
+
+
+def set_exit_request(callback: Callable[[], None]) -> None:
+    """The gunicorn worker registers how to stop itself (so that its master starts a fresh one)."""
+    global _exit_request
+    _exit_request = callback
+
+
+def request_exit() -> None:
+    """Ask this worker process to stop and be replaced (a hung model call cannot be stopped otherwise)."""
+    _exit_request()
+
+
 def start_draining() -> None:
     """Called on SIGTERM/SIGINT: readiness turns 503 from now on."""
     _draining.set()

@@ -5,6 +5,7 @@ gunicorn loads ``ferry.main:create_app()`` in each worker (see service/gunicorn.
 
 from __future__ import annotations
 
+import gc
 import os
 import secrets
 import socket
@@ -18,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from threadpoolctl import threadpool_limits
 
 from ferry import __version__
+from ferry.api import connections
 from ferry.api.auth import AuthMiddleware, scope_for
 from ferry.api.errors import from_status
 from ferry.api.metrics_port import MetricsListener
@@ -38,6 +40,8 @@ from ferry.settings import Settings
 from ferry_client.protocol import record_row, v2_tensor
 
 log = get_logger("ferry.main")
+# Allocations between two young-generation collections (CPython's default: 700).
+GC_YOUNG_THRESHOLD = 5000
 
 
 DESCRIPTION = """
@@ -63,6 +67,7 @@ def create_worker_app(settings: Settings | None = None) -> FastAPI:
 def _build(settings: Settings, role: str) -> FastAPI:
     configure_logging(settings.logging.level)
     metrics = Metrics()
+    connections.set_close_observer(lambda reason: metrics.connections_closed.labels(reason).inc())
     core = Core(settings, metrics)
     store = open_store(settings.jobs)
     job_service = JobService(settings, store, metrics)
@@ -106,6 +111,13 @@ def _build(settings: Settings, role: str) -> FastAPI:
         limits = threadpool_limits(limits=1)
         await store.open()
         await core.start()
+        # What is alive now (modules, the model) lives as long as the worker: frozen, it is no longer
+        # rescanned by every full collection; and the young generation is collected less often. A
+        # 100,000-record body otherwise triggers full collections that hold the event loop for 0.2 s+
+        # each (docs/architecture.md, "Large bodies and the event loop").
+        thresholds = gc.get_threshold()
+        gc.freeze()
+        gc.set_threshold(GC_YOUNG_THRESHOLD, *thresholds[1:])
         for task in tasks:
             task.start()
         if metrics_listener is not None:
@@ -133,6 +145,8 @@ def _build(settings: Settings, role: str) -> FastAPI:
             await core.stop()
             await store.close()
             limits.restore_original_limits()
+            gc.set_threshold(*thresholds)
+            gc.unfreeze()
             log.info("worker_stopped")
 
     app = FastAPI(

@@ -29,6 +29,16 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
 KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 MAX_CLASS_LABELS = 50
+# Why a worker closed a connection itself (ferry.api.connections).
+CONNECTION_CLOSE_REASONS = (
+    "header_timeout",
+    "body_timeout",
+    "headers_too_large",
+    "too_many_connections",
+    "evicted_idle",
+    "evicted_headers",
+    "evicted_body",
+)
 
 
 def _error_codes() -> set[str]:
@@ -113,7 +123,8 @@ class Metrics:
         )
         self.model_calls = Counter(
             "ferry_model_calls_total",
-            "Model calls by outcome (ok, error); calls refused by the breaker are not model calls.",
+            "Model calls by outcome (ok, error, timeout: it returned after every caller's deadline); calls "
+            "refused by the breaker are not model calls.",
             ["outcome"],
             registry=r,
         )
@@ -258,6 +269,24 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=r,
         )
+        self.model_hangs = Counter(
+            "ferry_model_hangs_total",
+            "Model calls still running after inference.hang_s (each makes its worker unready, then replaced).",
+            registry=r,
+        )
+        self.model_hung = Gauge(
+            "ferry_model_hung",
+            "1 while a worker has a hung model call (it is unready and about to be replaced).",
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.connections_closed = Counter(
+            "ferry_connections_closed_total",
+            "Connections a worker closed itself: header or body timeout, headers too large, refused or "
+            "evicted at the connection limit.",
+            ["reason"],
+            registry=r,
+        )
         self.stream_chunks = Counter(
             "ferry_stream_chunks_total",
             "Chunks of streamed predictions: sent, or skipped because the client left or the server stopped.",
@@ -282,8 +311,10 @@ class Metrics:
             self.deadline_exceeded.labels(stage)
         for state in ("closed", "half-open", "open"):
             self.breaker_transitions.labels(state)
-        for outcome in ("ok", "error"):
+        for outcome in ("ok", "error", "timeout"):
             self.model_calls.labels(outcome)
+        for reason in CONNECTION_CLOSE_REASONS:
+            self.connections_closed.labels(reason)
         self._cpu_seen = 0.0
         self._process = ProcessCollector(registry=None)
 

@@ -147,6 +147,21 @@ class InferenceSettings(_Group):
         description="Model calls allowed to wait for a thread, per worker. Beyond it requests are shed "
         "at once with 503 'overloaded' and Retry-After instead of queueing without bound.",
     )
+    hang_s: float = Field(
+        60.0,
+        gt=0,
+        le=86400,
+        description="A model call still running after this long is hung: the worker turns unready (/readyz "
+        "503, predictions 503 'model_not_ready'), the call counts as a breaker failure, and "
+        "ferry_model_hangs_total and a 'model_call_hung' error line say so. Keep it above deadline.max_s.",
+    )
+    hang_exit_s: float = Field(
+        15.0,
+        ge=0,
+        le=3600,
+        description="How long a worker with a hung model call stays up, unready (so the load balancer takes it "
+        "out), before it exits and gunicorn starts a fresh one. A call that returns meanwhile makes it ready again.",
+    )
 
 
 class BreakerSettings(_Group):
@@ -254,10 +269,13 @@ class StreamSettings(_Group):
         100_000, ge=1, le=10_000_000, description="Most records in one streamed prediction request."
     )
     max_body_bytes: int = Field(
-        64 * 1024 * 1024,
+        32 * 1024 * 1024,
         ge=1024,
         le=1024 * 1024 * 1024,
-        description="Largest body accepted by the stream route, in bytes (other routes use api.max_body_bytes).",
+        description="Largest body accepted by the stream route, in bytes (other routes use api.max_body_bytes). "
+        "Sized to max_records: 100,000 records of the default model take 19 MB as compact JSON; 32 MiB leaves "
+        "room for longer field values and whitespace. Raise both together. The ingress's limit for this path "
+        "follows it.",
     )
     chunk_size: int = Field(500, ge=1, le=100_000, description="Records scored per chunk; one SSE event per chunk.")
     heartbeat_s: float = Field(
@@ -265,6 +283,53 @@ class StreamSettings(_Group):
         gt=0,
         le=300,
         description="Seconds between SSE comment lines while no event is due, so proxies keep the stream open.",
+    )
+
+
+class ConnectionSettings(_Group):
+    """Connection protection in each worker (the protections a front proxy would give, kept in the service
+    so that it is safe without one). Read by the worker's HTTP protocol (``ferry.api.connections``)."""
+
+    max_header_bytes: int = Field(
+        32 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Largest request line plus headers, in bytes; larger requests get 431 and the connection "
+        "is closed. nginx: large_client_header_buffers 4 8k; Envoy: max_request_headers_kb 60.",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="A connection must deliver a request's complete headers within this many seconds of its "
+        "first byte (or, for a new connection, of being accepted); else it is closed and logged. "
+        "nginx: client_header_timeout; Envoy: request_headers_timeout.",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Longest pause while a request body is being received (between two reads, as nginx's "
+        "client_body_timeout); a stalled body is answered 408 and the connection closed and logged. "
+        "Envoy: stream_idle_timeout.",
+    )
+    max_connections: int = Field(
+        4096,
+        ge=16,
+        le=1_000_000,
+        description="Open connections per worker, lowered at start to fit the process's descriptor limit "
+        "(RLIMIT_NOFILE minus a reserve). At the limit a new connection first closes the oldest connection "
+        "that has no request being answered (idle, or still sending headers or body); if every connection "
+        "is busy it gets 503 'too_many_connections' and is closed. nginx: worker_connections; Envoy: "
+        "max_connections (overload manager).",
+    )
+    max_event_streams: int = Field(
+        2000,
+        ge=0,
+        le=100_000,
+        description="Open job event streams (GET /api/v1/jobs/{id}/events) per worker; beyond it 503 "
+        "'too_many_streams' with Retry-After. Followers of one job share one store poll. Keep it below "
+        "max_connections.",
     )
 
 
@@ -408,6 +473,20 @@ class CallbacksSettings(_Group):
         1.0, gt=0, le=3600, description="Base of the exponential backoff between attempts (full jitter)."
     )
     backoff_max_s: float = Field(600.0, gt=0, le=86400, description="Longest wait between two attempts.")
+    max_in_flight: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        description="Callback attempts sent at the same time, per process: a slow receiver holds one slot for "
+        "at most timeout_s, and never delays the callbacks of other receivers.",
+    )
+    max_per_host: int = Field(
+        2,
+        ge=1,
+        le=1024,
+        description="Callback attempts sent at the same time to one receiver (host:port), per process. Further "
+        "callbacks for it wait in the store, so one slow receiver cannot take every slot.",
+    )
 
 
 def _word_list(value: Any) -> Any:
@@ -515,6 +594,7 @@ class Settings(BaseSettings):
     jobs: JobsSettings = Field(default_factory=JobsSettings, description=JobsSettings.__doc__)
     callbacks: CallbacksSettings = Field(default_factory=CallbacksSettings, description=CallbacksSettings.__doc__)
     auth: AuthSettings = Field(default_factory=AuthSettings, description=AuthSettings.__doc__)
+    connections: ConnectionSettings = Field(default_factory=ConnectionSettings, description=ConnectionSettings.__doc__)
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -542,14 +622,25 @@ def timeout_chain_warnings(settings: Settings) -> list[str]:
     """Links of the shutdown chain that do not hold. Not refused (tests and local runs shorten the
     graceful timeout on purpose); the launcher logs each, and the Helm chart refuses them."""
     server, deadline = settings.server, settings.deadline
+    warnings = []
     # uvicorn's own shutdown timeout is one second below gunicorn's graceful timeout (worker.py).
     budget = server.graceful_timeout_s - 1 - server.drain_grace_s
     if deadline.max_s > budget:
-        return [
+        warnings.append(
             f"deadline.max_s ({deadline.max_s:g} s) exceeds server.graceful_timeout_s - 1 - server.drain_grace_s "
             f"({budget:g} s): a request with the longest deadline that is running at SIGTERM is cut off"
-        ]
-    return []
+        )
+    if settings.inference.hang_s <= deadline.max_s:
+        warnings.append(
+            f"inference.hang_s ({settings.inference.hang_s:g} s) is not above deadline.max_s ({deadline.max_s:g} s): "
+            "a model call that is merely slow is taken for hung and its worker replaced"
+        )
+    if settings.connections.max_event_streams >= settings.connections.max_connections:
+        warnings.append(
+            "connections.max_event_streams is not below connections.max_connections: open job event streams "
+            "can take every connection of a worker"
+        )
+    return warnings
 
 
 # Read by the client and the CLI (ferry_client.cli), not by the service: a shell that exports them for

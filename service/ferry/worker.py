@@ -13,12 +13,16 @@ from gunicorn.arbiter import Arbiter
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
-from ferry.lifecycle import set_heartbeat, start_draining
+from ferry.api import connections
+from ferry.lifecycle import set_exit_request, set_heartbeat, start_draining
 from ferry.settings import Settings
 
 # How long a stopping worker lets connections it has already accepted deliver their request
 # before it closes the ones that are still idle.
 ACCEPTED_CONNECTION_GRACE_S = 0.25
+# Exit status of a worker that stopped itself because a model call hung (not gunicorn's 3 or 4, which
+# would stop the whole server): its master logs it and starts a fresh worker.
+EXIT_HUNG_MODEL = 70
 
 
 class DrainingServer(Server):
@@ -79,7 +83,8 @@ class DrainingServer(Server):
 class FerryWorker(UvicornWorker):  # type: ignore[misc]  # uvicorn-worker ships no type information
     CONFIG_KWARGS: dict[str, Any] = {  # noqa: RUF012 - overrides the parent's class attribute
         "loop": "uvloop",
-        "http": "httptools",
+        # uvicorn's httptools protocol plus header size, read timeouts and a connection limit.
+        "http": connections.GuardedHttpToolsProtocol,
         "access_log": False,  # ferry's middleware writes exactly one access line per request
         "server_header": False,
         "proxy_headers": True,
@@ -92,6 +97,14 @@ class FerryWorker(UvicornWorker):  # type: ignore[misc]  # uvicorn-worker ships 
         self.config.timeout_graceful_shutdown = max(1, self.cfg.graceful_timeout - 1)
         # The app waits for its model before serving; it keeps the master's heartbeat alive meanwhile.
         set_heartbeat(self.notify)
+        set_exit_request(self._exit_for_hung_model)
+        self._hung_exit = False
+
+    def _exit_for_hung_model(self) -> None:
+        """Stop serving (gracefully: other requests finish), then leave without waiting for the hung thread."""
+        self._hung_exit = True
+        if self._server is not None:
+            self._server.should_exit = True
 
     async def callback_notify(self) -> None:
         # uvicorn calls this every timeout/2. A master killed with SIGKILL cannot stop its workers;
@@ -105,9 +118,15 @@ class FerryWorker(UvicornWorker):  # type: ignore[misc]  # uvicorn-worker ships 
 
     async def _serve(self) -> None:
         self.config.app = self.wsgi
+        settings = Settings()
+        connections.configure(settings.connections)
         server = self._server = DrainingServer(config=self.config)
-        server.drain_grace_s = Settings().server.drain_grace_s
+        server.drain_grace_s = settings.server.drain_grace_s
         self._install_sigquit_handler()
         await server.serve(sockets=self.sockets)
         if not server.started:
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
+        if self._hung_exit:
+            # Interpreter shutdown would join the inference thread, which never returns.
+            self.log.error("worker %s exits: a model call hung", self.pid)
+            os._exit(EXIT_HUNG_MODEL)

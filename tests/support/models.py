@@ -40,6 +40,16 @@ class PickyModel(SlowModel):
         return super().predict_proba(x)
 
 
+class HangingModel(SlowModel):
+    """Never returns from a call that contains the value 666.0 in its first column (a hung native call)."""
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        if (np.asarray(x, dtype=float)[:, 0] == 666.0).any():
+            while True:
+                time.sleep(1)
+        return super().predict_proba(x)
+
+
 # The models above are plain pickles without a card. ferry refuses to unpickle a card-less file unless
 # told the file is trusted; the tests that serve one say so with this environment.
 TRUSTED_CARDLESS = {"FERRY_MODEL__REQUIRE_CARD": "false"}

@@ -452,3 +452,63 @@ def test_queue_quotas_in_all_and_per_principal() -> None:
         await submit_as(rig, None)
 
     run(test, config)
+
+
+class SlowReceiverSender(FakeSender):
+    """Receivers on 'slow.example.com' take 15 s (virtual) to answer, others answer at once."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.in_flight: dict[str, int] = {}
+        self.most: dict[str, int] = {}
+        self.delivered_at: dict[str, float] = {}
+
+    async def deliver(self, url: str, webhook_id: str, body: bytes) -> Attempt:
+        host = url.split("/")[2]
+        self.in_flight[host] = self.in_flight.get(host, 0) + 1
+        self.most[host] = max(self.most.get(host, 0), self.in_flight[host])
+        try:
+            if host.startswith("slow"):
+                await self.clock.sleep(15)
+            self.delivered_at[webhook_id] = self.clock.monotonic()
+            return await super().deliver(url, webhook_id, body)
+        finally:
+            self.in_flight[host] -= 1
+
+
+def test_a_slow_receiver_delays_no_other_receivers_callbacks() -> None:
+    async def test(rig: Rig) -> None:
+        sender = SlowReceiverSender(rig.clock)
+        slow = [await rig.submit(callback_url="https://slow.example.com/hook") for _ in range(40)]
+        fast = [await rig.submit(callback_url=f"https://fast.example.com:{8443 + i}/hook") for i in range(3)]
+        for job in [*slow, *fast]:
+            await rig.finish(job["id"])
+        ended = rig.clock.monotonic()
+        worker = deliverer(rig, sender)
+        worker.start()
+        await rig.clock.run_until(lambda: all(f"msg_{j['id']}" in sender.delivered_at for j in fast), limit_s=5)
+        late = max(sender.delivered_at[f"msg_{j['id']}"] for j in fast) - ended
+        assert late <= 0.5, f"fast receivers waited {late} s behind the slow one"
+        assert sender.most == {"slow.example.com": 2} | {f"fast.example.com:{8443 + i}": 1 for i in range(3)}
+        await rig.clock.run_until(lambda: len(sender.delivered_at) == 43, limit_s=400, step_s=1)
+        assert sender.most["slow.example.com"] == 2, "at most max_per_host at a time to one receiver"
+        await worker.stop()
+
+    run(test, settings(max_per_host=2, max_in_flight=8))
+
+
+def test_attempts_in_flight_are_capped_per_process() -> None:
+    async def test(rig: Rig) -> None:
+        sender = SlowReceiverSender(rig.clock)
+        jobs = [await rig.submit(callback_url=f"https://slow{i}.example.com/hook") for i in range(10)]
+        for job in jobs:
+            await rig.finish(job["id"])
+        worker = deliverer(rig, sender)
+        worker.start()
+        await rig.clock.advance(1)
+        assert worker.in_flight == 4 and sum(sender.in_flight.values()) == 4
+        await rig.clock.run_until(lambda: len(sender.delivered_at) == 10, limit_s=100, step_s=1)
+        await worker.stop()
+
+    run(test, settings(max_per_host=2, max_in_flight=4))

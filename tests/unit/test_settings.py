@@ -82,3 +82,13 @@ def test_the_default_shutdown_chain_lets_the_longest_request_finish() -> None:
     short = Settings(server={"graceful_timeout_s": 10})
     assert "deadline.max_s (30 s)" in timeout_chain_warnings(short)[0]
     assert timeout_chain_warnings(Settings(server={"graceful_timeout_s": 10}, deadline={"max_s": 7})) == []
+
+
+def test_a_hang_limit_below_the_longest_deadline_and_a_stream_cap_above_the_connection_limit_are_warned() -> None:
+    from ferry.settings import Settings, timeout_chain_warnings
+
+    warnings = timeout_chain_warnings(
+        Settings(inference={"hang_s": 20}, connections={"max_event_streams": 5000, "max_connections": 4096})
+    )
+    assert len(warnings) == 2
+    assert "inference.hang_s (20 s)" in warnings[0] and "max_event_streams" in warnings[1]

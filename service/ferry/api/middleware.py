@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import structlog
+from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -109,6 +110,9 @@ class RequestMiddleware:
             if status:  # response already started: nothing more can be sent
                 raise
             await self._send_error(error, scope, request_id, send_with_id)
+        except ClientDisconnect:
+            # The client left (or its stalled body was timed out) before the body was read: nobody to answer.
+            status = status or 499
         except Exception:
             log.error("unhandled_error", path=scope.get("path"), exc_info=True)
             if not status:

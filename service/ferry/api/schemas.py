@@ -116,7 +116,7 @@ class ErrorBody(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok", "ready", "loading", "failed", "draining"]
+    status: Literal["ok", "ready", "loading", "failed", "draining", "hung"]
     model: str | None = None
     version: str | None = None
     reason: str | None = None

@@ -4,13 +4,20 @@ what happened (delivered, retried later with backoff, or dead-lettered).
 The schedule lives here (attempt budget, backoff, max age); ``callbacks.CallbackSender`` sends one
 signed POST and reports the outcome. A deliverer holds a short lease on the callback while it sends,
 so one that dies mid-attempt leaves the callback due again for another.
+
+Attempts run concurrently: up to ``callbacks.max_in_flight`` per process, and at most
+``callbacks.max_per_host`` to one receiver (``host:port``). A callback whose receiver has no free slot
+is left due in the store and the dispatcher looks further down the due list, so a slow receiver
+holds its own slots for at most ``callbacks.timeout_s`` each and never delays another's callbacks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -26,6 +33,9 @@ from ferry.settings import CallbacksSettings
 
 log = get_logger("ferry.jobs")
 CANDIDATES = 16
+# The due list is read further (doubling) while every candidate waits for a busy receiver, up to this.
+MAX_CANDIDATES = 4096
+_DEFAULT_PORTS = {"https": 443, "http": 80}
 # A delivery lease outlasts one attempt's timeout by this much.
 LEASE_MARGIN_S = 5.0
 
@@ -36,6 +46,16 @@ class Sender(Protocol):
     async def deliver(self, url: str, webhook_id: str, body: bytes) -> Attempt: ...
 
     async def aclose(self) -> None: ...
+
+
+def receiver_of(url: str) -> str:
+    """The ``host:port`` a callback URL is sent to: the unit of the per-receiver limit."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme, 0)
+    except ValueError:
+        return url
+    return f"{(parts.hostname or '').lower()}:{port}"
 
 
 def payload(job: Job, now: float) -> bytes:
@@ -61,33 +81,93 @@ class CallbackDeliverer:
         self.poll_s = poll_s
         self.clock = clock
         self._task: asyncio.Task[None] | None = None
+        self._attempts: set[asyncio.Task[None]] = set()
+        self._per_receiver: Counter[str] = Counter()
+        self._receiver_of: dict[str, str] = {}  # job id -> receiver, for jobs seen waiting for a slot
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._attempts)
 
     def start(self) -> None:
-        loop = forever(self.deliver_one, name="callback", poll_s=self.poll_s, clock=self.clock)
+        loop = forever(self.dispatch, name="callback", poll_s=self.poll_s, clock=self.clock)
         self._task = asyncio.create_task(loop, name="ferry-callbacks")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        """Stop dispatching and cancel attempts in progress (their leases expire; the callbacks are due again)."""
+        tasks = [t for t in (self._task, *self._attempts) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
         await self.sender.aclose()
 
     async def deliver_one(self) -> bool:
-        """Send one due callback; False when none was due."""
-        lease_s = self.settings.timeout_s + LEASE_MARGIN_S
-        for job_id in await self.store.due("callback", self.clock.time(), CANDIDATES):
-            updated = await self.store.update(
-                job_id, lambda job: transitions.claim_callback(job, now=self.clock.time(), lease_s=lease_s)
-            )
-            if updated is None:
-                await self.store.forget(job_id)
-                continue
-            if updated.after is None:
-                continue  # another deliverer has it, or it is not due any more
-            await self._attempt(updated.after)
-            return True
+        """Start due attempts and wait for them (tests); False when none was due."""
+        started = await self.dispatch()
+        while self._attempts:
+            await asyncio.wait(set(self._attempts))
+        return started
+
+    async def dispatch(self) -> bool:
+        """Start an attempt for each due callback whose receiver has a free slot, while slots last.
+        True when at least one started (look again at once), False when there was nothing to start."""
+        settings = self.settings
+        lease_s = settings.timeout_s + LEASE_MARGIN_S
+        limit = CANDIDATES
+        while len(self._attempts) < settings.max_in_flight:
+            due = await self.store.due("callback", self.clock.time(), limit)
+            started = False
+            for job_id in due:
+                if len(self._attempts) >= settings.max_in_flight:
+                    return True
+                known = self._receiver_of.get(job_id)
+                if known is not None and self._per_receiver[known] >= settings.max_per_host:
+                    continue  # its receiver is busy: leave it due, look at the next one
+                if known is None:
+                    found = await self.store.get(job_id)
+                    if found is None or found.job.callback is None:
+                        await self.store.forget(job_id)
+                        continue
+                    known = self._receiver_of[job_id] = receiver_of(found.job.callback.url)
+                    if self._per_receiver[known] >= settings.max_per_host:
+                        continue
+                updated = await self.store.update(
+                    job_id, lambda job: transitions.claim_callback(job, now=self.clock.time(), lease_s=lease_s)
+                )
+                if updated is None:
+                    await self.store.forget(job_id)
+                    self._receiver_of.pop(job_id, None)
+                    continue
+                if updated.after is None:
+                    continue  # another deliverer has it, or it is not due any more
+                self._receiver_of.pop(job_id, None)
+                self._start(updated.after, known)
+                started = True
+            if started:
+                return True
+            if len(due) < limit or limit >= MAX_CANDIDATES:
+                break
+            limit *= 2  # every candidate waits for a busy receiver: look further down the list
+        if not self._attempts or len(self._receiver_of) > MAX_CANDIDATES:
+            self._receiver_of.clear()  # forget jobs that others delivered meanwhile
         return False
+
+    def _start(self, job: Job, receiver: str) -> None:
+        self._per_receiver[receiver] += 1
+        task = asyncio.create_task(self._attempt(job), name="ferry-callback-attempt")
+        self._attempts.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._attempts.discard(finished)
+            self._per_receiver[receiver] -= 1
+            if self._per_receiver[receiver] <= 0:
+                del self._per_receiver[receiver]
+            if not finished.cancelled() and finished.exception() is not None:
+                log.error("callback_attempt_failed", job_id=job.id, error=repr(finished.exception()))
+
+        task.add_done_callback(done)
 
     async def _attempt(self, job: Job) -> None:
         callback = job.callback

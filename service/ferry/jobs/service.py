@@ -20,6 +20,7 @@ from ferry.errors import (
 )
 from ferry.jobs import transitions
 from ferry.jobs.document import Job, ModelRef, new_job, public
+from ferry.jobs.followers import JobFollowers
 from ferry.jobs.ssrf import Resolver, check_callback_url
 from ferry.jobs.store import STORE_ERRORS, JobStore, Quota, Transition, Updated
 from ferry.logging import get_logger
@@ -59,6 +60,12 @@ class JobService:
         self.metrics = metrics
         self.clock = clock
         self.resolver = resolver
+        self.followers = JobFollowers(
+            store,
+            poll_s=settings.jobs.poll_interval_s,
+            max_streams=settings.connections.max_event_streams,
+            clock=clock,
+        )
 
     @_store_errors
     async def submit(
@@ -168,35 +175,30 @@ class JobService:
             raise JobConflict(f"cannot redeliver: {why}")
         return public(updated.after)
 
+    @_store_errors
+    async def load(self, job_id: str, principal: Principal | None = None) -> Job:
+        """The job (404 job_not_found, also when ``principal`` may not see it), e.g. to start following it."""
+        return await self._load(job_id, principal)
+
     async def follow(
-        self, job_id: str, is_stopping: Callable[[], bool], principal: Principal | None = None
+        self,
+        job_id: str,
+        is_stopping: Callable[[], bool],
+        principal: Principal | None = None,
+        first: Job | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
-        """The job's document each time it changes, ending with its terminal state (or when
-        ``is_stopping()`` turns true). Polls the store, so it sees changes made by any process."""
-        current = await self._load(job_id, principal)
-        yield public(current)
-        seen = _change(current)
-        while not current.status.terminal and not is_stopping():
-            await self.clock.sleep(self.settings.jobs.poll_interval_s)
-            try:
-                found = await self.store.get(job_id)
-            except STORE_ERRORS:
-                return  # the client reconnects; the stream's start answers 503 while the store is down
-            if found is None:
-                return
-            current = found.job
-            if _change(current) != seen:  # lease renewals change the version, not the status
-                seen = _change(current)
-                yield public(current)
+        """The job's document each time its status changes, ending with its terminal state (or when
+        ``is_stopping()`` turns true). Polls the store, so it sees changes made by any process; all
+        followers of one job in this process share one poll (``JobFollowers``). ``first``: the job as
+        just loaded for ``principal``, to start from without reading it again."""
+        current = first if first is not None else await self._load(job_id, principal)
+        async for job in self.followers.follow(current, is_stopping):
+            yield public(job)
 
 
 def _visible(job: Job, principal: Principal | None) -> bool:
     """Authentication off: every job. On: the principal's own jobs; every job for 'admin'."""
     return principal is None or principal.is_admin or job.owner == principal.name
-
-
-def _change(job: Job) -> tuple[str, int]:
-    return job.status.value, len(job.history)
 
 
 def _plausible_id(job_id: str) -> bool:

@@ -24,6 +24,10 @@ log = get_logger("ferry.breaker")
 STATE_VALUE = {"closed": 0, "half-open": 1, "open": 2}
 
 
+class _OutsideFailure(Exception):
+    """Raised inside the breaker only to make it count a failure it did not see raised."""
+
+
 class _Listener(pybreaker.CircuitBreakerListener):
     def __init__(self, metrics: Metrics, model: str) -> None:
         self.metrics = metrics
@@ -75,6 +79,16 @@ class Breaker:
         remaining = self.reset_timeout_s - (datetime.now(UTC) - opened_at).total_seconds()
         if remaining > 0:
             raise CircuitOpen(retry_after_s=remaining)
+
+    def record_failure(self, kind: str) -> None:
+        """Count a failure seen outside a guarded call (a call found hung while still running)."""
+        if not self.enabled:
+            return
+        try:
+            with self._cb.calling():
+                raise _OutsideFailure(kind)
+        except (_OutsideFailure, pybreaker.CircuitBreakerError):
+            pass
 
     @contextmanager
     def guard(self) -> Iterator[None]:

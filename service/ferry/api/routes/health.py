@@ -23,12 +23,15 @@ def build_router(core: Core, *, metrics_route: bool = True) -> APIRouter:
         "/readyz",
         response_model=Health,
         summary="Readiness: model loaded and verified, not draining",
-        responses={503: {"model": Health, "description": "Loading, failed or draining"}},
+        responses={503: {"model": Health, "description": "Loading, failed, hung or draining"}},
     )
     async def readyz() -> Response:
         holder = core.holder
+        hung = core.predictor.watchdog.reason()
         if is_draining():
             body = Health(status="draining", model=holder.name, version=holder.version)
+        elif hung is not None:
+            body = Health(status="hung", model=holder.name, version=holder.version, reason=hung)
         elif holder.ready:
             return JSONResponse(Health(status="ready", model=holder.name, version=holder.version).model_dump())
         else:

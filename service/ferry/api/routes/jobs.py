@@ -11,10 +11,10 @@ from fastapi import APIRouter, Body, Header, Path, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import Field, create_model
 
-from ferry.api import sse
+from ferry.api import json_body, sse
 from ferry.api.auth import PrincipalDep
 from ferry.api.deps import RequestIdDep
-from ferry.api.orjson_route import OrjsonRoute
+from ferry.api.orjson_route import bounded
 from ferry.api.schemas import ErrorBody, Job, JobBody
 from ferry.core import Core
 from ferry.jobs.service import JobService
@@ -34,7 +34,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         413: "Body over the size limit",
         422: "Invalid records, metadata or callback_url (callback_url_forbidden)",
         429: "Too many queued jobs (job_quota_exceeded) or job store full (job_store_full); see Retry-After",
-        503: "Job store unavailable",
+        503: "Job store unavailable, or (event streams) too many open streams: too_many_streams",
     }.items()
 }
 
@@ -69,7 +69,9 @@ def build_router(core: Core, jobs: JobService) -> APIRouter:
     )
     job_request.examples = lambda: [{"records": [schema.example, schema.example], "metadata": {"batch": "2026-11-27"}}]
     job_request.max_metadata_bytes = max_metadata
-    router = APIRouter(route_class=OrjsonRoute, prefix="/api/v1/jobs", tags=["jobs"], responses=ERRORS)
+    # Metadata takes at most one value per byte of its compact JSON.
+    route_class = bounded(lambda: schema.max_values(max_records) + max_metadata + json_body.SLACK_VALUES)
+    router = APIRouter(route_class=route_class, prefix="/api/v1/jobs", tags=["jobs"], responses=ERRORS)
 
     @router.post("", status_code=202, response_model=Job, summary="Submit records for asynchronous prediction")
     async def submit(
@@ -127,19 +129,25 @@ def build_router(core: Core, jobs: JobService) -> APIRouter:
         responses={200: {"content": {"text/event-stream": {}}, "description": "`event: status`, data = the job"}},
     )
     async def events(job_id: Annotated[str, JOB_ID], principal: PrincipalDep) -> Response:
-        await jobs.get(job_id, principal)  # 404 before the stream starts
+        release = jobs.followers.reserve()  # 503 too_many_streams beyond the cap, before any work
+        try:
+            first = await jobs.load(job_id, principal)  # 404 before the stream starts
+        except BaseException:
+            release()
+            raise
         gauge = core.metrics.sse_streams_open.labels("job_events")
 
         async def stream() -> AsyncIterator[bytes]:
             gauge.inc()
             try:
                 last = None
-                async for last in jobs.follow(job_id, is_draining, principal):
+                async for last in jobs.follow(job_id, is_draining, principal, first):
                     yield sse.encode(last, event="status", id=len(last["history"]))
                 if is_draining() and (last is None or last["status"] not in TERMINAL_JOB_STATUSES):
                     yield sse.encode({"message": "server shutting down; reconnect to follow the job"}, event="shutdown")
             finally:
                 gauge.dec()
+                release()
 
         return sse.EventStreamResponse(stream(), heartbeat_s=settings.stream.heartbeat_s)
 

@@ -9,8 +9,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends
 from pydantic import Field, create_model
 
+from ferry.api import json_body
 from ferry.api.deps import RequestIdDep, deadline_of
-from ferry.api.orjson_route import OrjsonRoute
+from ferry.api.orjson_route import bounded
 from ferry.api.schemas import BatchBody, BatchResponse, ErrorBody, PredictBody, PredictResponse
 from ferry.core import Core
 from ferry.resilience.deadline import Deadline
@@ -50,7 +51,8 @@ def build_router(core: Core) -> APIRouter:
         records=(schema.list_type, Field(min_length=1, max_length=max_batch, description=f"1 to {max_batch} records.")),
     )
     batch_request.examples = lambda: [{"records": [schema.example, schema.example]}]
-    router = APIRouter(route_class=OrjsonRoute, prefix="/api/v1", tags=["predict"], responses=ERRORS)
+    route_class = bounded(lambda: schema.max_values(max_batch) + json_body.SLACK_VALUES)
+    router = APIRouter(route_class=route_class, prefix="/api/v1", tags=["predict"], responses=ERRORS)
     deadline_dep = Depends(deadline_of(core))
 
     @router.post("/predict", response_model=PredictResponse, summary="Predict one record")

@@ -35,9 +35,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Request
 from pydantic import Field, create_model
 
-from ferry.api import sse
+from ferry.api import json_body, sse
 from ferry.api.deps import RequestIdDep, deadline_of
-from ferry.api.orjson_route import OrjsonRoute
+from ferry.api.orjson_route import bounded
 from ferry.api.routes.predict import ERRORS, model_json
 from ferry.api.schemas import StreamBody
 from ferry.core import Core
@@ -111,7 +111,8 @@ def build_router(core: Core) -> APIRouter:
         }
         for code in (413, 415, 422, 503)
     }
-    router = APIRouter(route_class=OrjsonRoute, prefix="/api/v1", tags=["predict"], responses=errors)
+    route_class = bounded(lambda: schema.max_values(max_records) + json_body.SLACK_VALUES)
+    router = APIRouter(route_class=route_class, prefix="/api/v1", tags=["predict"], responses=errors)
     deadline_dep = Depends(deadline_of(core))
 
     @router.post(

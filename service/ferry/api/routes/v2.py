@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 
 from ferry import __version__
 from ferry.api.deps import deadline_of
-from ferry.api.orjson_route import OrjsonRoute
+from ferry.api.orjson_route import bounded
 from ferry.api.schemas import (
     NUMERIC_DATATYPES,
     InferOutput,
@@ -139,8 +139,14 @@ def timeout_parameter(value: object) -> float:
     return value / 1e6
 
 
+V2_SLACK_VALUES = 1024
+
+
 def build_router(core: Core) -> APIRouter:
-    router = APIRouter(route_class=OrjsonRoute, prefix="/v2", tags=["open inference protocol v2"])
+    # A tensor of max_batch_size rows, nested or flat, plus parameters and names.
+    max_batch = core.settings.api.max_batch_size
+    route_class = bounded(lambda: core.schema.max_values(max_batch) + V2_SLACK_VALUES)
+    router = APIRouter(route_class=route_class, prefix="/v2", tags=["open inference protocol v2"])
     deadline_dep = Depends(deadline_of(core))
 
     @router.get("", summary="Server metadata")

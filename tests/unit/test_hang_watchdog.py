@@ -82,7 +82,10 @@ def test_a_model_call_that_outlives_every_deadline_counts_as_a_breaker_failure(t
 
     model = tmp_path / "slow.joblib"
     joblib.dump(SlowModel(delay_s=0.05), model)
-    settings = Settings(model={"path": model}, breaker={"fail_max": 2}, batching={"enabled": False})
+    # A plain pickle without a card, trusted explicitly (cards are required by default).
+    settings = Settings(
+        model={"path": model, "require_card": False}, breaker={"fail_max": 2}, batching={"enabled": False}
+    )
     metrics = Metrics()
 
     async def main() -> list[str]:

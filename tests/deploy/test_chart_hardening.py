@@ -359,6 +359,7 @@ def test_no_allowlist_no_extra_egress() -> None:
         ),
         (("ferry.inference.hangS=30",), ("ferry.inference.hangS", "ferry.deadline.maxS")),
         (("ferry.connections.maxEventStreams=4096",), ("maxEventStreams", "maxConnections")),
+        (("ferry.metrics.port=8000",), ("ferry.metrics.port", "containerPort")),
         (("volumes.tmpSizeLimit=255Mi",), ("volumes.tmpSizeLimit", "ferry.jobs.maxStoreBytes")),
         (("ferry.jobs.maxStoreBytes=268435456",), ("volumes.tmpSizeLimit", "ferry.jobs.maxStoreBytes")),
     ],

@@ -275,6 +275,10 @@ def setting_schema(env: str, path: str) -> dict[str, Any]:
     if env not in fields:
         raise ValuesError(f"{path}: `setting: {env}` names no field of ferry.settings.Settings")
     field = fields[env]
+    # An optional setting (`int | None`): the chart value is the non-null branch (unset is the value's own default).
+    branches = [b for b in field.get("anyOf", []) if b.get("type") != "null"]
+    if len(branches) == 1 and len(field["anyOf"]) == 2:
+        field = {**field, **branches[0]}
     out = {k: field[k] for k in SETTING_KEYWORDS if k in field}
     if "enum" in out:
         out.pop("type", None)

@@ -127,6 +127,17 @@ The values have the names Bitnami charts and `helm create` use; none needs a for
   Service, attached to `httpRoute.parentRefs`, with request and backend timeouts
   (`httpRoute.timeoutSeconds`) that must exceed `ferry.deadline.maxS`, like the Ingress's. `make
   helm-validate` checks it against the Gateway API v1.6.1 CRD schema vendored in `deploy/crds`.
+- **Exposure and authentication** ([docs/security.md](../../../docs/security.md)). `ferry.auth.mode`
+  is an explicit choice: `none` (NOTES.txt warns loudly when an Ingress or HTTPRoute exposes the
+  service), `api_key` (the hashed keys file from `ferry.auth.apiKeys.existingSecret`, mounted
+  read-only) or `jwt` (`ferry.auth.jwt.issuer`, `audience`, `jwksUrl`; NetworkPolicy egress to
+  `networkPolicy.jwks`). With either, the `helm test` pod and the SLO gate send
+  `ferry.auth.clientToken` as `FERRY_TOKEN`, required unless both are off. `/metrics` is served on
+  its own port (`ferry.metrics.port`, named `metrics`) that the ServiceMonitor scrapes and only
+  `networkPolicy.monitoringNamespaces` reach; the Ingress and HTTPRoute route `http` only, and a
+  NodePort or LoadBalancer main Service leaves it to a ClusterIP `<name>-metrics` Service.
+  `/docs` and `/openapi.json` are off (`ferry.api.docsEnabled`). With ingress-nginx annotations the
+  stream route gets its own Ingress `<name>-stream` so each route's body limit is its own.
 - **Strict schema.** `values.schema.json` is generated from `values.yaml` (`make generate`,
   `scripts/chart_values.py`): the `# @schema` lines beside each value add ranges and patterns, and
   each `ferry.*` value takes its type and range from the service setting (`FERRY_*`) its comment

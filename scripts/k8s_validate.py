@@ -109,7 +109,8 @@ SCENARIOS: dict[str, Scenario] = {
         "rollout-worker-values.yaml",
         api_versions=("argoproj.io/v1alpha1", "keda.sh/v1alpha1", *MONITORING),
         present=(*BASE, "Rollout", "AnalysisTemplate", "Deployment", "ScaledObject", "NetworkPolicy"),
-        counts={"Service": 4, "Rollout": 1, "Deployment": 1, "ScaledObject": 1},
+        # main (LoadBalancer), -metrics (ClusterIP: a load balancer never exposes /metrics), -stable, -canary, -worker
+        counts={"Service": 5, "Rollout": 1, "Deployment": 1, "ScaledObject": 1},
     ),
     "loadtest": Scenario(
         "loadtest-values.yaml",
@@ -122,7 +123,20 @@ SCENARIOS: dict[str, Scenario] = {
         present=(*BASE, "ServiceMonitor", "PrometheusRule"),
         counts={"ServiceMonitor": 1, "PrometheusRule": 1, "ConfigMap": 2},
     ),
-    "ingress": Scenario("ingress-values.yaml", present=(*BASE, "Ingress"), counts={"Ingress": 1}),
+    # Two Ingress objects: the stream route's body limit differs from the other routes'.
+    "ingress": Scenario("ingress-values.yaml", present=(*BASE, "Ingress"), counts={"Ingress": 2}),
+    # Authentication (docs/security.md): API keys behind an Ingress; OIDC tokens with the SLO gate.
+    "auth-api-key": Scenario(
+        "auth-api-key-values.yaml",
+        present=(*BASE, "Deployment", "Ingress", "NetworkPolicy"),
+        counts={"Ingress": 2, "Service": 1},
+    ),
+    "auth-jwt": Scenario(
+        "auth-jwt-values.yaml",
+        present=(*BASE, "Deployment", "Job", "NetworkPolicy"),
+        absent=("Ingress",),
+        counts={"Job": 1, "Service": 2},
+    ),
     "worker-redis": Scenario(
         "worker-redis-values.yaml",
         present=(*BASE, "Deployment", "NetworkPolicy"),

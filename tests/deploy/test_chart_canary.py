@@ -143,7 +143,13 @@ def test_the_gate_off_needs_no_gate_image() -> None:
 def test_track_services_are_cluster_ip_whatever_service_type(values: list[str]) -> None:
     docs = render([], *values, "--set", "service.type=LoadBalancer", api_versions=ARGO)
     types = {d["metadata"]["name"]: d["spec"]["type"] for d in docs if d["kind"] == "Service"}
-    assert types == {"ferry": "LoadBalancer", "ferry-stable": "ClusterIP", "ferry-canary": "ClusterIP"}
+    # -metrics: the scraped Service, so the load balancer never exposes /metrics.
+    assert types == {
+        "ferry": "LoadBalancer",
+        "ferry-metrics": "ClusterIP",
+        "ferry-stable": "ClusterIP",
+        "ferry-canary": "ClusterIP",
+    }
 
 
 # --- what rolls the pods ----------------------------------------------------------------------------
@@ -174,8 +180,8 @@ def test_loadtest_job_runs_anew_after_every_install_and_upgrade() -> None:
 
 
 # --- NetworkPolicy sources --------------------------------------------------------------------------
-def _sources(docs: list[dict]) -> list[dict]:
-    (rule,) = find(docs, "NetworkPolicy", "ferry")["spec"]["ingress"]
+def _sources(docs: list[dict], port: str = "http") -> list[dict]:
+    (rule,) = [r for r in find(docs, "NetworkPolicy", "ferry")["spec"]["ingress"] if r["ports"][0]["port"] == port]
     return list(rule["from"])
 
 
@@ -188,13 +194,15 @@ def _namespaces(peer: dict) -> list[str]:
 def test_network_policy_never_opens_to_all_when_ingress_from_is_empty() -> None:
     sources = _sources(render([], "--set", "networkPolicy.ingressFrom=null"))
     assert sources, "a rule without `from` admits every source"
-    assert [_namespaces(p) for p in sources] == [["ingress-nginx"], ["monitoring"]]
+    assert [_namespaces(p) for p in sources] == [["ingress-nginx"]], "Prometheus reaches the metrics port only"
 
 
 def test_network_policy_sources_for_any_gateway_and_prometheus() -> None:
-    sources = _sources(render([CHART / "ci/rollout-worker-values.yaml"], api_versions=ARGO))
+    docs = render([CHART / "ci/rollout-worker-values.yaml"], api_versions=ARGO)
+    sources = _sources(docs)
     assert sources[0] == {"podSelector": {}}, "the release namespace"
-    gateway, prometheus = sources[1:]
+    (gateway,) = sources[1:]
+    (prometheus,) = _sources(docs, "metrics")
     assert _namespaces(gateway) == ["envoy-gateway-system"]
     assert gateway["podSelector"] == {"matchLabels": {"gateway.envoyproxy.io/owning-gateway-name": "public"}}
     assert _namespaces(prometheus) == ["observability"]

@@ -177,7 +177,7 @@ def test_common_labels_and_annotations_on_every_object() -> None:
         assert template["metadata"]["labels"]["cost-center"] == "ml-1234", where
     # An object's own annotations stay beside them.
     assert one(docs, "Pod")["metadata"]["annotations"]["helm.sh/hook"] == "test"
-    ingress = one(docs, "Ingress")["metadata"]["annotations"]
+    ingress = one(docs, "Ingress", "ferry")["metadata"]["annotations"]
     assert "nginx.ingress.kubernetes.io/proxy-read-timeout" in ingress
 
 
@@ -206,7 +206,7 @@ def test_service_ingress_pdb_and_hpa_hatches() -> None:
     assert service["spec"]["loadBalancerSourceRanges"] == ["10.0.0.0/8"]
     assert service["spec"]["ports"][0]["nodePort"] == 30080
     assert service["metadata"]["labels"]["example.com/exposure"] == "internal"
-    paths = one(docs, "Ingress")["spec"]["rules"][0]["http"]["paths"]
+    paths = one(docs, "Ingress", "ferry")["spec"]["rules"][0]["http"]["paths"]
     assert [(p["path"], p["pathType"]) for p in paths] == [("/v1", "Prefix"), ("/readyz", "Exact")]
     pdb = one(docs, "PodDisruptionBudget")["spec"]
     assert pdb["minAvailable"] == "50%" and "maxUnavailable" not in pdb
@@ -216,7 +216,7 @@ def test_service_ingress_pdb_and_hpa_hatches() -> None:
     assert metrics[1]["resource"]["target"]["averageUtilization"] == 80
     assert metrics[2] == HATCHES["autoscaling"]["metrics"][0]
     # A plain host name (the older shape) still means path / Prefix.
-    legacy = one(kv.render_scenario("ingress"), "Ingress")["spec"]["rules"][0]["http"]["paths"]
+    legacy = one(kv.render_scenario("ingress"), "Ingress", "ferry")["spec"]["rules"][0]["http"]["paths"]
     assert [(p["path"], p["pathType"]) for p in legacy] == [("/", "Prefix")]
 
 
@@ -342,6 +342,10 @@ def test_ferry_values_take_their_bounds_from_the_settings() -> None:
         "ferry.callbacks.enabled",
         "ferry.callbacks.existingSecret",
         "ferry.callbacks.key",
+        "ferry.auth.apiKeys.existingSecret",
+        "ferry.auth.apiKeys.key",
+        "ferry.auth.clientToken.existingSecret",
+        "ferry.auth.clientToken.key",
     }
     assert mapped["ferry.jobs.apiRunners"] == "FERRY_JOBS__RUNNERS"
     # The generated bounds are the Settings' own (read here from the fields, not their JSON Schema).

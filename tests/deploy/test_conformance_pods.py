@@ -85,9 +85,15 @@ def port() -> int:
     return free_port()
 
 
+METRICS_PORT = free_port()  # one per test process: the rendered scenarios are cached by their arguments
+
+
 def render(scenario: str, port: int) -> tuple[dict, ...]:
     api_versions = [a for v in kv.MONITORING for a in ("--api-versions", v)]
-    return kv.render_scenario(scenario, *api_versions, "--set", f"containerPort={port}")
+    # Both ports free on this machine: the pods run as processes on the host's network.
+    return kv.render_scenario(
+        scenario, *api_versions, "--set", f"containerPort={port}", "--set", f"ferry.metrics.port={METRICS_PORT}"
+    )
 
 
 def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
@@ -219,8 +225,12 @@ def assert_conforms(pod: Pod) -> None:
     assert services, f"no Service selects {pod.labels}"
     for service in services:
         for service_port in service["spec"]["ports"]:
-            url = pod.url(service_port["targetPort"], "/livez")
+            # /metrics has a port of its own (ferry.metrics.port); every other port serves the probes.
+            path = "/metrics" if service_port["name"] == "metrics" else "/livez"
+            url = pod.url(service_port["targetPort"], path)
             assert httpx.get(url, timeout=5).status_code == 200, service["metadata"]["name"]
+    # ...and the http port, the one an Ingress routes, never serves it.
+    assert httpx.get(pod.url("http", "/metrics"), timeout=5).status_code == 404
     # Every ServiceMonitor endpoint of those Services serves Prometheus text.
     monitors = [d for d in docs if d["kind"] == "ServiceMonitor"]
     assert monitors

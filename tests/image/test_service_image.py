@@ -51,6 +51,17 @@ def test_ready_and_predicts(ferry: Container) -> None:
     assert r.json()["model"] == {"name": "churn", "version": "1.0.0"}
 
 
+def test_metrics_only_on_their_own_port_and_no_api_docs(ferry: Container, service_pod: PodRun) -> None:
+    """The chart's FERRY_METRICS__PORT and FERRY_API__DOCS_ENABLED: /metrics answers on the `metrics`
+    containerPort (what the ServiceMonitor scrapes), never on `http` (what the ingress routes)."""
+    assert service_pod.ports["metrics"] == int(service_pod.env["FERRY_METRICS__PORT"]) != service_pod.ports["http"]
+    fetch = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())"
+    scraped = ferry.exec("python", "-c", fetch, f"http://127.0.0.1:{service_pod.ports['metrics']}/metrics", check=True)
+    assert "ferry_" in scraped.stdout
+    for path in ("/metrics", "/docs", "/openapi.json"):
+        assert httpx.get(ferry.url + path, timeout=10).status_code == 404, path
+
+
 def test_runs_hardened_as_the_pod_spec_says(ferry: Container, service_pod: PodRun) -> None:
     uid, gid = service_pod.user
     assert ferry.exec("id", "-u", check=True).stdout.strip() == str(uid) == "10001"

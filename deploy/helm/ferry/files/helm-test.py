@@ -7,10 +7,13 @@ import sys
 
 import httpx
 
+# With ferry.auth.mode api_key or jwt the chart passes ferry.auth.clientToken as FERRY_TOKEN (probes stay open).
+token = os.environ.get("FERRY_TOKEN")
+headers = {"Authorization": f"Bearer {token}"} if token else {}
 failed = []
 for check in json.loads(os.environ["FERRY_CHECKS"]):
     track = check["track"]
-    with httpx.Client(base_url=check["url"], timeout=10) as http:
+    with httpx.Client(base_url=check["url"], timeout=10, headers=headers) as http:
         ready = http.get("/readyz")
         print(f"[{track}] GET /readyz", ready.status_code, ready.text[:200])
         if ready.status_code != 200:

@@ -255,6 +255,9 @@ spec:
         - name: http
           containerPort: {{ $v.containerPort }}
           protocol: TCP
+        - name: metrics
+          containerPort: {{ $v.ferry.metrics.port }}
+          protocol: TCP
       envFrom:
         - configMapRef:
             name: {{ include "ferry.fullname" $root }}
@@ -311,6 +314,12 @@ spec:
         - name: metrics
           mountPath: {{ $v.volumes.metricsDir }}
         {{- with include "ferry.modelMount" $model }}{{ . | trim | nindent 8 }}{{ end }}
+        {{- /* The worker too: it reads the same settings, and they name the file. */}}
+        {{- if eq $v.ferry.auth.mode "api_key" }}
+        - name: api-keys
+          mountPath: {{ include "ferry.apiKeysDir" $root }}
+          readOnly: true
+        {{- end }}
         {{- with $v.extraVolumeMounts }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -326,6 +335,15 @@ spec:
         medium: Memory
         sizeLimit: {{ $v.volumes.metricsSizeLimit }}
     {{- with include "ferry.modelVolume" (dict "model" $model "root" $root) }}{{ . | trim | nindent 4 }}{{ end }}
+    {{- if eq $v.ferry.auth.mode "api_key" }}
+    - name: api-keys
+      secret:
+        secretName: {{ $v.ferry.auth.apiKeys.existingSecret }}
+        items:
+          - key: {{ $v.ferry.auth.apiKeys.key }}
+            path: {{ $v.ferry.auth.apiKeys.key }}
+        defaultMode: 0440
+    {{- end }}
     {{- with $v.extraVolumes }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -398,6 +416,62 @@ FERRY_JOBS__STORE: {{ $f.jobs.store | quote }}
 FERRY_JOBS__SQLITE_PATH: "/tmp/ferry/jobs.sqlite3"
 {{- end }}
 FERRY_JOBS__RUNNERS: {{ $f.jobs.apiRunners | quote }}
+FERRY_JOBS__MAX_QUEUED: {{ $f.jobs.maxQueued | int64 | quote }}
+FERRY_JOBS__MAX_QUEUED_PER_PRINCIPAL: {{ $f.jobs.maxQueuedPerPrincipal | int64 | quote }}
+FERRY_JOBS__MAX_STORE_BYTES: {{ $f.jobs.maxStoreBytes | int64 | quote }}
+FERRY_JOBS__MAX_STORE_BYTES_PER_PRINCIPAL: {{ $f.jobs.maxStoreBytesPerPrincipal | int64 | quote }}
+FERRY_JOBS__QUOTA_RETRY_AFTER_S: {{ $f.jobs.quotaRetryAfterS | int64 | quote }}
+FERRY_API__DOCS_ENABLED: {{ $f.api.docsEnabled | quote }}
+FERRY_INFERENCE__HANG_S: {{ $f.inference.hangS | quote }}
+FERRY_INFERENCE__HANG_EXIT_S: {{ $f.inference.hangExitS | quote }}
+FERRY_CONNECTIONS__MAX_HEADER_BYTES: {{ $f.connections.maxHeaderBytes | int64 | quote }}
+FERRY_CONNECTIONS__HEADER_TIMEOUT_S: {{ $f.connections.headerTimeoutS | quote }}
+FERRY_CONNECTIONS__BODY_TIMEOUT_S: {{ $f.connections.bodyTimeoutS | quote }}
+FERRY_CONNECTIONS__MAX_CONNECTIONS: {{ $f.connections.maxConnections | int64 | quote }}
+FERRY_CONNECTIONS__MAX_EVENT_STREAMS: {{ $f.connections.maxEventStreams | int64 | quote }}
+FERRY_METRICS__PORT: {{ $f.metrics.port | quote }}
+FERRY_CALLBACKS__ALLOW_HOSTS: {{ $f.callbacks.allowHosts | default list | toJson | quote }}
+FERRY_CALLBACKS__MAX_IN_FLIGHT: {{ $f.callbacks.maxInFlight | quote }}
+FERRY_CALLBACKS__MAX_PER_HOST: {{ $f.callbacks.maxPerHost | quote }}
+FERRY_AUTH__MODE: {{ $f.auth.mode | quote }}
+{{- if eq $f.auth.mode "api_key" }}
+FERRY_AUTH__API_KEYS_FILE: {{ include "ferry.apiKeysFile" . | quote }}
+{{- else if eq $f.auth.mode "jwt" }}
+{{- $jwt := $f.auth.jwt }}
+FERRY_AUTH__JWT_ISSUER: {{ $jwt.issuer | quote }}
+FERRY_AUTH__JWT_AUDIENCE: {{ $jwt.audience | quote }}
+FERRY_AUTH__JWT_JWKS_URL: {{ $jwt.jwksUrl | quote }}
+FERRY_AUTH__JWT_ALGORITHMS: {{ join "," $jwt.algorithms | quote }}
+FERRY_AUTH__JWT_PRINCIPAL_CLAIM: {{ $jwt.principalClaim | quote }}
+FERRY_AUTH__JWT_SCOPES_CLAIM: {{ $jwt.scopesClaim | quote }}
+FERRY_AUTH__JWT_DEFAULT_SCOPES: {{ join "," ($jwt.defaultScopes | default list) | quote }}
+FERRY_AUTH__JWT_LEEWAY_S: {{ $jwt.leewayS | quote }}
+FERRY_AUTH__JWKS_MIN_REFRESH_S: {{ $jwt.minRefreshS | quote }}
+{{- end }}
+{{- end }}
+
+{{/* Where the API keys file (ferry.auth.apiKeys, a Secret) is mounted, read-only, in every ferry pod. */}}
+{{- define "ferry.apiKeysDir" -}}
+/etc/ferry/auth
+{{- end }}
+
+{{- define "ferry.apiKeysFile" -}}
+{{ include "ferry.apiKeysDir" . }}/{{ .Values.ferry.auth.apiKeys.key }}
+{{- end }}
+
+{{/*
+FERRY_TOKEN of the clients the chart runs against ferry (the helm test pod, the SLO gate) when
+authentication is on: from ferry.auth.clientToken (required then: validate.yaml). Call with the root.
+*/}}
+{{- define "ferry.clientTokenEnv" -}}
+{{- $auth := .Values.ferry.auth -}}
+{{- if ne $auth.mode "none" }}
+- name: FERRY_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ $auth.clientToken.existingSecret }}
+      key: {{ $auth.clientToken.key }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -420,6 +494,7 @@ env:
     value: {{ .host }}
   - name: HOME
     value: /tmp
+  {{- with include "ferry.clientTokenEnv" .root }}{{ . | trim | nindent 2 }}{{ end }}
 {{- with .ports }}
 ports:
   {{- toYaml . | nindent 2 }}
@@ -450,20 +525,64 @@ volumes:
 
 {{/*
 The sources admitted to the http port: networkPolicy.ingressFrom, then one peer for the ingress
-controller's or Gateway's namespaces and one for Prometheus' (each narrowed to pods with the given
-labels when set). A YAML list; empty only when every source value is (refused by validate.yaml).
+controller's or Gateway's namespaces (narrowed to pods with ingressPodLabels when set). A YAML list;
+empty only when both values are (refused by validate.yaml). Prometheus reaches the metrics port only
+(ferry.metricsPeers).
 */}}
 {{- define "ferry.networkPolicyPeers" -}}
 {{- $np := .Values.networkPolicy -}}
 {{- $peers := list -}}
 {{- range $np.ingressFrom }}{{ $peers = append $peers . }}{{ end -}}
-{{- range list (list $np.ingressNamespaces $np.ingressPodLabels) (list $np.monitoringNamespaces $np.monitoringPodLabels) }}
-{{- $namespaces := index . 0 }}{{ $podLabels := index . 1 }}
-{{- if $namespaces }}
-{{- $peer := dict "namespaceSelector" (dict "matchExpressions" (list (dict "key" "kubernetes.io/metadata.name" "operator" "In" "values" $namespaces))) }}
-{{- with $podLabels }}{{ $_ := set $peer "podSelector" (dict "matchLabels" .) }}{{ end }}
-{{- $peers = append $peers $peer }}
-{{- end }}
+{{- with include "ferry.namespacePeer" (dict "namespaces" $np.ingressNamespaces "podLabels" $np.ingressPodLabels) | fromYaml }}
+{{- $peers = append $peers . }}
 {{- end -}}
 {{- toYaml $peers }}
+{{- end }}
+
+{{/* The sources admitted to the metrics port: Prometheus' namespaces (monitoringNamespaces, monitoringPodLabels). A YAML list, empty when none. */}}
+{{- define "ferry.metricsPeers" -}}
+{{- $np := .Values.networkPolicy -}}
+{{- $peers := list -}}
+{{- with include "ferry.namespacePeer" (dict "namespaces" $np.monitoringNamespaces "podLabels" $np.monitoringPodLabels) | fromYaml }}
+{{- $peers = append $peers . }}
+{{- end -}}
+{{- toYaml $peers }}
+{{- end }}
+
+{{/* One NetworkPolicyPeer for the pods (with .podLabels, when set) of .namespaces; nothing when .namespaces is empty. */}}
+{{- define "ferry.namespacePeer" -}}
+{{- if .namespaces }}
+{{- $peer := dict "namespaceSelector" (dict "matchExpressions" (list (dict "key" "kubernetes.io/metadata.name" "operator" "In" "values" .namespaces))) }}
+{{- with .podLabels }}{{ $_ := set $peer "podSelector" (dict "matchLabels" .) }}{{ end }}
+{{- toYaml $peer }}
+{{- end }}
+{{- end }}
+
+{{/*
+The ports the entries of ferry.callbacks.allowHosts name, deduplicated and sorted: `host:port`,
+`[v6]:port`, a URL prefix `scheme://host[:port]/...` (its scheme's port when it names none), or a
+plain `host` (443: callbacks are https unless http is allowed). A JSON list of integers.
+*/}}
+{{- define "ferry.callbackAllowPorts" -}}
+{{- $ports := list -}}
+{{- range .Values.ferry.callbacks.allowHosts -}}
+{{- $entry := . -}}
+{{- $default := 443 -}}
+{{- if regexMatch "^[A-Za-z][A-Za-z0-9+.-]*://" $entry -}}
+{{- if hasPrefix "http://" (lower $entry) }}{{ $default = 80 }}{{ end -}}
+{{- $entry = index (splitList "/" (regexReplaceAll "^[A-Za-z][A-Za-z0-9+.-]*://" $entry "")) 0 -}}
+{{- end -}}
+{{- $port := regexFind ":[0-9]+$" $entry | trimPrefix ":" -}}
+{{- $ports = append $ports (ternary (int $port) $default (ne $port "")) -}}
+{{- end -}}
+{{- $ports | uniq | sortAlpha | toJson -}}
+{{- end }}
+
+{{/* Bytes of a Kubernetes quantity such as `256Mi`, `1.5Gi` or `300M` (the suffixes the sizeLimit values allow). */}}
+{{- define "ferry.quantityBytes" -}}
+{{- $q := toString . -}}
+{{- $number := regexFind "^[0-9]+(\\.[0-9]+)?" $q -}}
+{{- $suffix := trimPrefix $number $q -}}
+{{- $factor := get (dict "" 1 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776) $suffix -}}
+{{- mulf (float64 $number) (float64 $factor) -}}
 {{- end }}

@@ -20,8 +20,8 @@ A command for one shape only carries a tag in its comment (`# [deployment]`, `# 
 shape. Commands in another namespace (`-n "$MON_NS"`, `-A`) name objects the chart does not render
 and are only checked for placeholders. No command line may keep a placeholder (`<pod>`, `...`), and
 every variable a command uses is set by the preamble or by an assignment on the runbook's pages.
-The triage blocks name dashboard panels (`ferry / service overview › **Panel title**`): each must exist
-in the generated dashboards.
+The triage blocks name dashboard panels (the dashboard's title, an angle quote, the panel's title in
+bold): each must exist in the generated dashboards.
 """
 
 from __future__ import annotations
@@ -52,14 +52,28 @@ API_VERSIONS = ("argoproj.io/v1alpha1", "keda.sh/v1alpha1", *kv.MONITORING)
 SHAPES = ("deployment", "canary", "rollout")
 SCENARIOS: dict[str, tuple[str, ...]] = {
     "deployment": ("-f", str(ENVIRONMENTS / "prod.yaml")),
-    "canary": ("-f", str(ENVIRONMENTS / "prod.yaml"), "-f", str(ENVIRONMENTS / "canary.yaml"), "--set", "canary.image.tag=0.2.0"),
+    "canary": (
+        "-f",
+        str(ENVIRONMENTS / "prod.yaml"),
+        "-f",
+        str(ENVIRONMENTS / "canary.yaml"),
+        "--set",
+        "canary.image.tag=0.2.0",
+    ),
     "rollout": ("-f", str(ENVIRONMENTS / "prod.yaml"), "-f", str(ENVIRONMENTS / "rollout.yaml")),
-    "worker": ("-f", str(ENVIRONMENTS / "prod.yaml"), "-f", str(kv.CHART / "ci/worker-redis-values.yaml"), "--set", "keda.enabled=true"),
+    "worker": (
+        "-f",
+        str(ENVIRONMENTS / "prod.yaml"),
+        "-f",
+        str(kv.CHART / "ci/worker-redis-values.yaml"),
+        "--set",
+        "keda.enabled=true",
+    ),
 }
 TAG = re.compile(r"\[(deployment|canary|rollout|worker)\]")
 PLACEHOLDER = re.compile(r"<[A-Za-z][A-Za-z0-9 _.-]*>")
 ELLIPSIS = re.compile(r"\.\.\.|…")
-PANEL_REF = re.compile(r"(ferry / (?:service overview|model)) › \*\*(.+?)\*\*")
+PANEL_REF = re.compile(r"(ferry / (?:service overview|model)) \u203a \*\*(.+?)\*\*")
 KINDS = {
     "deploy": "Deployment", "deployment": "Deployment", "deployments": "Deployment",
     "rollout": "Rollout", "rollouts": "Rollout", "ro": "Rollout",
@@ -118,7 +132,9 @@ def pods(scenario: str) -> list[PodShape]:
         template = doc["spec"]["template"]
         spec = template["spec"]
         names = {c["name"] for c in [*spec.get("containers", []), *spec.get("initContainers", [])]}
-        ports = {str(v) for c in spec["containers"] for p in c.get("ports", []) for v in (p["name"], p["containerPort"])}
+        ports = {
+            str(v) for c in spec["containers"] for p in c.get("ports", []) for v in (p["name"], p["containerPort"])
+        }
         labels = dict(template["metadata"].get("labels", {}))
         extra = [{}]
         if doc["kind"] == "Rollout":
@@ -254,10 +270,10 @@ def preamble_values() -> dict[str, str]:
     for block in shell_blocks(PREAMBLE.read_text()):
         for line in logical_lines(block):
             code, _ = split_comment(line)
-            if m := re.fullmatch(r"\s*export (\w+)=(\"[^\"]*\"|\S+)\s*", code):
-                if m[1] != "RELEASE" and "$(" not in m[2]:
-                    (value,), _used = expand(m[2], values)
-                    values[m[1]] = value
+            m = re.fullmatch(r"\s*export (\w+)=(\"[^\"]*\"|\S+)\s*", code)
+            if m and m[1] != "RELEASE" and "$(" not in m[2]:
+                (value,), _used = expand(m[2], values)
+                values[m[1]] = value
     return values
 
 
@@ -353,10 +369,8 @@ def parse(words: list[str]) -> Parsed | None:
     for key in ("-n", "--namespace"):
         if key in parsed.flags:
             parsed.namespace = parsed.flags[key][0]
-    if "-A" in parsed.flags or "--all-namespaces" in parsed.flags:
-        parsed.other_namespace = True
-    elif parsed.namespace is not None and parsed.namespace != NAMESPACE:
-        parsed.other_namespace = True
+    everywhere = "-A" in parsed.flags or "--all-namespaces" in parsed.flags
+    parsed.other_namespace = everywhere or parsed.namespace not in (None, NAMESPACE)
     return parsed
 
 
@@ -420,7 +434,8 @@ def ports_of(kind: str, name: str, scenario: str) -> set[str] | None:
         return {str(v) for o in found for p in o["spec"]["ports"] for v in (p.get("name"), p["port"])}
     if kind in ("Deployment", "Rollout"):
         found = [o for o in objects(scenario, kind) if o["metadata"]["name"] == name]
-        return {str(v) for o in found for c in o["spec"]["template"]["spec"]["containers"] for p in c.get("ports", []) for v in (p["name"], p["containerPort"])}  # fmt: skip
+        containers = [c for o in found for c in o["spec"]["template"]["spec"]["containers"]]
+        return {str(v) for c in containers for p in c.get("ports", []) for v in (p["name"], p["containerPort"])}
     return None
 
 
@@ -469,7 +484,7 @@ def check_helm(cmd: Parsed, scenario: str, problems: list[str]) -> None:
     if not pos or pos[0] in ("version", "repo", "search", "template", "show", "pull"):
         return
     if cmd.namespace != NAMESPACE:
-        problems.append(f"helm {pos[0]}: namespace {cmd.namespace!r}, not the release's (-n \"$NS\")")
+        problems.append(f'helm {pos[0]}: namespace {cmd.namespace!r}, not the release\'s (-n "$NS")')
     sub = pos[0]
     if sub == "list":
         return

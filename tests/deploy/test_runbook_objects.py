@@ -375,7 +375,7 @@ def parse(words: list[str]) -> Parsed | None:
 
 
 def flogs_selector(simple: str, values: dict[str, str]) -> str:
-    m = re.match(r"\s*PODS=(\"[^\"]*\"|\S+)", simple)
+    m = re.search(r"(?:^|\s)PODS=(\"[^\"]*\"|\S+)", simple)
     if m:
         (selector,), _ = expand(m[1], values)
         return selector

@@ -119,9 +119,9 @@ SCENARIOS: dict[str, Scenario] = {
     ),
     "monitoring": Scenario(
         "monitoring-values.yaml",
-        api_versions=MONITORING,
-        present=(*BASE, "ServiceMonitor", "PrometheusRule"),
-        counts={"ServiceMonitor": 1, "PrometheusRule": 1, "ConfigMap": 2},
+        api_versions=(*MONITORING, "monitoring.coreos.com/v1alpha1/AlertmanagerConfig"),
+        present=(*BASE, "ServiceMonitor", "PrometheusRule", "AlertmanagerConfig"),
+        counts={"ServiceMonitor": 1, "PrometheusRule": 1, "ConfigMap": 2, "AlertmanagerConfig": 1},
     ),
     # Two Ingress objects: the stream route's body limit differs from the other routes'.
     "ingress": Scenario("ingress-values.yaml", present=(*BASE, "Ingress"), counts={"Ingress": 2}),

@@ -17,6 +17,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import k8s_validate as kv  # noqa: E402
 
+from support import notes  # noqa: E402
 from support.helm import refusal  # noqa: E402
 
 API = "monitoring.coreos.com/v1alpha1/AlertmanagerConfig"
@@ -157,3 +158,13 @@ def test_receivers_that_reach_no_one_are_refused(tmp_path: Path) -> None:
     assert "/alertmanagerConfig/page/groupWait': 'soon' does not match" in refusal(
         kv.HELM, kv.CHART, *args, "--set", "alertmanagerConfig.page.groupWait=soon"
     )
+
+
+def test_notes_name_the_receivers_or_say_it_was_skipped(tmp_path: Path) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump(VALUES))
+    rendered = notes.render_notes(kv.HELM, kv.CHART, tmp_path, "-f", str(values), "--api-versions", API)
+    assert 'AlertmanagerConfig ferry: pages to receiver "oncall"' in rendered
+    assert 'tickets to "tickets"' in rendered
+    skipped = notes.render_notes(kv.HELM, kv.CHART, tmp_path, "-f", str(values))
+    assert "AlertmanagerConfig NOT rendered" in skipped

@@ -5,8 +5,10 @@ evaluated by a running Alertmanager."""
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -14,6 +16,10 @@ import yaml
 from support.alertmanager import SNIPPET, Alertmanager, binary, snippet
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import k8s_validate as kv  # noqa: E402
+
 RULES = ROOT / "deploy/rules/ferry.rules.yaml"
 RECEIVER = {"page": "ferry-page", "ticket": "ferry-ticket"}
 # What every ferry alert carries once deploy/slo.yaml names them (its `service` and `team`).
@@ -116,3 +122,74 @@ def test_inhibition_on_a_running_alertmanager(tmp_path: Path) -> None:
             time.sleep(0.2)
     finally:
         manager.stop()
+
+
+def operator_config(doc: dict[str, Any]) -> dict[str, Any]:
+    """A rendered AlertmanagerConfig as the Prometheus Operator merges it into an Alertmanager config:
+    receivers named <namespace>/<name>/<receiver>, a namespace matcher on its route and on both sides
+    of each inhibit rule, continue: true on its route, placed under the Alertmanager's own root route."""
+    ns, name = doc["metadata"]["namespace"], doc["metadata"]["name"]
+
+    def matchers(items: list[dict[str, str]]) -> list[str]:
+        return [f'{m["name"]}{m["matchType"]}"{m["value"]}"' for m in items]
+
+    def route(r: dict[str, Any], top: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {"receiver": f"{ns}/{name}/{r['receiver']}", "group_by": r["groupBy"]}
+        out["matchers"] = matchers(r["matchers"]) + ([f'namespace="{ns}"'] if top else [])
+        for key, plain in (("groupWait", "group_wait"), ("groupInterval", "group_interval")):
+            if key in r:
+                out[plain] = r[key]
+        if "repeatInterval" in r:
+            out["repeat_interval"] = r["repeatInterval"]
+        if top:
+            out["continue"] = True
+        if "routes" in r:
+            out["routes"] = [route(child, False) for child in r["routes"]]
+        return out
+
+    spec = doc["spec"]
+    return {
+        "route": {"receiver": "default", "routes": [route(spec["route"], True)]},
+        "inhibit_rules": [
+            {
+                "source_matchers": [*matchers(rule["sourceMatch"]), f'namespace="{ns}"'],
+                "target_matchers": [*matchers(rule["targetMatch"]), f'namespace="{ns}"'],
+                "equal": rule["equal"],
+            }
+            for rule in spec["inhibitRules"]
+        ],
+        "receivers": [{"name": "default"}, *({"name": f"{ns}/{name}/{r['name']}"} for r in spec["receivers"])],
+    }
+
+
+def test_the_chart_object_routes_the_same_once_the_operator_merges_it(tmp_path: Path) -> None:
+    """The chart's AlertmanagerConfig (release shop, namespace prod) routes every ferry alert of its
+    namespace like the snippet, and leaves another namespace's alerts to the Alertmanager's own routes."""
+    kv.ensure_k8s_tools()
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "alertmanagerConfig": {
+                    "enabled": True,
+                    "receivers": [{"name": "oncall"}, {"name": "tickets"}],
+                    "page": {"receiver": "oncall"},
+                    "ticket": {"receiver": "tickets"},
+                }
+            }
+        )
+    )
+    api = "monitoring.coreos.com/v1alpha1/AlertmanagerConfig"
+    argv = [kv.HELM, "template", "shop", str(kv.CHART), "-n", "prod", "-f", str(values), "--api-versions", api]
+    result = kv.run(argv)
+    assert result.returncode == 0, result.stderr
+    (doc,) = [d for d in kv.documents(result.stdout) if d["kind"] == "AlertmanagerConfig"]
+    config = tmp_path / "alertmanager.yml"
+    config.write_text(yaml.safe_dump(operator_config(doc), sort_keys=False))
+    checked = subprocess.run([binary("amtool"), "check-config", str(config)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    receiver = {"page": "prod/shop-ferry/oncall", "ticket": "prod/shop-ferry/tickets"}
+    for labels in ferry_alerts():
+        ours = labels | {"service": "shop-ferry"}
+        assert routes_test(ours, config) == receiver[labels["severity"]], ours
+        assert routes_test(ours | {"namespace": "staging"}, config) == "default"

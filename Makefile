@@ -55,15 +55,19 @@ lock: $(VENV)/.dev ## Re-resolve requirements/*.lock from pyproject.toml (needs 
 
 # --- system tools ----------------------------------------------------------------------------
 # Debian packages the tests start for real: promtool/prometheus (2.42) for the alert rules and the
-# live tier, redis-server for the Redis job store. Installed when missing (machines run as root).
+# live tier, prometheus-alertmanager/amtool (0.25) for the alert routing (the tests start their own
+# Alertmanager on a free port; the package's own service plays no part), redis-server for the Redis
+# job store. Installed when missing (machines run as root).
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 
 .PHONY: tools
-tools: image-tools ## Install the system tools the tests need (Debian packages prometheus, redis-server, podman, ...)
+tools: image-tools ## Install the system tools the tests need (Debian packages prometheus, prometheus-alertmanager, redis-server, podman, ...)
 	@command -v promtool >/dev/null || { echo "installing prometheus (promtool)"; \
 	  $(APT_INSTALL) prometheus >/dev/null 2>&1 || { apt-get update -qq && $(APT_INSTALL) prometheus >/dev/null; }; }
 	@command -v redis-server >/dev/null || { echo "installing redis-server"; \
 	  $(APT_INSTALL) redis-server >/dev/null 2>&1 || { apt-get update -qq && $(APT_INSTALL) redis-server >/dev/null; }; }
+	@command -v amtool >/dev/null && command -v prometheus-alertmanager >/dev/null || { echo "installing prometheus-alertmanager (amtool)"; \
+	  $(APT_INSTALL) prometheus-alertmanager >/dev/null 2>&1 || { apt-get update -qq && $(APT_INSTALL) prometheus-alertmanager >/dev/null; }; }
 
 # --- container images (podman) ----------------------------------------------------------------
 # docs/deploy.md and README "Container image". podman builds and runs the images without a daemon;
@@ -186,7 +190,7 @@ test-integration: $(VENV)/.dev ## Only the integration tier (real gunicorn on 12
 	$(PY) -m pytest -m integration $(PYTEST_ARGS)
 test-deploy: $(VENV)/.dev k8s-tools ## Only the deploy tier (hadolint, launcher, chart, manifests, pod conformance)
 	$(PY) -m pytest -m deploy $(PYTEST_ARGS)
-test-alerts: $(VENV)/.dev tools ## Only the alerts tier (promtool check/test rules, runbooks)
+test-alerts: $(VENV)/.dev tools ## Only the alerts tier (promtool check/test rules, amtool routes, runbooks)
 	$(PY) -m pytest -m alerts $(PYTEST_ARGS)
 test-live: $(VENV)/.dev tools ## Only the live tier (real Prometheus scraping the real service)
 	$(PY) -m pytest -m live $(PYTEST_ARGS)

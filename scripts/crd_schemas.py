@@ -11,7 +11,9 @@ from them, one file per served version, which ``make helm-validate`` validates c
   ``x-kubernetes-preserve-unknown-fields``: a misspelt field is an error, as with the API server's
   strict field validation, instead of being dropped silently;
 - ``pattern`` written for Go's RE2 that Python's ``re`` rejects is rewritten (``PATTERN_REWRITES``);
-  every pattern must compile, and a rewrite that no longer matches anything fails the run.
+  every pattern must compile, and a rewrite that no longer matches anything fails the run;
+- a bare ``=`` (YAML 1.1's "value" tag, in AlertmanagerConfig's ``matchType`` enum) is read as the
+  string ``=``, as Kubernetes' own YAML reader does (``Loader``).
 
 Not expressible here (only an API server checks them): CEL ``x-kubernetes-validations``, defaulting.
 
@@ -41,9 +43,25 @@ CRDS = ROOT / "deploy/crds"
 MANIFEST = CRDS / "manifest.yaml"
 SCHEMAS = CRDS / "jsonschema"
 DRAFT = "http://json-schema.org/draft-07/schema#"
-# Go RE2 accepts inline flags anywhere; Python only at the start of the expression. Same language.
-PATTERN_REWRITES = {"^(?i)(abort|warn)?$": "(?i)^(abort|warn)?$"}
-Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C loader reads the large CRDs 10x faster
+# Go RE2 accepts inline flags anywhere, scoped to the rest of the enclosing group; Python only at the
+# start of the expression, or as a scoped group ``(?i:...)``. Each rewrite is the same language.
+_MONTHS = "january|february|march|april|may|june|july|august|september|october|november|december|1[0-2]|[1-9]"
+_DAYS = "sun|mon|tues|wednes|thurs|fri|satur"
+PATTERN_REWRITES = {
+    "^(?i)(abort|warn)?$": "(?i)^(abort|warn)?$",
+    # AlertmanagerConfig time intervals: month and weekday names, case-insensitive within their group only.
+    f"^((?i){_MONTHS})(?:((:((?i){_MONTHS}))$)|$)": f"^((?i:{_MONTHS}))(?:((:((?i:{_MONTHS})))$)|$)",
+    f"^((?i){_DAYS})day(?:((:({_DAYS})day)$)|$)": f"^((?i:{_DAYS}))day(?:((:({_DAYS})day)$)|$)",
+}
+_FastLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C loader reads the large CRDs 10x faster
+
+
+class Loader(_FastLoader):
+    """YAML 1.1 reads a bare ``=`` as the obsolete "value" tag; AlertmanagerConfig's matchType enum lists
+    ``- =`` unquoted (Kubernetes' YAML library reads it as the string), so it is read as a string here too."""
+
+
+Loader.add_constructor("tag:yaml.org,2002:value", lambda loader, node: loader.construct_scalar(node))
 
 
 class Problem(Exception):

@@ -11,7 +11,7 @@ import difflib
 import sys
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -164,7 +164,11 @@ def scope_matchers(job: str, namespace: str | None = None) -> tuple[str, str]:
 
 
 def rules(
-    slo: dict, ranges: dict[str, str] | None = None, hold: str | None = None, namespace: str | None = None
+    slo: dict,
+    ranges: dict[str, str] | None = None,
+    hold: str | None = None,
+    namespace: str | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> dict:
     """Prometheus rule groups: SLI recording rules per window, burn-rate alerts, cause alerts.
 
@@ -172,6 +176,7 @@ def rules(
     shrink the PromQL range of each SLI window (keeping the recorded names, so alerts and dashboards
     are unchanged) and every ``for:``, so hours of burn fit in a minute of test traffic.
     ``namespace`` adds a namespace matcher to every selector (the chart's copy: a placeholder).
+    ``labels`` are added to every alert's labels (e.g. ``team`` and ``service``, which routing keys on).
     """
     job, routes = slo["job"], _regex(slo["routes"])
     ranges = ranges or {}
@@ -335,6 +340,8 @@ def rules(
         "no ferry metrics at all",
         f"No series of ferry_http_requests_total with {api} exist.",
     )
+    for rule in alerts:
+        rule["labels"].update(labels or {})
     return {
         "groups": [
             {"name": "ferry-sli", "interval": "30s", "rules": recording},

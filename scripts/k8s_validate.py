@@ -57,6 +57,7 @@ MONITORING = (
     "monitoring.coreos.com/v1",
     "monitoring.coreos.com/v1/ServiceMonitor",
     "monitoring.coreos.com/v1/PrometheusRule",
+    "monitoring.coreos.com/v1alpha1/AlertmanagerConfig",
 )
 CORE_GROUPS = {"", "apps", "autoscaling", "policy", "batch", "networking.k8s.io", "rbac.authorization.k8s.io"}
 
@@ -120,8 +121,8 @@ SCENARIOS: dict[str, Scenario] = {
     "monitoring": Scenario(
         "monitoring-values.yaml",
         api_versions=MONITORING,
-        present=(*BASE, "ServiceMonitor", "PrometheusRule"),
-        counts={"ServiceMonitor": 1, "PrometheusRule": 1, "ConfigMap": 2},
+        present=(*BASE, "ServiceMonitor", "PrometheusRule", "AlertmanagerConfig"),
+        counts={"ServiceMonitor": 1, "PrometheusRule": 1, "ConfigMap": 2, "AlertmanagerConfig": 1},
     ),
     # Two Ingress objects: the stream route's body limit differs from the other routes'.
     "ingress": Scenario("ingress-values.yaml", present=(*BASE, "Ingress"), counts={"Ingress": 2}),

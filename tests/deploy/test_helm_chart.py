@@ -85,6 +85,7 @@ def test_crd_kinds_render_in_their_scenarios() -> None:
     where = {
         "ServiceMonitor": "monitoring",
         "PrometheusRule": "monitoring",
+        "AlertmanagerConfig": "monitoring",
         "Rollout": "rollout",
         "AnalysisTemplate": "rollout",
         "ScaledObject": "autoscaling-keda",
@@ -96,7 +97,7 @@ def test_crd_kinds_render_in_their_scenarios() -> None:
 def test_monitoring_objects_need_their_api() -> None:
     """Offline without --api-versions, the CRD-gated objects are skipped (and only then)."""
     docs = kv.documents(kv.helm_template([CHART / "ci/monitoring-values.yaml"]))
-    assert not {"ServiceMonitor", "PrometheusRule"} & set(kv.kinds(docs))
+    assert not {"ServiceMonitor", "PrometheusRule", "AlertmanagerConfig"} & set(kv.kinds(docs))
 
 
 @pytest.mark.parametrize("scenario", list(kv.SCENARIOS))
@@ -122,6 +123,7 @@ def test_custom_resources_pass_strict_crd_schemas() -> None:
         "AnalysisTemplate",
         "ServiceMonitor",
         "PrometheusRule",
+        "AlertmanagerConfig",
         "ScaledObject",
         "HTTPRoute",
     }

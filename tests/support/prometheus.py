@@ -26,13 +26,16 @@ NAMESPACE = "live"
 
 
 class Prometheus:
-    def __init__(self, workdir: Path, target_port: int) -> None:
+    def __init__(
+        self, workdir: Path, target_port: int, alertmanager: str | None = None, labels: dict[str, str] | None = None
+    ) -> None:
+        """``alertmanager``: host:port Prometheus sends its alerts to; ``labels``: added to every alert."""
         binary = shutil.which("prometheus")
         if binary is None:
             raise RuntimeError("prometheus is missing: `make tools` installs it (Debian package prometheus)")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        generated = rules(load_slo(), ranges=RANGES, hold="3s")
+        generated = rules(load_slo(), ranges=RANGES, hold="3s", labels=labels)
         for group in generated["groups"]:
             group["interval"] = "1s"
         (workdir / "rules.yaml").write_text(yaml.safe_dump(generated, sort_keys=False))
@@ -46,6 +49,8 @@ class Prometheus:
                 }
             ],
         }
+        if alertmanager:
+            config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
         self.log = (workdir / "prometheus.log").open("wb")
         self.process = subprocess.Popen(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -147,7 +148,22 @@ def test_the_derivation_reads_only_the_manifest_sources() -> None:
     """What helm-validate uses: one file per served version of every vendored CRD, nothing else."""
     names = set()
     for source in crd_schemas.load_manifest():
-        for doc in yaml.safe_load_all((crd_schemas.CRDS / source.file).read_text()):
+        for doc in yaml.load_all((crd_schemas.CRDS / source.file).read_text(), Loader=crd_schemas.Loader):
             group, kind = doc["spec"]["group"], doc["spec"]["names"]["kind"].lower()
             names |= {f"deploy/crds/jsonschema/{group}/{kind}_{v['name']}.json" for v in doc["spec"]["versions"]}
     assert set(crd_schemas.schemas()) == names
+
+
+def test_the_rewritten_patterns_keep_go_scoping_of_inline_flags() -> None:
+    """RE2 scopes ``(?i)`` to the rest of its group: month names match in any case, the ``day`` suffix does not."""
+    months, days = (
+        re.compile(new) for old, new in crd_schemas.PATTERN_REWRITES.items() if "january" in old or "satur" in old
+    )
+    assert all(months.search(m) for m in ("January", "march:MAY", "1:12", "9"))
+    assert not any(months.search(m) for m in ("jan", "13", "may:"))
+    assert days.search("Monday") and days.search("monday:friday")
+    assert not days.search("MonDAY") and not days.search("monday:Friday")
+
+
+def test_a_bare_equals_sign_is_read_as_a_string() -> None:
+    assert yaml.load("enum:\n- '!='\n- =\n- =~\n", Loader=crd_schemas.Loader) == {"enum": ["!=", "=", "=~"]}

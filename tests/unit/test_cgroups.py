@@ -79,7 +79,7 @@ def test_cgroup_v1_hybrid_with_a_container_mount_root(tmp_path: Path) -> None:
     )
     write(fs / "cpuacct/ferry", {"cpuacct.usage": "4000000000\n"})
     write(
-        fs / "memory",  # the mount's root is /docker/abc: the container's cgroup is the mount point
+        fs / "memory/ferry",  # the mount's root is /docker/abc, the process's cgroup /docker/abc/ferry
         {
             "memory.limit_in_bytes": "1073741824\n",
             "memory.usage_in_bytes": "600\n",
@@ -89,7 +89,7 @@ def test_cgroup_v1_hybrid_with_a_container_mount_root(tmp_path: Path) -> None:
     paths = cgroups.locate(
         proc(
             tmp_path,
-            "4:memory:/docker/abc\n2:cpuacct:/ferry\n1:cpu:/ferry\n0::/\n",
+            "4:memory:/docker/abc/ferry\n2:cpuacct:/ferry\n1:cpu:/ferry\n0::/\n",
             [
                 ("/", str(fs / "cpu"), "cgroup", "rw,cpu"),
                 ("/", str(fs / "cpuacct"), "cgroup", "rw,cpuacct"),
@@ -98,7 +98,7 @@ def test_cgroup_v1_hybrid_with_a_container_mount_root(tmp_path: Path) -> None:
             ],
         )
     )
-    assert paths.v1 == {"cpu": fs / "cpu/ferry", "cpuacct": fs / "cpuacct/ferry", "memory": fs / "memory"}
+    assert paths.v1 == {"cpu": fs / "cpu/ferry", "cpuacct": fs / "cpuacct/ferry", "memory": fs / "memory/ferry"}
     assert cgroups.read(paths) == cgroups.CgroupFigures(
         cpu_usage_seconds=4.0,
         cpu_limit_cores=2.0,

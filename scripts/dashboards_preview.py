@@ -85,7 +85,8 @@ def main() -> int:
     faults.write_text("{}")
     env = {"FERRY_FAULTS__ENABLED": "true", "FERRY_FAULTS__FILE": str(faults), "FERRY_BREAKER__FAIL_MAX": "1000"}
     with Server(work / "srv", model, env=env) as server:
-        prometheus = Prometheus(work, server.port)
+        # Labelled as the chart's ServiceMonitor labels a stable pod, for the per-pod and per-track panels.
+        prometheus = Prometheus(work, {server.port: {"pod": "ferry-0", "track": "stable"}})
         try:
             start = time.time()
             with Traffic(server.url, record):

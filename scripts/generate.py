@@ -91,7 +91,7 @@ def configuration_md() -> str:
 
 
 def metrics_md() -> str:
-    from ferry.metrics import LATENCY_BUCKETS, Metrics
+    from ferry.metrics import CONTAINER_METRICS, LATENCY_BUCKETS, Metrics
 
     metrics = Metrics()
     out = [HEADER.format(source="ferry.metrics.Metrics"), "# Metrics\n"]
@@ -122,6 +122,18 @@ def metrics_md() -> str:
         mode = getattr(metric, "_multiprocess_mode", None)
         aggregation = {"counter": "sum", "histogram": "sum"}.get(metric._type, mode)
         out.append(f"| `{name}` | {metric._type} | {labels} | {aggregation} | {metric._documentation} |")
+    for name, kind, _, documentation in CONTAINER_METRICS:
+        total = "_total" if kind == "counter" else ""
+        out.append(f"| `{name}{total}` | {kind} | — | none: the container's cgroup, read at scrape | {documentation} |")
+    out.append(
+        "\nThe `ferry_container_*` metrics are the container's own cgroup figures (cgroup v2, or v1 where its "
+        "controllers are mounted), for per-pod CPU, throttling and memory-vs-limit charts where Prometheus has no "
+        "cAdvisor or kube-state-metrics: whichever worker answers the scrape reads them then, so they are never "
+        "summed over workers. A figure the cgroup does not offer, and a limit that is not set, has no sample "
+        "(an unlimited container draws no limit line). CPU throttling: "
+        "`rate(ferry_container_cpu_throttled_periods_total[5m]) / rate(ferry_container_cpu_periods_total[5m])` is "
+        "the share of scheduler periods in which the limit held the container back.\n"
+    )
     out.append(
         "\nLabel values are bounded: `route` is the route template (`/v2/models/{name}/infer`, never a raw "
         "path; `unmatched` for unknown paths), `method` one of the standard methods or `OTHER`, "
@@ -350,6 +362,58 @@ def rules(
     }
 
 
+def budget_rules(slo: dict, ranges: dict[str, str] | None = None, namespace: str | None = None) -> dict:
+    """The error budget over each objective's whole SLO window, in the names Sloth gives them: the
+    group appended to ``rules()``'s (``rules_yaml``), which the dashboards' budget panels read.
+
+    Per objective (label ``slo``) and (namespace, job): ``slo:sli_error:ratio_rate<window>`` the
+    share of bad predict requests over the window, ``slo:objective:ratio`` and ``slo:error_budget:ratio``
+    (1 - objective), ``slo:period_burn_rate:ratio`` (bad share / budget: 1 spends exactly the budget)
+    and ``slo:period_error_budget_remaining:ratio`` (1 - that: 1 untouched, 0 spent, below 0
+    overspent). ``ranges`` shrinks the window's PromQL range as in ``rules()`` (the live test).
+    The window's range queries are heavy, so the group is evaluated every 5 minutes.
+    """
+    job, routes = slo["job"], _regex(slo["routes"])
+    ranges = ranges or {}
+    api, _ = scope_matchers(job, namespace)
+    sel = f'{api},route=~"{routes}"'
+    by = "sum by (namespace, job)"
+    threshold = slo["objectives"]["latency"]["threshold_s"]
+    out = []
+    for objective in ("availability", "latency"):
+        window = slo["objectives"][objective]["window"]
+        span = ranges.get(window, window)
+        target = slo["objectives"][objective]["target"]
+        budget = round(1 - target, 10)
+        if objective == "availability":
+            expr = (
+                f'(\n  {by} (increase(ferry_http_requests_total{{{sel},status_class="5xx"}}[{span}]))'
+                f"\n  or\n  0 * {by} (increase(ferry_http_requests_total{{{sel}}}[{span}]))\n)\n/\n"
+                f"{by} (increase(ferry_http_requests_total{{{sel}}}[{span}]))"
+            )
+        else:
+            expr = (
+                f"1 - (\n  {by} (increase(ferry_http_request_duration_seconds_bucket"
+                f'{{{sel},le="{threshold}"}}[{span}]))'
+                f"\n  /\n  {by} (increase(ferry_http_request_duration_seconds_count{{{sel}}}[{span}]))\n)"
+            )
+        sli = f"slo:sli_error:ratio_rate{window}"
+        mine = f'{{{api},slo="{objective}"}}'
+        labels = {"slo": objective}
+        out += [
+            {"record": sli, "expr": expr, "labels": labels},
+            {"record": "slo:objective:ratio", "expr": f"0 * {sli}{mine} + {target}", "labels": labels},
+            {"record": "slo:error_budget:ratio", "expr": f"0 * {sli}{mine} + {budget}", "labels": labels},
+            {"record": "slo:period_burn_rate:ratio", "expr": f"{sli}{mine} / {budget}", "labels": labels},
+            {
+                "record": "slo:period_error_budget_remaining:ratio",
+                "expr": f"1 - slo:period_burn_rate:ratio{mine}",
+                "labels": labels,
+            },
+        ]
+    return {"name": "ferry-slo-budget", "interval": "5m", "rules": out}
+
+
 def _seconds(duration: str) -> int:
     return int(duration[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[duration[-1]]
 
@@ -368,7 +432,10 @@ def rules_yaml(scoped: bool = False) -> str:
 
     yaml.SafeDumper.add_representer(Literal, represent)
     slo = load_slo()
-    doc = rules({**slo, "job": JOB_PLACEHOLDER}, namespace=NAMESPACE_PLACEHOLDER) if scoped else rules(slo)
+    scope = {**slo, "job": JOB_PLACEHOLDER} if scoped else slo
+    namespace = NAMESPACE_PLACEHOLDER if scoped else None
+    doc = rules(scope, namespace=namespace) if scoped else rules(slo)
+    doc["groups"].append(budget_rules(scope, namespace=namespace))
     for group in doc["groups"]:
         for rule in group["rules"]:
             rule["expr"] = Literal(rule["expr"])

@@ -23,7 +23,11 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from ferry import cgroups
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
@@ -50,6 +54,78 @@ def _error_codes() -> set[str]:
         codes.add(cls.code)
         pending.extend(cls.__subclasses__())
     return codes
+
+
+# The container's cgroup figures (ferry.cgroups), read at scrape time by whichever process answers:
+# they are the container's, not a worker's, so they are never summed over workers. (name, type,
+# CgroupFigures field, help). A figure the cgroup does not have, and a limit that is not set, has
+# no sample: an unlimited container draws no limit line.
+CONTAINER_METRICS = (
+    (
+        "ferry_container_cpu_usage_seconds",
+        "counter",
+        "cpu_usage_seconds",
+        "CPU time used by every process of the container (cgroup cpuacct.usage or cpu.stat usage_usec).",
+    ),
+    (
+        "ferry_container_cpu_limit_cores",
+        "gauge",
+        "cpu_limit_cores",
+        "CPU limit of the container in cores (CFS quota / period); absent without a limit.",
+    ),
+    (
+        "ferry_container_cpu_periods",
+        "counter",
+        "cpu_periods",
+        "CFS enforcement periods in which the container was runnable (cgroup cpu.stat nr_periods).",
+    ),
+    (
+        "ferry_container_cpu_throttled_periods",
+        "counter",
+        "cpu_throttled_periods",
+        "CFS periods in which the container used up its quota and was throttled (nr_throttled).",
+    ),
+    (
+        "ferry_container_cpu_throttled_seconds",
+        "counter",
+        "cpu_throttled_seconds",
+        "Time the container's threads were held back by its CPU limit (throttled_time / throttled_usec).",
+    ),
+    (
+        "ferry_container_memory_usage_bytes",
+        "gauge",
+        "memory_usage_bytes",
+        "Memory charged to the container, page cache included (memory.usage_in_bytes / memory.current).",
+    ),
+    (
+        "ferry_container_memory_working_set_bytes",
+        "gauge",
+        "memory_working_set_bytes",
+        "Memory usage less inactive page cache: what the kubelet evicts on and the OOM killer approaches.",
+    ),
+    (
+        "ferry_container_memory_limit_bytes",
+        "gauge",
+        "memory_limit_bytes",
+        "Memory limit of the container (memory.limit_in_bytes / memory.max); absent without a limit.",
+    ),
+)
+
+
+class ContainerCollector(Collector):
+    """The ``CONTAINER_METRICS`` of this process's cgroup, read when collected."""
+
+    def __init__(self, paths: cgroups.CgroupPaths | None = None) -> None:
+        self._paths = paths or cgroups.locate()
+
+    def collect(self) -> Iterable[Metric]:
+        figures = cgroups.read(self._paths)
+        for name, kind, field, documentation in CONTAINER_METRICS:
+            value = getattr(figures, field)
+            if value is None:
+                continue
+            family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            yield family(name, documentation, value=value)
 
 
 def multiprocess_dir() -> str | None:
@@ -317,6 +393,8 @@ class Metrics:
             self.connections_closed.labels(reason)
         self._cpu_seen = 0.0
         self._process = ProcessCollector(registry=None)
+        self._container = ContainerCollector()
+        r.register(self._container)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         method = method if method in KNOWN_METHODS else "OTHER"
@@ -358,6 +436,7 @@ class Metrics:
         if path:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+            registry.register(self._container)
         else:
             registry = self.registry
         return generate_latest(registry), CONTENT_TYPE_LATEST

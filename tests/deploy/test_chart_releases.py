@@ -89,9 +89,12 @@ def series(name: str) -> list[dict[str, str]]:
 def _dashboard_exprs(board: dict) -> list[str]:
     values = {v["name"]: v["current"]["value"] for v in board["templating"]["list"] if v.get("current")}
 
+    # The pod and track variables select within the release; their "All" is the widest choice.
+    values.update({"pod": ".*", "track": ".*"})
+
     def resolve(expr: str) -> str:
         expr = expr.replace("$__rate_interval", "5m")
-        for var in ("namespace", "job"):
+        for var in ("namespace", "job", "pod", "track"):
             expr = expr.replace(f"${{{var}}}", values[var]).replace(f"${var}", values[var])
         assert "$" not in expr, f"unresolved dashboard variable in {expr!r}"
         return expr
@@ -109,6 +112,7 @@ def _dashboard_exprs(board: dict) -> list[str]:
                 walk(value)
 
     walk(board["panels"])
+    walk(board["annotations"])
     return found
 
 

@@ -22,11 +22,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import k8s_validate as kv  # noqa: E402
+from generate import load_slo  # noqa: E402
 
 from support import notes  # noqa: E402
 from support.helm import refusal  # noqa: E402
 
 CHART = kv.CHART
+CHART_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -415,8 +417,12 @@ def test_dashboards_configmap() -> None:
     rendered = {k.removeprefix("ferry-ferry-"): json.loads(v) for k, v in configmap["data"].items()}
     assert set(rendered) == set(boards), "one key per dashboard, prefixed by namespace and release"
     for name, board in boards.items():
-        # The panels are the generated ones; the variables, uid and title name the release.
-        assert rendered[name]["panels"] == board["panels"]
+        # The panels are the generated ones, their runbook links those of the chart's version; the
+        # variables, uid and title name the release.
+        pinned = f"https://github.com/ferry-serving/ferry/blob/v{CHART_VERSION}/docs/runbooks"
+        generic = json.dumps(board["panels"]).replace(load_slo()["runbook_base_url"].rstrip("/"), pinned)
+        assert rendered[name]["panels"] == json.loads(generic)
+        assert rendered[name]["links"][1]["url"] == pinned
         variables = {v["name"]: v for v in rendered[name]["templating"]["list"]}
         assert variables["namespace"]["current"]["value"] == "ferry" and variables["job"]["current"]["value"] == "ferry"
         assert rendered[name]["uid"].startswith(board["uid"] + "-") and len(rendered[name]["uid"]) <= 40

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 
+from ferry import cgroups
 from support.metrics import counter, scrape
 from support.server import Server
 
@@ -141,5 +142,12 @@ def test_every_documented_metric_is_exported(server: Server, record: dict) -> No
     documented = re.findall(r"^\| `(ferry_\w+)`", (Path(__file__).parents[2] / "docs/metrics.md").read_text(), re.M)
     assert len(documented) >= 15
     text = scrape(server)
+    # A container limit is exported only when set: the server runs in this process's cgroup.
+    figures = cgroups.read(cgroups.locate())
+    limits = {
+        "ferry_container_cpu_limit_cores": figures.cpu_limit_cores,
+        "ferry_container_memory_limit_bytes": figures.memory_limit_bytes,
+    }
     for name in documented:
-        assert re.search(rf"^{name}(_bucket|_count|_sum)?[{{ ]", text, re.M), name
+        found = re.search(rf"^{name}(_bucket|_count|_sum)?[{{ ]", text, re.M)
+        assert bool(found) == (limits.get(name, True) is not None), name

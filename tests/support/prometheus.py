@@ -1,9 +1,13 @@
-"""A real Prometheus (Debian package) scraping a ferry Server on 127.0.0.1 with the generated rules,
-shrunk by the documented test override (scripts/generate.py `rules(ranges=, hold=)`)."""
+"""A real Prometheus (Debian package) scraping ferry Servers on 127.0.0.1 with the generated rules,
+shrunk by the documented test override (scripts/generate.py `rules(ranges=, hold=)`).
+
+Each target carries the labels the chart's ServiceMonitor gives a pod's series (namespace, pod, and
+the pod label `track`), so the dashboards' pod and track variables select as they do in a cluster."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -19,25 +23,35 @@ from support.server import free_port
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from generate import load_slo, rules  # noqa: E402
+from generate import budget_rules, load_slo, rules  # noqa: E402
 
-RANGES = {"5m": "10s", "30m": "15s", "1h": "20s", "2h": "20s", "6h": "30s", "1d": "30s", "3d": "40s"}
+# "30d" is the SLO window of the period error budget rules (budget_rules).
+RANGES = {"5m": "10s", "30m": "15s", "1h": "20s", "2h": "20s", "6h": "30s", "1d": "30s", "3d": "40s", "30d": "60s"}
 NAMESPACE = "live"
+# The value of the dashboards' multi-valued variables when "All" is picked (dashboards/src/builder.py).
+ALL = ".*"
 
 
 class Prometheus:
     def __init__(
-        self, workdir: Path, target_port: int, alertmanager: str | None = None, labels: dict[str, str] | None = None
+        self,
+        workdir: Path,
+        target_port: int | dict[int, dict[str, str]],
+        alertmanager: str | None = None,
+        labels: dict[str, str] | None = None,
     ) -> None:
-        """``alertmanager``: host:port Prometheus sends its alerts to; ``labels``: added to every alert."""
+        """``target_port``: one ferry port, or {port: extra target labels} for several (pod, track);
+        ``alertmanager``: host:port Prometheus sends its alerts to; ``labels``: added to every alert."""
         binary = shutil.which("prometheus")
         if binary is None:
             raise RuntimeError("prometheus is missing: `make tools` installs it (Debian package prometheus)")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         generated = rules(load_slo(), ranges=RANGES, hold="3s", labels=labels)
+        generated["groups"].append(budget_rules(load_slo(), ranges=RANGES))
         for group in generated["groups"]:
             group["interval"] = "1s"
+        targets = target_port if isinstance(target_port, dict) else {target_port: {}}
         (workdir / "rules.yaml").write_text(yaml.safe_dump(generated, sort_keys=False))
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
@@ -45,7 +59,10 @@ class Prometheus:
             "scrape_configs": [
                 {
                     "job_name": "ferry",
-                    "static_configs": [{"targets": [f"127.0.0.1:{target_port}"], "labels": {"namespace": NAMESPACE}}],
+                    "static_configs": [
+                        {"targets": [f"127.0.0.1:{port}"], "labels": {"namespace": NAMESPACE, **labels}}
+                        for port, labels in targets.items()
+                    ],
                 }
             ],
         }
@@ -111,16 +128,58 @@ class Traffic:
         self.thread.join()
 
 
-def substitute(expr: str) -> str:
-    """A dashboard query with its Grafana variables filled in for this Prometheus."""
-    return expr.replace("$namespace", NAMESPACE).replace("$job", "ferry").replace("$__rate_interval", "10s")
+def substitute(expr: str, pod: str = ALL, track: str = ALL) -> str:
+    """A dashboard query with its Grafana variables filled in for this Prometheus (pod and track: a
+    value, or the "All" regex)."""
+    for name, value in (("namespace", NAMESPACE), ("job", "ferry"), ("pod", pod), ("track", track)):
+        expr = expr.replace(f"${name}", value)
+    return expr.replace("$__rate_interval", "10s")
 
 
-def panel_queries() -> list[tuple[str, str, str]]:
+def boards() -> dict[str, dict]:
+    return {path.name: json.loads(path.read_text()) for path in sorted((ROOT / "dashboards").glob("*.json"))}
+
+
+def panel_queries(pod: str = ALL, track: str = ALL) -> list[tuple[str, str, str]]:
     out = []
-    for path in sorted((ROOT / "dashboards").glob("*.json")):
-        board = json.loads(path.read_text())
+    for name, board in boards().items():
         for panel in board["panels"]:
             for target in panel.get("targets", []):
-                out.append((path.name, panel["title"], substitute(target["expr"])))
+                out.append((name, panel["title"], substitute(target["expr"], pod, track)))
     return out
+
+
+def annotation_queries() -> list[tuple[str, str, str]]:
+    return [
+        (name, annotation["name"], substitute(annotation["expr"]))
+        for name, board in boards().items()
+        for annotation in board["annotations"]["list"]
+        if "expr" in annotation
+    ]
+
+
+def variable_queries() -> list[tuple[str, str, str, str]]:
+    """(board, variable, PromQL, label) of each `label_values(<selector>, <label>)` variable, as the
+    query Grafana's label_values amounts to: the label's values among the selector's series."""
+    out = []
+    for name, board in boards().items():
+        for variable in board["templating"]["list"]:
+            match = re.fullmatch(r"label_values\((.*), (\w+)\)", variable.get("definition", ""))
+            if match:
+                out.append((name, variable["name"], f"count by ({match[2]}) ({substitute(match[1])})", match[2]))
+    return out
+
+
+def threshold_color(panel: dict, value: float) -> str:
+    """The color Grafana gives ``value`` on this panel: its mapping's color for a mapped value, else the
+    color of the highest threshold step at or below it (the first step, value null, is the base)."""
+    defaults = panel["fieldConfig"]["defaults"]
+    for mapping in defaults.get("mappings", []):
+        for key, shown in mapping["options"].items():
+            if float(key) == value:
+                return str(shown["color"])
+    color = ""
+    for step in defaults["thresholds"]["steps"]:
+        if step["value"] is None or value >= step["value"]:
+            color = step["color"]
+    return color

@@ -37,6 +37,7 @@ class Server:
         app: str | None = None,
         pythonpath: list[Path] | None = None,
         command: str = "serve",
+        preexec_fn: Callable[[], None] | None = None,
     ):
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -59,12 +60,19 @@ class Server:
         }
         self.process: subprocess.Popen[bytes] | None = None
         self.argv = [sys.executable, "-m", "ferry", command, *(["--app", app] if app else [])]
+        self.preexec_fn = preexec_fn  # runs in the child before exec (e.g. joining a cgroup)
 
     def start(self, wait_ready: bool = True, timeout: float = 30.0) -> Server:
         log = self.log_path.open("ab")
         # A session of its own: on failure the whole process group goes, workers included.
         self.process = subprocess.Popen(
-            self.argv, env=self.env, cwd=self.workdir, stdout=log, stderr=log, start_new_session=True
+            self.argv,
+            env=self.env,
+            cwd=self.workdir,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            preexec_fn=self.preexec_fn,
         )
         log.close()
         try:

@@ -263,8 +263,7 @@ class MetricsSettings(_Group):
 
 
 class TracingSettings(_Group):
-    """OpenTelemetry tracing, exported over OTLP/HTTP (protobuf). Off by default: then no span is made
-    and the request path pays one check."""
+    """OpenTelemetry tracing over OTLP/HTTP (docs/observability.md); off by default, then nothing is traced."""
 
     enabled: bool = Field(
         False,
@@ -274,7 +273,7 @@ class TracingSettings(_Group):
         "http://localhost:4318",
         pattern=r"^https?://[^\s]+$",
         description="Base URL of the OTLP/HTTP receiver (an OpenTelemetry Collector, Tempo, Jaeger); spans are "
-        "POSTed to <endpoint>/v1/traces, as OTEL_EXPORTER_OTLP_ENDPOINT does.",
+        "POSTed to its path /v1/traces, as with OTEL_EXPORTER_OTLP_ENDPOINT.",
     )
     protocol: Literal["http/protobuf"] = Field(
         "http/protobuf", description="OTLP transport; only http/protobuf is supported (no gRPC dependency)."

@@ -110,6 +110,11 @@ def metrics_md() -> str:
         "the ingress can route the API port without exposing metrics.\n"
     )
     out.append(
+        "A scrape whose `Accept` asks for `application/openmetrics-text` (Prometheus's does) gets the OpenMetrics "
+        "format, which alone carries exemplars: `ferry_http_request_duration_seconds` buckets carry the latest "
+        "request's `trace_id` ([observability.md](observability.md)); other scrapes get the text format.\n"
+    )
+    out.append(
         f"Latency histograms use the buckets {', '.join(str(b) for b in LATENCY_BUCKETS)} seconds "
         "(0.3 s is a bucket edge so the latency SLO is exact).\n"
     )

@@ -21,6 +21,8 @@ from ferry.resilience.deadline import Deadline
 from ferry.settings import Settings
 
 log = get_logger("ferry.core")
+# How stale another worker's exemplars may be in a scrape (Prometheus scrapes every 15-30 s).
+EXEMPLAR_FLUSH_S = 1.0
 
 
 class Core:
@@ -46,6 +48,7 @@ class Core:
         self._tasks = [
             load,
             asyncio.create_task(self._refresh_process_metrics(), name="ferry-process-metrics"),
+            asyncio.create_task(self._share_exemplars(), name="ferry-exemplars"),
             asyncio.create_task(self.predictor.run(), name="ferry-dispatcher"),
             asyncio.create_task(self.predictor.watchdog.run(), name="ferry-hang-watchdog"),
         ]
@@ -79,6 +82,12 @@ class Core:
         while True:
             self.metrics.refresh_process()
             await asyncio.sleep(self.settings.metrics.process_interval_s)
+
+    async def _share_exemplars(self) -> None:
+        """Hand this worker's latest exemplars to the others' scrapes (a small file, once a second)."""
+        while True:
+            await asyncio.sleep(EXEMPLAR_FLUSH_S)
+            self.metrics.exemplars.flush()
 
     # -- what routes and runners need ------------------------------------------------------------
     @property

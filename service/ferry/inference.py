@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import structlog
 
+from ferry import tracing
 from ferry.errors import DeadlineExceeded, FerryError, ModelError, ModelNotReady, ModelTimedOut, Overloaded
 from ferry.lifecycle import request_exit
 from ferry.logging import get_logger
@@ -71,9 +73,19 @@ class _Request:
     enqueued: float = field(default_factory=time.perf_counter)
     started: bool = False
     call: int = -1  # the watchdog's id of the model call it is part of
+    # The caller's context: its request id and trace id for a model_error line (read only then).
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)
+    trace: tracing.Context | None = None  # its span, when tracing is on (queue wait and model call spans)
+    enqueued_ns: int = 0  # wall clock at admission, for the queue wait span (tracing on only)
 
 
 _Outcome = _Output | BaseException
+
+
+def _ids(batch: list[_Request]) -> tuple[list[str | None], list[str | None]]:
+    """The request ids and trace ids the batch's callers were logging with."""
+    bound = [request.context.run(structlog.contextvars.get_contextvars) for request in batch]
+    return [b.get("request_id") for b in bound], [b.get("trace_id") for b in bound]
 
 
 def _call_model(model: LoadedModel, rows: np.ndarray) -> _Output:
@@ -148,9 +160,19 @@ class Predictor:
                 request.started = True
                 request.call = call_id
                 self.metrics.queue_wait.observe(started - request.enqueued)
+            span = self._trace_call(batch) if tracing.enabled() else tracing.NOOP_MODEL_CALL
             context = contextvars.copy_context()
             call = loop.run_in_executor(self._executor, context.run, self._call, model, batch)
-            call.add_done_callback(functools.partial(self._finish, batch=batch))
+            call.add_done_callback(functools.partial(self._finish, batch=batch, span=span))
+
+    def _trace_call(self, batch: list[_Request]) -> tracing.ModelCallSpan:
+        """The queue wait span of each request, and the span of the call they share."""
+        now = tracing.now_ns()
+        for request in batch:
+            if request.trace is not None:
+                tracing.queue_wait(request.trace, request.enqueued_ns, now)
+        rows = sum(len(r.rows) for r in batch)
+        return tracing.model_call([r.trace for r in batch], model=self.holder.name, rows=rows)
 
     def _take(self, rows: int = 0) -> list[_Request]:
         """Waiting requests for one model call, oldest first; expired ones are answered 504 here."""
@@ -177,7 +199,7 @@ class Predictor:
             request.future.set_exception(DeadlineExceeded())
         self.metrics.deadline_exceeded.labels(stage).inc()
 
-    def _finish(self, done: asyncio.Future[list[_Outcome]], batch: list[_Request]) -> None:
+    def _finish(self, done: asyncio.Future[list[_Outcome]], batch: list[_Request], span: tracing.ModelCallSpan) -> None:
         self.watchdog.finished(batch[0].call)
         self._free += 1
         self.metrics.model_calls_in_flight.dec()
@@ -185,6 +207,7 @@ class Predictor:
         self._wakeup.set()
         error = done.exception()
         outcomes: list[_Outcome] = [error] * len(batch) if error is not None else done.result()
+        span.end(sum(isinstance(o, BaseException) for o in outcomes), error)
         for request, outcome in zip(batch, outcomes, strict=True):
             if request.future.done():  # its caller gave up (deadline): the result is dropped
                 continue
@@ -225,6 +248,9 @@ class Predictor:
         if not self._free and len(self._queue) >= self.max_queue:
             raise Overloaded(retry_after_s=1)
         request = _Request(rows, deadline, asyncio.get_running_loop().create_future())
+        if tracing.enabled():
+            request.trace = tracing.capture()
+            request.enqueued_ns = tracing.now_ns()
         self._queue.append(request)
         self.metrics.queue_depth.set(len(self._queue))
         assert self._wakeup is not None, "Predictor.run() is not running"
@@ -254,7 +280,7 @@ class Predictor:
         rows = batch[0].rows if len(batch) == 1 else np.concatenate([r.rows for r in batch])
         latest = max(r.deadline.at for r in batch)
         try:
-            labels, proba = self._guarded_call(model, rows, len(batch), latest)
+            labels, proba = self._guarded_call(model, rows, batch, latest)
         except ModelError:
             if len(batch) == 1:
                 raise
@@ -270,11 +296,11 @@ class Predictor:
 
     def _isolated(self, model: LoadedModel, request: _Request) -> _Outcome:
         try:
-            return self._guarded_call(model, request.rows, 1, request.deadline.at)
+            return self._guarded_call(model, request.rows, [request], request.deadline.at)
         except FerryError as error:
             return error
 
-    def _guarded_call(self, model: LoadedModel, rows: np.ndarray, requests: int, deadline_at: float) -> _Output:
+    def _guarded_call(self, model: LoadedModel, rows: np.ndarray, batch: list[_Request], deadline_at: float) -> _Output:
         started = time.perf_counter()
         try:
             with self.breaker.guard():
@@ -293,11 +319,24 @@ class Predictor:
             raise
         except Exception as exc:
             self.metrics.model_calls.labels("error").inc()
-            log.error("model_error", model=self.holder.name, rows=len(rows), requests=requests, exc_info=True)
+            request_ids, trace_ids = _ids(batch)
+            log.error(
+                "model_error",
+                model=self.holder.name,
+                rows=len(rows),
+                requests=len(batch),
+                # The call ran for all of its requests: every one's ids (this thread has none bound); the
+                # single fields too when it ran for one request, so a search by request_id finds it.
+                request_id=request_ids[0] if len(batch) == 1 else None,
+                trace_id=trace_ids[0] if len(batch) == 1 else None,
+                request_ids=request_ids,
+                trace_ids=trace_ids,
+                exc_info=True,
+            )
             raise ModelError(f"the model failed on this input ({type(exc).__name__})") from exc
         seconds = time.perf_counter() - started
         self.metrics.model_calls.labels("ok").inc()
-        self._record(model, labels, len(rows), requests, seconds)
+        self._record(model, labels, len(rows), len(batch), seconds)
         return labels, proba
 
     def _record(self, model: LoadedModel, labels: list[Any], rows: int, requests: int, seconds: float) -> None:

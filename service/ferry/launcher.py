@@ -30,11 +30,15 @@ PRIVATE_METRICS_DIR = "_FERRY_PRIVATE_METRICS_DIR"
 
 
 def reset_metrics_dir(path: Path) -> None:
-    """Empty the configured multiprocess directory of prometheus-client's files (``*.db``): stale files
-    from a previous run would resurrect old counts. Nothing else in it is touched."""
+    """Empty the configured multiprocess directory of prometheus-client's files (``*.db``) and ferry's
+    exemplar files (``exemplars_*.json``): stale files from a previous run would resurrect old counts and
+    old trace ids. Nothing else in it is touched."""
     path.mkdir(parents=True, exist_ok=True)
-    for entry in path.glob("*.db"):
-        entry.unlink()
+    # The exemplar pattern is ferry.metrics.EXEMPLAR_FILE_PREFIX, not imported: the launcher execs
+    # gunicorn and must not import prometheus_client before PROMETHEUS_MULTIPROC_DIR is set.
+    for pattern in ("*.db", "exemplars_*.json"):
+        for entry in path.glob(pattern):
+            entry.unlink()
 
 
 def metrics_dir(settings: Settings, env: dict[str, str]) -> Path:

@@ -5,6 +5,7 @@ gunicorn loads ``ferry.main:create_app()`` in each worker (see service/gunicorn.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import secrets
@@ -18,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from threadpoolctl import threadpool_limits
 
-from ferry import __version__
+from ferry import __version__, tracing
 from ferry.api import connections
 from ferry.api.auth import AuthMiddleware, scope_for
 from ferry.api.errors import from_status
@@ -66,6 +67,7 @@ def create_worker_app(settings: Settings | None = None) -> FastAPI:
 
 def _build(settings: Settings, role: str) -> FastAPI:
     configure_logging(settings.logging.level)
+    tracing.configure(settings.tracing, version=__version__)
     metrics = Metrics()
     connections.set_close_observer(lambda reason: metrics.connections_closed.labels(reason).inc())
     core = Core(settings, metrics)
@@ -147,6 +149,7 @@ def _build(settings: Settings, role: str) -> FastAPI:
             limits.restore_original_limits()
             gc.set_threshold(*thresholds)
             gc.unfreeze()
+            await asyncio.to_thread(tracing.shutdown)  # export the last spans (bounded) off the event loop
             log.info("worker_stopped")
 
     app = FastAPI(

@@ -7,12 +7,23 @@ metrics live in this object's own registry.
 
 Labels are bounded: route templates (never raw paths), method, status class, error code, model name,
 and class labels from the model card (capped at ``MAX_CLASS_LABELS``).
+
+Exemplars: prometheus-client's multiprocess mode drops them (its file values have no room for one), so
+``Exemplars`` keeps the latest trace id per bucket of ``ferry_http_request_duration_seconds`` in each
+worker, writes them to ``exemplars_<pid>.json`` in the multiprocess directory at most once a second, and
+the worker answering a scrape merges every worker's file (newest per bucket) into the OpenMetrics
+exposition, which is the only format that carries exemplars (docs/architecture.md, "Exemplars").
 """
 
 from __future__ import annotations
 
+import bisect
+import contextlib
+import json
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -23,9 +34,13 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar
+from prometheus_client.utils import floatToGoString
 
 from ferry import cgroups
 
@@ -130,6 +145,97 @@ class ContainerCollector(Collector):
 
 def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+HTTP_DURATION = "ferry_http_request_duration_seconds"
+EXEMPLAR_FILE_PREFIX = "exemplars_"
+_BUCKET_LE = [floatToGoString(b) for b in LATENCY_BUCKETS] + ["+Inf"]  # type: ignore[no-untyped-call]
+# route, method, status class, le -> (trace id, observed seconds, unix time)
+_Key = tuple[str, str, str, str]
+_Entry = tuple[str, float, float]
+
+
+def exemplar_file(directory: str, pid: int) -> Path:
+    return Path(directory, f"{EXEMPLAR_FILE_PREFIX}{pid}.json")
+
+
+class Exemplars:
+    """The latest ``trace_id`` exemplar per bucket of the request-duration histogram, of this process;
+    shared with the other workers through a small file in the multiprocess directory."""
+
+    def __init__(self) -> None:
+        self._latest: dict[_Key, _Entry] = {}
+        self._dirty = False
+
+    def record(self, route: str, method: str, status_class: str, seconds: float, trace_id: str) -> None:
+        le = _BUCKET_LE[bisect.bisect_left(LATENCY_BUCKETS, seconds)]  # the bucket observe() counts it in
+        self._latest[(route, method, status_class, le)] = (trace_id, seconds, time.time())
+        self._dirty = True
+
+    def flush(self) -> None:
+        """Write this process's exemplars for the other workers' scrapes (only when they changed)."""
+        directory = multiprocess_dir()
+        if not self._dirty or directory is None:
+            return
+        self._dirty = False
+        path = exemplar_file(directory, os.getpid())
+        temporary = path.with_suffix(".tmp")
+        with contextlib.suppress(OSError):  # a full or vanished directory costs exemplars, never a request
+            temporary.write_text(json.dumps([[*key, *entry] for key, entry in self._latest.items()]))
+            temporary.replace(path)  # readers see the old file or the new one, never half of one
+
+    def merged(self) -> dict[_Key, Exemplar]:
+        """Every worker's exemplars, newest per bucket (this process's own from memory)."""
+        newest: dict[_Key, _Entry] = {}
+        directory = multiprocess_dir()
+        if directory is not None:
+            own = exemplar_file(directory, os.getpid())
+            for path in Path(directory).glob(f"{EXEMPLAR_FILE_PREFIX}*.json"):
+                if path == own:
+                    continue
+                try:
+                    rows = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    continue  # a worker's file that vanished or is unreadable: its exemplars are skipped
+                for route, method, status_class, le, trace_id, value, at in rows:
+                    _keep_newer(newest, (route, method, status_class, le), (trace_id, value, at))
+        for key, entry in self._latest.items():
+            _keep_newer(newest, key, entry)
+        return {key: Exemplar({"trace_id": t}, value, at) for key, (t, value, at) in newest.items()}
+
+
+def _keep_newer(into: dict[_Key, _Entry], key: _Key, entry: _Entry) -> None:
+    current = into.get(key)
+    if current is None or entry[2] > current[2]:
+        into[key] = entry
+
+
+class _WithExemplars:
+    """A collector that adds exemplars to the request-duration buckets of another collector's output."""
+
+    def __init__(self, source: Collector, exemplars: dict[_Key, Exemplar]) -> None:
+        self.source = source
+        self.exemplars = exemplars
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.source.collect():
+            if family.name == HTTP_DURATION and self.exemplars:
+                family.samples = [
+                    sample._replace(
+                        exemplar=self.exemplars.get(
+                            (
+                                sample.labels.get("route", ""),
+                                sample.labels.get("method", ""),
+                                sample.labels.get("status_class", ""),
+                                sample.labels.get("le", ""),
+                            )
+                        )
+                    )
+                    if sample.name.endswith("_bucket")
+                    else sample
+                    for sample in family.samples
+                ]
+            yield family
 
 
 class Metrics:
@@ -395,12 +501,19 @@ class Metrics:
         self._process = ProcessCollector(registry=None)
         self._container = ContainerCollector()
         r.register(self._container)
+        self.exemplars = Exemplars()
 
-    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+    def observe_request(
+        self, route: str, method: str, status: int, seconds: float, exemplar: str | None = None
+    ) -> None:
+        """One answered request; ``exemplar``: its trace id (the access line's), kept as the exemplar of
+        the duration bucket it falls in."""
         method = method if method in KNOWN_METHODS else "OTHER"
         status_class = f"{status // 100}xx"
         self.http_requests.labels(route, method, status_class).inc()
         self.http_duration.labels(route, method, status_class).observe(seconds)
+        if exemplar is not None:
+            self.exemplars.record(route, method, status_class, seconds, exemplar)
 
     def observe_inference(self, model: str, rows: int, seconds: float) -> None:
         self.inference_duration.labels(model).observe(seconds)
@@ -431,18 +544,34 @@ class Metrics:
                 elif sample.name == "process_open_fds":
                     self.process_fds.set(sample.value)
 
-    def exposition(self) -> tuple[bytes, str]:
+    def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The body and content type for a scrape whose Accept header is ``accept``: OpenMetrics, with
+        exemplars, when the scraper asks for it (Prometheus does, with exemplar storage on), else the
+        Prometheus text format."""
+        encoder, content_type = choose_encoder(accept or "")
+        openmetrics = content_type.startswith("application/openmetrics-text")
         path = multiprocess_dir()
+        source: Collector = (
+            multiprocess.MultiProcessCollector(None, path=path)  # type: ignore[no-untyped-call]
+            if path
+            else self.registry
+        )
+        if openmetrics:
+            source = _WithExemplars(source, self.exemplars.merged())
+        registry = CollectorRegistry()
+        registry.register(source)
         if path:
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+            # The container's cgroup figures are read by whichever worker answers, never summed.
             registry.register(self._container)
-        else:
-            registry = self.registry
-        return generate_latest(registry), CONTENT_TYPE_LATEST
+        if openmetrics:
+            return encoder(registry), content_type
+        return generate_latest(registry), CONTENT_TYPE_LATEST  # the text format, as before exemplars
 
 
 def mark_worker_dead(pid: int) -> None:
-    """gunicorn ``child_exit`` hook: drop the dead worker's live gauges."""
-    if multiprocess_dir():
+    """gunicorn ``child_exit`` hook: drop the dead worker's live gauges and exemplars (so a worker
+    recycled every max_requests leaves no file behind)."""
+    directory = multiprocess_dir()
+    if directory:
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+        exemplar_file(directory, pid).unlink(missing_ok=True)

@@ -262,6 +262,40 @@ class MetricsSettings(_Group):
     )
 
 
+class TracingSettings(_Group):
+    """OpenTelemetry tracing over OTLP/HTTP (docs/observability.md); off by default, then nothing is traced."""
+
+    enabled: bool = Field(
+        False,
+        description="Make spans (request, queue wait, model call, job run, callback attempt) and export them.",
+    )
+    endpoint: str = Field(
+        "http://localhost:4318",
+        pattern=r"^https?://[^\s]+$",
+        description="Base URL of the OTLP/HTTP receiver (an OpenTelemetry Collector, Tempo, Jaeger); spans are "
+        "POSTed to its path /v1/traces, as with OTEL_EXPORTER_OTLP_ENDPOINT.",
+    )
+    protocol: Literal["http/protobuf"] = Field(
+        "http/protobuf", description="OTLP transport; only http/protobuf is supported (no gRPC dependency)."
+    )
+    headers: SecretStr | None = Field(
+        None,
+        description="Headers sent with every export, 'key1=value1,key2=value2' (the OTEL_EXPORTER_OTLP_HEADERS "
+        "format), e.g. a tenant id or an authorization token; values may be percent-encoded.",
+    )
+    service_name: str = Field(
+        "ferry", min_length=1, max_length=128, description="The service.name resource attribute of every span."
+    )
+    sample_ratio: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Share of new traces recorded (by trace id). A request whose traceparent says its caller "
+        "sampled it (or did not) follows the caller's decision.",
+    )
+    timeout_s: float = Field(10.0, gt=0, le=60, description="Timeout of one export request.")
+
+
 class StreamSettings(_Group):
     """Streamed prediction (POST /api/v1/predict/stream, Server-Sent Events)."""
 
@@ -595,6 +629,7 @@ class Settings(BaseSettings):
     callbacks: CallbacksSettings = Field(default_factory=CallbacksSettings, description=CallbacksSettings.__doc__)
     auth: AuthSettings = Field(default_factory=AuthSettings, description=AuthSettings.__doc__)
     connections: ConnectionSettings = Field(default_factory=ConnectionSettings, description=ConnectionSettings.__doc__)
+    tracing: TracingSettings = Field(default_factory=TracingSettings, description=TracingSettings.__doc__)
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

@@ -21,7 +21,8 @@ log = get_logger("ferry.metrics_port")
 
 MAX_REQUEST_BYTES = 8192
 READ_TIMEOUT_S = 5.0
-Exposition = Callable[[], tuple[bytes, str]]
+# Called with the scrape's Accept header (None without one): OpenMetrics when asked, else the text format.
+Exposition = Callable[[str | None], tuple[bytes, str]]
 
 
 def _response(status: str, body: bytes, content_type: str = "text/plain; charset=utf-8") -> bytes:
@@ -29,6 +30,14 @@ def _response(status: str, body: bytes, content_type: str = "text/plain; charset
         f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     )
     return head.encode("latin-1") + body
+
+
+def _accept(head: bytes) -> str | None:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"accept":
+            return value.strip().decode("latin-1")
+    return None
 
 
 class MetricsListener:
@@ -63,7 +72,7 @@ class MetricsListener:
             elif request_line[1].split(b"?", 1)[0] != b"/metrics":
                 writer.write(_response("404 Not Found", b"only /metrics is served on this port\n"))
             else:
-                payload, content_type = self.exposition()
+                payload, content_type = self.exposition(_accept(head))
                 response = _response("200 OK", payload, content_type)
                 if request_line[0] == b"HEAD":
                     response = response[: response.index(b"\r\n\r\n") + 4]

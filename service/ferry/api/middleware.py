@@ -18,6 +18,7 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ferry import tracing
 from ferry.api.errors import render
 from ferry.errors import FerryError, PayloadTooLarge, UnsupportedMediaType
 from ferry.lifecycle import is_draining
@@ -87,7 +88,8 @@ class RequestMiddleware:
         state = scope.setdefault("state", {})
         state["started_monotonic"] = time.monotonic()
         request_id = request_id_from(_text(headers.get(b"x-request-id")))
-        trace_id = trace_id_from(_text(headers.get(b"traceparent")))
+        server_span = tracing.server_span(scope["method"], scope.get("path", ""), headers)
+        trace_id = server_span.trace_id or trace_id_from(_text(headers.get(b"traceparent")))
         state["request_id"] = request_id
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id, trace_id=trace_id)
@@ -120,7 +122,7 @@ class RequestMiddleware:
             status = 500
         finally:
             self.metrics.http_in_flight.dec()
-            self._finish(scope, status or 500, started, request_id, trace_id)
+            self._finish(scope, status or 500, started, request_id, trace_id, server_span)
 
     async def _guard_body(self, scope: Scope, headers: dict[bytes, bytes], receive: Receive) -> Receive:
         """413 from Content-Length alone, 415 from Content-Type alone; buffer only chunked bodies."""
@@ -155,10 +157,13 @@ class RequestMiddleware:
         response = render(error, request_id, scope.get("path", ""))
         await response({"type": "http"}, _no_receive, send)
 
-    def _finish(self, scope: Scope, status: int, started: float, request_id: str, trace_id: str) -> None:
+    def _finish(
+        self, scope: Scope, status: int, started: float, request_id: str, trace_id: str, span: tracing.ServerSpan
+    ) -> None:
         seconds = time.perf_counter() - started
         template = self._route_template(scope)
-        self.metrics.observe_request(template, scope["method"], status, seconds)
+        span.end(template, status)
+        self.metrics.observe_request(template, scope["method"], status, seconds, exemplar=trace_id)
         if self.access_log:
             client = scope.get("client")
             access_log.info(

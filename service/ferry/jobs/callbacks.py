@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ferry import webhooks
+from ferry import tracing, webhooks
 from ferry.backoff import full_jitter
 from ferry.errors import CallbackUrlForbidden
 from ferry.jobs.ssrf import CallbackTarget, Resolver, check_callback_url
@@ -156,6 +156,7 @@ class CallbackSender:
     def _request(self, target: CallbackTarget, webhook_id: str, body: bytes) -> httpx.Request:
         headers = webhooks.headers(self._secrets, webhook_id, body)
         headers.update({"host": target.host_header, "user-agent": USER_AGENT, "accept-encoding": "identity"})
+        tracing.inject(headers)  # traceparent of the current callback attempt span (tracing on)
         # SNI and certificate verification use the real name although the URL holds the address.
         extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
         return self._client.build_request(

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from ferry import tracing
 from ferry.clock import SYSTEM_CLOCK, Clock
 from ferry.jobs import transitions
 from ferry.jobs.callbacks import Attempt, next_delay
@@ -172,9 +173,21 @@ class CallbackDeliverer:
     async def _attempt(self, job: Job) -> None:
         callback = job.callback
         assert callback is not None
-        attempt = await self.sender.deliver(callback.url, callback.webhook_id, payload(job, self.clock.time()))
-        now = self.clock.time()
         number = callback.attempts + 1
+        attributes: tracing.Attributes = {
+            "ferry.job.id": job.id,
+            "ferry.callback.attempt": number,
+            "webhook.id": callback.webhook_id,
+        }
+        # Current while the POST is built, so the sender puts this span's traceparent on it.
+        with tracing.span("callback attempt", parent=job.traceparent, client=True, attributes=attributes) as span:
+            attempt = await self.sender.deliver(callback.url, callback.webhook_id, payload(job, self.clock.time()))
+            span.set("ferry.callback.outcome", attempt.outcome.value)
+            if attempt.status_code is not None:
+                span.set("http.response.status_code", attempt.status_code)
+            if attempt.outcome is not transitions.Delivery.DELIVERED:
+                span.fail(attempt.error or attempt.outcome.value)
+        now = self.clock.time()
         next_at = self._next_attempt_at(job, attempt, number, now)
         updated = await self.store.update(
             job.id,

@@ -105,6 +105,9 @@ class Job:
     # until ``lease_until`` (a runner that died stops renewing, and the job is taken again after).
     available_at: float | None = None
     lease_until: float | None = None
+    # W3C traceparent of the submitting request's span (tracing on): the job's run and callback
+    # attempts join that trace, in whichever process runs them.
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +137,7 @@ def new_job(
     request_id: str,
     model: ModelRef,
     owner: str | None = None,
+    traceparent: str | None = None,
 ) -> Job:
     job_id = uuid.uuid4().hex
     return Job(
@@ -150,6 +154,7 @@ def new_job(
         callback=None if callback_url is None else Callback(url=callback_url, webhook_id=f"msg_{job_id}"),
         history=(HistoryEntry(status=Status.QUEUED, at=now),),
         available_at=now,
+        traceparent=traceparent,
     )
 
 

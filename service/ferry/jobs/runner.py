@@ -15,6 +15,9 @@ import random
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import structlog
+
+from ferry import tracing
 from ferry.clock import SYSTEM_CLOCK, Clock
 from ferry.errors import CircuitOpen, DeadlineExceeded, FerryError, InvalidInput, ModelNotReady, Overloaded
 from ferry.inference import Prediction
@@ -121,7 +124,7 @@ class JobRunners:
         self.metrics.jobs_running.inc()
         lease = asyncio.create_task(self._keep_lease(job.id, owner))
         try:
-            run = await self._execute(job)
+            run = await self._traced_execute(job)
         except asyncio.CancelledError:
             # Stopping: hand the job back now rather than after its lease expires.
             self._releases.append(asyncio.create_task(self._release(job.id, owner)))
@@ -177,6 +180,25 @@ class JobRunners:
             )
             if updated is None or updated.after is None:
                 return  # lost the job; the run's result will be refused when recorded
+
+    async def _traced_execute(self, job: Job) -> Run:
+        """``_execute`` in a ``job run`` span of the submitter's trace, with the job's ids bound for its log
+        lines (a model_error of a job run names the request that submitted it)."""
+        attributes: tracing.Attributes = {
+            "ferry.job.id": job.id,
+            "ferry.job.attempt": job.attempts,
+            "ferry.job.records": job.records,
+        }
+        with tracing.span("job run", parent=job.traceparent, attributes=attributes) as span:
+            ids = {"job_id": job.id, "request_id": job.request_id, "trace_id": span.trace_id}
+            with structlog.contextvars.bound_contextvars(**{k: v for k, v in ids.items() if v is not None}):
+                run = await self._execute(job)
+            span.set("ferry.job.outcome", run.outcome.value)
+            if run.error is not None:
+                span.set("ferry.error.code", run.error.code)
+                if run.outcome is RunOutcome.FAILED:
+                    span.fail(run.error.code)
+            return run
 
     async def _execute(self, job: Job) -> Run:
         raw = await self.store.records(job.id)

@@ -9,6 +9,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import orjson
 
+from ferry import tracing
 from ferry.auth import Principal
 from ferry.clock import SYSTEM_CLOCK, Clock
 from ferry.errors import (
@@ -106,6 +107,7 @@ class JobService:
             request_id=request_id,
             model=model,
             owner=None if principal is None else principal.name,
+            traceparent=tracing.traceparent(),
         )
         stored = await self.store.insert(job, payload, self.quota)
         created = stored.job.id == job.id

@@ -430,6 +430,11 @@ FERRY_CONNECTIONS__BODY_TIMEOUT_S: {{ $f.connections.bodyTimeoutS | quote }}
 FERRY_CONNECTIONS__MAX_CONNECTIONS: {{ $f.connections.maxConnections | int64 | quote }}
 FERRY_CONNECTIONS__MAX_EVENT_STREAMS: {{ $f.connections.maxEventStreams | int64 | quote }}
 FERRY_METRICS__PORT: {{ $f.metrics.port | quote }}
+{{- if $f.tracing.enabled }}
+FERRY_TRACING__ENABLED: "true"
+FERRY_TRACING__ENDPOINT: {{ $f.tracing.endpoint | quote }}
+FERRY_TRACING__SAMPLE_RATIO: {{ $f.tracing.sampleRatio | quote }}
+{{- end }}
 FERRY_CALLBACKS__ALLOW_HOSTS: {{ $f.callbacks.allowHosts | default list | toJson | quote }}
 FERRY_CALLBACKS__MAX_IN_FLIGHT: {{ $f.callbacks.maxInFlight | quote }}
 FERRY_CALLBACKS__MAX_PER_HOST: {{ $f.callbacks.maxPerHost | quote }}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from ferry.api.orjson_route import OrjsonRoute
@@ -41,8 +41,9 @@ def build_router(core: Core, *, metrics_route: bool = True) -> APIRouter:
     if metrics_route:
 
         @router.get("/metrics", summary="Prometheus metrics of all workers", response_class=Response)
-        async def metrics() -> Response:
-            payload, content_type = core.metrics.exposition()
+        async def metrics(request: Request) -> Response:
+            # OpenMetrics (with exemplars) when the scraper's Accept asks for it, else the text format.
+            payload, content_type = core.metrics.exposition(request.headers.get("accept"))
             return Response(payload, media_type=content_type)
 
     return router

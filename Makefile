@@ -12,7 +12,7 @@ MODEL  ?= models/churn/model.joblib
 # have defaults here so `make run FERRY_PORT=9000` works, every other FERRY_* passes through.
 export FERRY_PORT    ?= 8000
 export FERRY_HOST    ?= 0.0.0.0
-export FERRY_WORKERS ?= 2
+export FERRY_WORKERS ?= auto
 PYTEST_ARGS ?=
 
 .PHONY: help

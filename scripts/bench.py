@@ -1,8 +1,8 @@
 """``make bench``: ferry beside the bare stack's ceiling and the naive pattern, in one run.
 
-Starts three servers one after the other, each through ``ferry serve`` (launcher -> gunicorn, the
+Starts three servers, each through ``ferry serve`` (launcher -> gunicorn, the
 same settings and worker class, 2 uvicorn workers) on 127.0.0.1, and drives each with wrk (C,
-keep-alive connections) on the same shapes:
+keep-alive connections) on the same shapes, one server at a time, taking turns shape by shape:
 
 - ``ceiling``: a bare FastAPI app answering from a cache (scripts/ceiling_app.py), no model;
 - ``naive``: FastAPI ``async def`` endpoints calling ``predict_proba`` inline (scripts/naive_app.py);
@@ -17,6 +17,7 @@ replaces the section between the bench markers (``--pin``: the pinning section) 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -92,7 +93,18 @@ def wrk(url: str, body: Any, connections: int, seconds: int) -> tuple[float, flo
     threads = min(connections, os.cpu_count() or 1)
     try:
         out = subprocess.run(
-            ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name, url],
+            [
+                "wrk",
+                f"-t{threads}",
+                f"-c{connections}",
+                f"-d{seconds}s",
+                "--timeout",
+                "10s",
+                "--latency",
+                "-s",
+                script.name,
+                url,
+            ],
             capture_output=True,
             text=True,
             check=True,
@@ -129,22 +141,30 @@ def requests_for(card: dict[str, Any]) -> dict[tuple[str, int], tuple[str, Any]]
     }
 
 
-def run_server(name: str, work: Path, env: dict[str, str], seconds: int, card: dict[str, Any]) -> list[Result]:
-    app = APPS[name]
-    server = Server(work / name, MODEL, env=env, workers=2, app=app, pythonpath=[ROOT / "scripts"])
+def measure(names: list[str], work: Path, env: dict[str, str], seconds: int, card: dict[str, Any]) -> list[Result]:
+    """Every shape on every server. The servers run side by side but only one is under load at a time,
+    and they take turns shape by shape (ceiling, naive, ferry, then the next shape): an idle server
+    costs nothing, and whatever else the machine does during the run falls on all three alike
+    instead of on whichever server happened to be measured then."""
     requests = requests_for(card)
     results = []
-    with server:
-        for route in ROUTES:  # warm both workers and every code path before measuring
-            for rows in (1, 100):
-                path, body = requests[(route, rows)]
-                wrk(server.url + path, body, 16, 1)
+    with contextlib.ExitStack() as stack:
+        servers = {}
+        for name in names:
+            server = Server(work / name, MODEL, env=env, workers=2, app=APPS[name], pythonpath=[ROOT / "scripts"])
+            servers[name] = stack.enter_context(server)
+        for server in servers.values():  # warm both workers and every code path before measuring
+            for route in ROUTES:
+                for rows in (1, 100):
+                    path, body = requests[(route, rows)]
+                    wrk(server.url + path, body, 16, 1)
         for route in ROUTES:
             for rows, connections in SHAPES:
                 path, body = requests[(route, rows)]
-                rps, p50, p99, errors = wrk(server.url + path, body, connections, seconds)
-                results.append(Result(name, route, rows, connections, rps, p50, p99, errors))
-                print(f"  {name:8} {route:6} {rows:3} rows c={connections:<3} {rps:9,.0f} req/s", file=sys.stderr)
+                for name, server in servers.items():
+                    rps, p50, p99, errors = wrk(server.url + path, body, connections, seconds)
+                    results.append(Result(name, route, rows, connections, rps, p50, p99, errors))
+                    print(f"  {name:8} {route:6} {rows:3} rows c={connections:<3} {rps:9,.0f} req/s", file=sys.stderr)
     return results
 
 
@@ -309,10 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run([sys.executable, "-m", "ferry", "train", "--out", str(MODEL.parent)], check=True)
     card = json.loads(MODEL.with_name("model.card.json").read_text())
     env = {"FERRY_CPU_PINNING": "true"} if args.pin else {}
-    results: list[Result] = []
-    for name in args.only or list(SERVERS):
-        print(f"{name}: {SERVERS[name]}", file=sys.stderr)
-        results += run_server(name, work, env, seconds, card)
+    results = measure(args.only or list(SERVERS), work, env, seconds, card)
     shutil.rmtree(work, ignore_errors=True)
     if args.only and set(args.only) != set(SERVERS):
         for r in results:

@@ -44,6 +44,13 @@ logconfig_dict = dict_config(_settings.logging.level)
 _allowed_cpus = affinity()
 
 
+def when_ready(server):
+    """Say how many workers and why: with FERRY_WORKERS=auto the count depends on the container."""
+    source = "FERRY_WORKERS" if _settings.workers else "usable CPUs (cgroup quota, affinity, machine)"
+    pinning = f", each pinned to one of CPUs {_allowed_cpus}" if _settings.cpu_pinning else ""
+    server.log.info("%s workers from %s%s", server.num_workers, source, pinning)
+
+
 def pre_fork(server, worker):
     if _settings.cpu_pinning:
         worker.ferry_cpu = assign_cpu(_allowed_cpus, (getattr(w, "ferry_cpu", -1) for w in server.WORKERS.values()))

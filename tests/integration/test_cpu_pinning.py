@@ -77,3 +77,4 @@ def test_auto_workers_are_one_per_usable_cpu_and_unpinned(churn_model: Path, rec
         pids = wait_for_workers(server, this_process_cpus())
         assert len(pids) == this_process_cpus()
         assert all(cpus_allowed(pid) == set(affinity()) for pid in pids)
+        assert f"{this_process_cpus()} workers from usable CPUs" in server.output()

@@ -595,7 +595,8 @@ class Settings(BaseSettings):
         False,
         description="Pin each gunicorn worker (and the model threads it starts) to one CPU of the process's "
         "affinity set, the one fewest live workers hold. For pods with exclusive CPUs (the kubelet's static CPU "
-        "manager: Guaranteed QoS, integer CPU requests); elsewhere the kernel's scheduler does better.",
+        "manager: Guaranteed QoS, integer CPU requests). Elsewhere leave it off: unpinned, the kernel can move a "
+        "worker away from a CPU something else is busy on.",
     )
     server: ServerSettings = Field(default_factory=ServerSettings, description=ServerSettings.__doc__)
     model: ModelSettings = Field(default_factory=ModelSettings, description=ModelSettings.__doc__)

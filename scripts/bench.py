@@ -50,6 +50,7 @@ APPS = {"ceiling": "ceiling_app:create_app()", "naive": "naive_app:create_app()"
 # (rows per request, connections)
 SHAPES = [(1, 1), (1, 16), (1, 64), (100, 8)]
 ROUTES = ("REST", "OIP v2")
+DEFAULT_SECONDS = 5
 
 
 @dataclass
@@ -141,13 +142,16 @@ def requests_for(card: dict[str, Any]) -> dict[tuple[str, int], tuple[str, Any]]
     }
 
 
-def measure(names: list[str], work: Path, env: dict[str, str], seconds: int, card: dict[str, Any]) -> list[Result]:
+def measure(
+    names: list[str], work: Path, env: dict[str, str], seconds: int, card: dict[str, Any], rounds: int = 1
+) -> list[Result]:
     """Every shape on every server. The servers run side by side but only one is under load at a time,
     and they take turns shape by shape (ceiling, naive, ferry, then the next shape): an idle server
     costs nothing, and whatever else the machine does during the run falls on all three alike
-    instead of on whichever server happened to be measured then."""
+    instead of on whichever server happened to be measured then. With several rounds, each figure
+    is the median of its rounds (errors: the sum)."""
     requests = requests_for(card)
-    results = []
+    samples: dict[tuple[str, str, int, int], list[tuple[float, float, float, int]]] = {}
     with contextlib.ExitStack() as stack:
         servers = {}
         for name in names:
@@ -158,13 +162,22 @@ def measure(names: list[str], work: Path, env: dict[str, str], seconds: int, car
                 for rows in (1, 100):
                     path, body = requests[(route, rows)]
                     wrk(server.url + path, body, 16, 1)
-        for route in ROUTES:
-            for rows, connections in SHAPES:
-                path, body = requests[(route, rows)]
-                for name, server in servers.items():
-                    rps, p50, p99, errors = wrk(server.url + path, body, connections, seconds)
-                    results.append(Result(name, route, rows, connections, rps, p50, p99, errors))
-                    print(f"  {name:8} {route:6} {rows:3} rows c={connections:<3} {rps:9,.0f} req/s", file=sys.stderr)
+        for _ in range(rounds):
+            for route in ROUTES:
+                for rows, connections in SHAPES:
+                    path, body = requests[(route, rows)]
+                    for name, server in servers.items():
+                        figures = wrk(server.url + path, body, connections, seconds)
+                        samples.setdefault((name, route, rows, connections), []).append(figures)
+                        print(
+                            f"  {name:8} {route:6} {rows:3} rows c={connections:<3} {figures[0]:9,.0f} req/s",
+                            file=sys.stderr,
+                        )
+    results = []
+    for (name, route, rows, connections), runs in samples.items():
+        rps, p50, p99 = (statistics.median(run[i] for run in runs) for i in range(3))
+        results.append(Result(name, route, rows, connections, rps, p50, p99, sum(run[3] for run in runs)))
+    results.sort(key=lambda r: (ROUTES.index(r.route), SHAPES.index((r.rows_per_request, r.concurrency))))
     return results
 
 
@@ -249,13 +262,20 @@ def report(
     pinned: bool,
     took: float,
     load: float,
+    rounds: int = 1,
 ) -> str:
     cores = os.cpu_count()
     pinning = "FERRY_CPU_PINNING=true (each worker pinned to one CPU)" if pinned else "no CPU pinning"
-    command = "make bench BENCH_ARGS=--pin" if pinned else "make bench"
+    flags = (
+        (" --pin" if pinned else "")
+        + (f" --rounds {rounds}" if rounds > 1 else "")
+        + (f" --seconds {seconds}" if seconds != DEFAULT_SECONDS else "")
+    )
+    command = f"make bench BENCH_ARGS='{flags.strip()}'" if flags else "make bench"
+    rounds_note = f", median of {rounds} rounds" if rounds > 1 else ""
     lines = [
         f"Measured {dt.datetime.now(dt.UTC):%Y-%m-%d} on {cores} cores, Python {platform.python_version()}: "
-        f"`{command}` (`scripts/bench.py{' --pin' if pinned else ''}`, {seconds:g} s per row, {took:.0f} s in all). "
+        f"`{command}` (`scripts/bench.py{flags}`, {seconds:g} s per row{rounds_note}, {took:.0f} s in all). "
         f"Every server: `ferry serve`, gunicorn with 2 uvicorn workers, {pinning}; "
         f"load: wrk on the same machine, keep-alive connections, the card's example record. "
         f"Load average before the run: {load:.1f}.",
@@ -313,7 +333,12 @@ def ensure_wrk() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--seconds", type=int, default=5, help="duration of each row's load (default: %(default)s)")
+    parser.add_argument(
+        "--seconds", type=int, default=DEFAULT_SECONDS, help="duration of each row's load (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="measure every row this many times, report the median (default: 1)"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 s per row, no model-alone measurement")
     parser.add_argument("--pin", action="store_true", help="every server with FERRY_CPU_PINNING=true")
     parser.add_argument(
@@ -329,14 +354,14 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run([sys.executable, "-m", "ferry", "train", "--out", str(MODEL.parent)], check=True)
     card = json.loads(MODEL.with_name("model.card.json").read_text())
     env = {"FERRY_CPU_PINNING": "true"} if args.pin else {}
-    results = measure(args.only or list(SERVERS), work, env, seconds, card)
+    results = measure(args.only or list(SERVERS), work, env, seconds, card, args.rounds)
     shutil.rmtree(work, ignore_errors=True)
     if args.only and set(args.only) != set(SERVERS):
         for r in results:
             print(r)
         return 0
     limits = {} if args.quick else {rows: in_process_limit(rows, 3.0) for rows in (1, 100)}
-    text = report(results, limits, seconds, args.pin, time.monotonic() - started, load)
+    text = report(results, limits, seconds, args.pin, time.monotonic() - started, load, args.rounds)
     publish(text, args.write, *((PIN_START, PIN_END) if args.pin else (START, END)))
     return 0
 

@@ -12,7 +12,7 @@ MODEL  ?= models/churn/model.joblib
 # have defaults here so `make run FERRY_PORT=9000` works, every other FERRY_* passes through.
 export FERRY_PORT    ?= 8000
 export FERRY_HOST    ?= 0.0.0.0
-export FERRY_WORKERS ?= 2
+export FERRY_WORKERS ?= auto
 PYTEST_ARGS ?=
 
 .PHONY: help
@@ -230,9 +230,13 @@ dashboards-preview: $(VENV)/.dev tools $(MODEL) ## PNG snapshots of every dashbo
 
 # --- benchmark -------------------------------------------------------------------------------
 .PHONY: bench
-bench: $(VENV)/.dev $(MODEL) ## Measure throughput/latency against real gunicorn; updates docs/benchmarks.md
-	@command -v wrk >/dev/null || { echo "installing wrk (load generator)"; apt-get install -y -qq wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }; }
-	$(PY) scripts/bench.py --write docs/benchmarks.md
+# One run, three servers under the same gunicorn settings: the bare stack's ceiling, the naive inline
+# pattern and ferry's defaults (docs/benchmarks.md). BENCH_ARGS=--pin: the same with FERRY_CPU_PINNING
+# (its own section); BENCH_ARGS=--quick: a 1 s-per-row smoke run (add nothing to the docs with it).
+BENCH_ARGS ?=
+bench: $(VENV)/.dev $(MODEL) ## Ferry beside the bare stack and the naive pattern, with the targets' ratios; updates docs/benchmarks.md
+	@command -v wrk >/dev/null || { echo "installing wrk (load generator)"; $(APT_INSTALL) wrk >/dev/null 2>&1 || { apt-get update -qq && $(APT_INSTALL) wrk >/dev/null; }; }
+	$(PY) scripts/bench.py $(if $(filter --quick,$(BENCH_ARGS)),,--write docs/benchmarks.md) $(BENCH_ARGS)
 
 .PHONY: bench-stream
 bench-stream: $(VENV)/.dev $(MODEL) ## A 100,000-record streamed prediction and the /livez latency beside it; updates docs/benchmarks.md

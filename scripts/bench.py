@@ -1,20 +1,29 @@
-"""``make bench``: throughput and latency of the real service, and the model's in-process cost.
+"""``make bench``: ferry beside the bare stack's ceiling and the naive pattern, in one run.
 
-Starts the service exactly as ``make run`` does (launcher -> gunicorn, 2 uvicorn workers) on
-127.0.0.1, drives it with wrk (C, keep-alive connections, one wrk thread per core) and
-prints a Markdown table; ``--write FILE`` replaces the table between the bench markers in FILE.
+Starts three servers, each through ``ferry serve`` (launcher -> gunicorn, the
+same settings and worker class, 2 uvicorn workers) on 127.0.0.1, and drives each with wrk (C,
+keep-alive connections) on the same shapes, one server at a time, taking turns shape by shape:
 
-Load generator and server share this machine's cores, so figures are a floor for a dedicated host.
+- ``ceiling``: a bare FastAPI app answering from a cache (scripts/ceiling_app.py), no model;
+- ``naive``: FastAPI ``async def`` endpoints calling ``predict_proba`` inline (scripts/naive_app.py);
+- ``ferry``: ferry with the defaults ``make run`` gives (batching on, access log on).
+
+Shapes: one row per request at 1, 16 and 64 connections and 100 rows per request at 8 connections,
+on the REST routes (``/api/v1/predict``, ``/api/v1/predict/batch``) and the Open Inference Protocol
+route (``/v2/models/churn/infer``). Prints a Markdown table and the targets' ratios; ``--write FILE``
+replaces the section between the bench markers (``--pin``: the pinning section) in FILE.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -22,6 +31,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "service"), str(ROOT / "tests")]
@@ -29,13 +39,26 @@ sys.path[:0] = [str(ROOT / "service"), str(ROOT / "tests")]
 from support.server import Server  # noqa: E402
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+PIN_START, PIN_END = "<!-- bench-pin:start -->", "<!-- bench-pin:end -->"
+MODEL = ROOT / "models/churn/model.joblib"
+SERVERS = {
+    "ceiling": "bare FastAPI, cached answer (the stack's ceiling)",
+    "naive": "naive FastAPI, `predict_proba` inline",
+    "ferry": "ferry, defaults (batching on, access log on)",
+}
+APPS = {"ceiling": "ceiling_app:create_app()", "naive": "naive_app:create_app()", "ferry": None}
+# (rows per request, connections)
+SHAPES = [(1, 1), (1, 16), (1, 64), (100, 8)]
+ROUTES = ("REST", "OIP v2")
+DEFAULT_SECONDS = 5
 
 
 @dataclass
 class Result:
-    name: str
-    concurrency: int
+    server: str
+    route: str
     rows_per_request: int
+    concurrency: int
     requests_per_s: float
     p50_ms: float
     p99_ms: float
@@ -47,174 +70,299 @@ class Result:
 
 
 def _ms(text: str) -> float:
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
+    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    if match is None:
+        raise ValueError(f"wrk latency {text!r}")
+    value, unit = match.groups()
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def wrk(url: str, body: dict, connections: int, seconds: int, name: str, rows: int) -> Result:
+def _number(pattern: str, text: str) -> str:
+    match = re.search(pattern, text, re.M)
+    if match is None:
+        raise RuntimeError(f"wrk output without {pattern!r}:\n{text}")
+    return match.group(1)
+
+
+def wrk(url: str, body: Any, connections: int, seconds: int) -> tuple[float, float, float, int]:
+    """(requests/s, p50 ms, p99 ms, errors) of one wrk run posting ``body`` as JSON."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(
             'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
             f"wrk.body = {json.dumps(json.dumps(body))}\n"
         )
     threads = min(connections, os.cpu_count() or 1)
-    out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name, url],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    os.unlink(script.name)
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
-    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
+    try:
+        out = subprocess.run(
+            [
+                "wrk",
+                f"-t{threads}",
+                f"-c{connections}",
+                f"-d{seconds}s",
+                "--timeout",
+                "10s",
+                "--latency",
+                "-s",
+                script.name,
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    finally:
+        os.unlink(script.name)
     errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
     errors += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
-    return Result(name, connections, rows, rps, p50, p99, errors)
+    return (
+        float(_number(r"Requests/sec:\s+([\d.]+)", out)),
+        _ms(_number(r"^\s+50%\s+(\S+)", out)),
+        _ms(_number(r"^\s+99%\s+(\S+)", out)),
+        errors,
+    )
+
+
+def requests_for(card: dict[str, Any]) -> dict[tuple[str, int], tuple[str, Any]]:
+    """(path, body) by (route, rows per request): the card's example record, repeated."""
+    record = card["example"]
+    row: list[float] = []
+    for feature in card["features"]:
+        value = record[feature["name"]]
+        row.append(float(feature["categories"].index(value)) if feature["type"] == "categorical" else float(value))
+    v2 = f"/v2/models/{card['name']}/infer"
+
+    def tensor(rows: int) -> dict[str, Any]:
+        return {"inputs": [{"name": "input-0", "datatype": "FP64", "shape": [rows, len(row)], "data": row * rows}]}
+
+    return {
+        ("REST", 1): ("/api/v1/predict", {"record": record}),
+        ("REST", 100): ("/api/v1/predict/batch", {"records": [record] * 100}),
+        ("OIP v2", 1): (v2, tensor(1)),
+        ("OIP v2", 100): (v2, tensor(100)),
+    }
+
+
+def measure(
+    names: list[str], work: Path, env: dict[str, str], seconds: int, card: dict[str, Any], rounds: int = 1
+) -> list[Result]:
+    """Every shape on every server. The servers run side by side but only one is under load at a time,
+    and they take turns shape by shape (ceiling, naive, ferry, then the next shape): an idle server
+    costs nothing, and whatever else the machine does during the run falls on all three alike
+    instead of on whichever server happened to be measured then. With several rounds, each figure
+    is the median of its rounds (errors: the sum)."""
+    requests = requests_for(card)
+    samples: dict[tuple[str, str, int, int], list[tuple[float, float, float, int]]] = {}
+    with contextlib.ExitStack() as stack:
+        servers = {}
+        for name in names:
+            server = Server(work / name, MODEL, env=env, workers=2, app=APPS[name], pythonpath=[ROOT / "scripts"])
+            servers[name] = stack.enter_context(server)
+        for server in servers.values():  # warm both workers and every code path before measuring
+            for route in ROUTES:
+                for rows in (1, 100):
+                    path, body = requests[(route, rows)]
+                    wrk(server.url + path, body, 16, 1)
+        for _ in range(rounds):
+            for route in ROUTES:
+                for rows, connections in SHAPES:
+                    path, body = requests[(route, rows)]
+                    for name, server in servers.items():
+                        figures = wrk(server.url + path, body, connections, seconds)
+                        samples.setdefault((name, route, rows, connections), []).append(figures)
+                        print(
+                            f"  {name:8} {route:6} {rows:3} rows c={connections:<3} {figures[0]:9,.0f} req/s",
+                            file=sys.stderr,
+                        )
+    results = []
+    for (name, route, rows, connections), runs in samples.items():
+        rps, p50, p99 = (statistics.median(run[i] for run in runs) for i in range(3))
+        results.append(Result(name, route, rows, connections, rps, p50, p99, sum(run[3] for run in runs)))
+    results.sort(key=lambda r: (ROUTES.index(r.route), SHAPES.index((r.rows_per_request, r.concurrency))))
+    return results
 
 
 def _per_call_us(model_path: str, rows: int, seconds: float) -> float:
-    """Median microseconds of one predict_proba call on ``rows`` rows, in this process."""
-    from sklearn import config_context
+    """Median microseconds of one predict_proba call on ``rows`` copies of the card's example, in this process."""
+    import joblib
+    import numpy as np
     from threadpoolctl import threadpool_limits
 
-    from ferry.model import ModelHolder
-    from ferry.settings import ModelSettings
-
-    holder = ModelHolder(ModelSettings(path=Path(model_path)))
-    holder.load()
+    model = joblib.load(model_path)
     card = json.loads(Path(model_path).with_name("model.card.json").read_text())
-    x = holder.schema.rows_from_records([holder.schema.record_type.model_validate(card["example"])] * rows)
-    estimator = holder.loaded.estimator
+    x = np.array([[card["example"][f["name"]] for f in card["features"]]] * rows, dtype=object)
     samples = []
-    with threadpool_limits(1), config_context(assume_finite=True):
-        estimator.predict_proba(x)
+    with threadpool_limits(1):
+        model.predict_proba(x)
         deadline = time.perf_counter() + seconds
         while time.perf_counter() < deadline:
             started = time.perf_counter()
-            estimator.predict_proba(x)
+            model.predict_proba(x)
             samples.append((time.perf_counter() - started) * 1e6)
     return statistics.median(samples)
 
 
-def in_process_limit(model: Path, rows: int, seconds: float = 4.0) -> tuple[float, float]:
+def in_process_limit(rows: int, seconds: float) -> tuple[float, float]:
     """(median µs per call on one core, rows/s with one process per core calling at once)."""
     from concurrent.futures import ProcessPoolExecutor
 
     cores = os.cpu_count() or 1
     with ProcessPoolExecutor(cores) as pool:
-        per_call = list(pool.map(_per_call_us, [str(model)] * cores, [rows] * cores, [seconds] * cores))
+        per_call = list(pool.map(_per_call_us, [str(MODEL)] * cores, [rows] * cores, [seconds] * cores))
     return statistics.median(per_call), sum(rows / us * 1e6 for us in per_call)
 
 
-def via_executor_us(model: Path, seconds: float = 3.0) -> float:
-    """Median µs of one single-row call through ferry's Predictor (the inference thread hop)."""
-    import asyncio
-
-    from ferry.inference import Predictor
-    from ferry.metrics import Metrics
-    from ferry.model import ModelHolder
-    from ferry.resilience.deadline import Deadline
-    from ferry.settings import ModelSettings, Settings
-
-    holder = ModelHolder(ModelSettings(path=model))
-    holder.load()
-    card = json.loads(model.with_name("model.card.json").read_text())
-    x = holder.schema.rows_from_records([holder.schema.record_type.model_validate(card["example"])])
-
-    async def run() -> float:
-        predictor = Predictor(holder, Settings(), Metrics())
-        dispatcher = asyncio.create_task(predictor.run())
-        await asyncio.sleep(0)
-        samples, deadline = [], time.perf_counter() + seconds
-        while time.perf_counter() < deadline:
-            started = time.perf_counter()
-            await predictor.predict(x, Deadline.after(10))
-            samples.append((time.perf_counter() - started) * 1e6)
-        dispatcher.cancel()
-        predictor.shutdown()
-        return statistics.median(samples)
-
-    return asyncio.run(run())
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")  # nothing measured: neither met nor a number
 
 
-SCENARIOS = [("single", 1), ("single", 16), ("single", 64), ("batch-100", 8)]
+@dataclass
+class Target:
+    what: str
+    value: float
+    limit: float
+    at_least: bool
+
+    @property
+    def met(self) -> bool:
+        return self.value >= self.limit if self.at_least else self.value <= self.limit
 
 
-def run_load(server: Server, record: dict, seconds: int, scenarios: list[tuple[str, int]], label: str) -> list[Result]:
-    single, batch = {"record": record}, {"records": [record] * 100}
-    url = server.url + "/api/v1/predict"
-    wrk(url, single, 16, 2, "warm-up", 1)
-    results = []
-    for kind, connections in scenarios:
-        if kind == "single":
-            results.append(wrk(url, single, connections, seconds, f"{label} single", 1))
-        else:
-            results.append(wrk(url + "/batch", batch, connections, seconds, f"{label} batch-100", 100))
-    return results
-
-
-def table(
-    served: list[Result], ceiling: list[Result], limits: dict[int, tuple[float, float]], hop_us: float, seconds: int
-) -> str:
-    by_shape = {(r.rows_per_request, r.concurrency): r for r in ceiling}
-    cores = os.cpu_count()
-    lines = [
-        f"Measured {dt.datetime.now(dt.UTC):%Y-%m-%d} on {cores} cores, Python {platform.python_version()}; "
-        f"server: `ferry serve`, 2 gunicorn workers (uvicorn), 1 inference thread each, access log off; "
-        f"load: wrk on the same machine, {seconds} s per row, keep-alive connections.",
-        "",
-        "| Scenario | Concurrency | Requests/s | Rows/s | p50 (ms) | p99 (ms) | Errors | vs HTTP ceiling "
-        "| vs in-process limit |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in [*ceiling, *served]:
-        top = by_shape.get((r.rows_per_request, r.concurrency))
-        limit = limits[r.rows_per_request][1]
-        vs_ceiling = f"{r.requests_per_s / top.requests_per_s:.0%}" if top and r not in ceiling else "—"
-        lines.append(
-            f"| {r.name} | {r.concurrency} | {r.requests_per_s:,.0f} | {r.rows_per_s:,.0f} | {r.p50_ms:.2f} | "
-            f"{r.p99_ms:.2f} | {r.errors} | {vs_ceiling} | {r.rows_per_s / limit:.0%} |"
+def targets(results: list[Result], route: str) -> list[Target]:
+    def pick(server: str, rows: int, connections: int) -> Result:
+        return next(
+            r
+            for r in results
+            if (r.server, r.route, r.rows_per_request, r.concurrency) == (server, route, rows, connections)
         )
+
+    ferry64, top64 = pick("ferry", 1, 64), pick("ceiling", 1, 64)
+    ferry1, naive1 = pick("ferry", 1, 1), pick("naive", 1, 1)
+    ferry_batch, naive_batch = pick("ferry", 100, 8), pick("naive", 100, 8)
+    errors = sum(r.errors for r in results if r.server == "ferry" and r.route == route)
+    return [
+        Target(
+            "1 row c=64: ferry req/s ÷ ceiling req/s", _ratio(ferry64.requests_per_s, top64.requests_per_s), 0.60, True
+        ),
+        Target("1 row c=64: ferry p99 ÷ ceiling p99", _ratio(ferry64.p99_ms, top64.p99_ms), 3.0, False),
+        Target("1 row c=1: ferry p50 ÷ naive p50", _ratio(ferry1.p50_ms, naive1.p50_ms), 1.0, False),
+        Target(
+            "100 rows c=8: ferry rows/s ÷ naive rows/s",
+            _ratio(ferry_batch.rows_per_s, naive_batch.rows_per_s),
+            1.3,
+            True,
+        ),
+        Target("ferry errors (all shapes)", errors, 0, False),
+    ]
+
+
+def report(
+    results: list[Result],
+    limits: dict[int, tuple[float, float]],
+    seconds: int,
+    pinned: bool,
+    took: float,
+    load: float,
+    rounds: int = 1,
+) -> str:
+    cores = os.cpu_count()
+    pinning = "FERRY_CPU_PINNING=true (each worker pinned to one CPU)" if pinned else "no CPU pinning"
+    flags = (
+        (" --pin" if pinned else "")
+        + (f" --rounds {rounds}" if rounds > 1 else "")
+        + (f" --seconds {seconds}" if seconds != DEFAULT_SECONDS else "")
+    )
+    command = f"make bench BENCH_ARGS='{flags.strip()}'" if flags else "make bench"
+    rounds_note = f", median of {rounds} rounds" if rounds > 1 else ""
+    lines = [
+        f"Measured {dt.datetime.now(dt.UTC):%Y-%m-%d} on {cores} cores, Python {platform.python_version()}: "
+        f"`{command}` (`scripts/bench.py{flags}`, {seconds:g} s per row{rounds_note}, {took:.0f} s in all). "
+        f"Every server: `ferry serve`, gunicorn with 2 uvicorn workers, {pinning}; "
+        f"load: wrk on the same machine, keep-alive connections, the card's example record. "
+        f"Load average before the run: {load:.1f}.",
+        "",
+        "| Server | Route | 1 row c=1 p50 (ms) | 1 row c=64 req/s (p99 ms) | 100 rows c=8 rows/s |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for route in ROUTES:
+        for server in SERVERS:
+            shape = {(r.rows_per_request, r.concurrency): r for r in results if (r.server, r.route) == (server, route)}
+            lines.append(
+                f"| {SERVERS[server]} | {route} | {shape[1, 1].p50_ms:.2f} | {shape[1, 64].requests_per_s:,.0f} "
+                f"({shape[1, 64].p99_ms:.0f}) | {shape[100, 8].rows_per_s:,.0f} |"
+            )
     lines += [
         "",
-        f"In-process limit: the model alone, one process per core ({cores}), `predict_proba` in a loop.",
+        "Every row:",
         "",
-        "| Rows per call | µs per call (median, one core) | Rows/s on all cores |",
-        "|---:|---:|---:|",
+        "| Server | Route | Rows/request | Connections | Requests/s | Rows/s | p50 (ms) | p99 (ms) | Errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for rows, (per_call, rows_per_s) in sorted(limits.items()):
-        lines.append(f"| {rows} | {per_call:,.0f} | {rows_per_s:,.0f} |")
-    lines += [
-        "",
-        f"One single-row call through ferry's inference thread (dispatcher + thread hop): {hop_us:,.0f} µs "
-        f"median, against {limits[1][0]:,.0f} µs for the bare call.",
-    ]
+    for route in ROUTES:
+        for r in (r for r in results if r.route == route):
+            lines.append(
+                f"| {r.server} | {route} | {r.rows_per_request} | {r.concurrency} | {r.requests_per_s:,.0f} | "
+                f"{r.rows_per_s:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} |"
+            )
+    lines += ["", "Targets (ratios from this run):", "", "| Target | REST | OIP v2 | Bound |", "|---|---:|---:|---:|"]
+    by_route = {route: targets(results, route) for route in ROUTES}
+    for i, first in enumerate(by_route[ROUTES[0]]):
+        cells = []
+        for route in ROUTES:
+            t = by_route[route][i]
+            number = f"{t.value:.0f}" if t.what.startswith("ferry errors") else f"{t.value:.2f}"
+            cells.append(f"{number} {'met' if t.met else '**missed**'}")
+        bound = f"{'≥' if first.at_least else '≤'} {first.limit:g}"
+        lines.append(f"| {first.what} | {cells[0]} | {cells[1]} | {bound} |")
+    if limits:
+        lines += [
+            "",
+            f"The model alone: one process per core ({cores}), `predict_proba` in a loop on the card's example.",
+            "",
+            "| Rows per call | µs per call (median, one core) | Rows/s on all cores |",
+            "|---:|---:|---:|",
+        ]
+        for rows, (per_call, rows_per_s) in sorted(limits.items()):
+            lines.append(f"| {rows} | {per_call:,.0f} | {rows_per_s:,.0f} |")
     return "\n".join(lines)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=8, help="duration of each load scenario")
-    parser.add_argument("--write", type=Path, help="Markdown file whose bench section is replaced")
-    args = parser.parse_args()
+def ensure_wrk() -> None:
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: `make bench` installs it (Debian package wrk)")
 
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--seconds", type=int, default=DEFAULT_SECONDS, help="duration of each row's load (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="measure every row this many times, report the median (default: 1)"
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 s per row, no model-alone measurement")
+    parser.add_argument("--pin", action="store_true", help="every server with FERRY_CPU_PINNING=true")
+    parser.add_argument(
+        "--only", choices=list(SERVERS), action="append", help="measure only this server (repeatable; no targets)"
+    )
+    parser.add_argument("--write", type=Path, help="Markdown file whose bench section (--pin: bench-pin) is replaced")
+    args = parser.parse_args(argv)
+    ensure_wrk()
+    seconds = 1 if args.quick else args.seconds
+    started, load = time.monotonic(), os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="ferry-bench-"))
-    model = ROOT / "models/churn/model.joblib"
-    if not model.exists():
-        subprocess.run([sys.executable, "-m", "ferry", "train", "--out", str(model.parent)], check=True)
-    record = json.loads(model.with_name("model.card.json").read_text())["example"]
-    quiet = {"FERRY_LOGGING__ACCESS_LOG": "false"}
-
-    with Server(work, model, env=quiet, app="ceiling_app:create_app()", pythonpath=[ROOT / "scripts"]) as server:
-        ceiling = run_load(server, record, args.seconds, SCENARIOS, "HTTP ceiling (no model)")
-    with Server(work, model, env={**quiet, "FERRY_BATCHING__ENABLED": "false"}) as server:
-        served = run_load(server, record, args.seconds, SCENARIOS[:3], "batching off")
-    with Server(work, model, env=quiet) as server:
-        served += run_load(server, record, args.seconds, SCENARIOS, "batching on")
-    limits = {rows: in_process_limit(model, rows) for rows in (1, 100)}
-    text = table(served, ceiling, limits, via_executor_us(model), args.seconds)
-    publish(text, args.write, START, END)
+    if not MODEL.exists():
+        subprocess.run([sys.executable, "-m", "ferry", "train", "--out", str(MODEL.parent)], check=True)
+    card = json.loads(MODEL.with_name("model.card.json").read_text())
+    env = {"FERRY_CPU_PINNING": "true"} if args.pin else {}
+    results = measure(args.only or list(SERVERS), work, env, seconds, card, args.rounds)
+    shutil.rmtree(work, ignore_errors=True)
+    if args.only and set(args.only) != set(SERVERS):
+        for r in results:
+            print(r)
+        return 0
+    limits = {} if args.quick else {rows: in_process_limit(rows, 3.0) for rows in (1, 100)}
+    text = report(results, limits, seconds, args.pin, time.monotonic() - started, load, args.rounds)
+    publish(text, args.write, *((PIN_START, PIN_END) if args.pin else (START, END)))
     return 0
 
 

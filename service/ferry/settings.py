@@ -465,6 +465,11 @@ class JobsSettings(_Group):
     )
 
 
+def _auto_is_zero(value: Any) -> Any:
+    """``FERRY_WORKERS=auto`` is the same as 0: as many workers as usable CPUs."""
+    return 0 if isinstance(value, str) and value.strip().lower() == "auto" else value
+
+
 def _json_list(value: Any) -> Any:
     """A JSON list given as one string (an environment variable); empty means none."""
     if isinstance(value, str):
@@ -613,7 +618,20 @@ class Settings(BaseSettings):
 
     host: str = Field("0.0.0.0", description="Address gunicorn binds to.")
     port: int = Field(8000, ge=1, le=65535, description="Port gunicorn binds to.")
-    workers: int = Field(2, ge=1, le=256, description="gunicorn worker processes (one per core is a good start).")
+    workers: Annotated[int, BeforeValidator(_auto_is_zero)] = Field(
+        0,
+        ge=0,
+        le=256,
+        description="gunicorn worker processes. 0 or 'auto': one per CPU this process may use, the smallest of its "
+        "cgroup CPU quota (rounded up), its CPU affinity set and the machine's CPU count.",
+    )
+    cpu_pinning: bool = Field(
+        False,
+        description="Pin each gunicorn worker (and the model threads it starts) to one CPU of the process's "
+        "affinity set, the one fewest live workers hold. For pods with exclusive CPUs (the kubelet's static CPU "
+        "manager: Guaranteed QoS, integer CPU requests). Elsewhere leave it off: unpinned, the kernel can move a "
+        "worker away from a CPU something else is busy on.",
+    )
     server: ServerSettings = Field(default_factory=ServerSettings, description=ServerSettings.__doc__)
     model: ModelSettings = Field(default_factory=ModelSettings, description=ModelSettings.__doc__)
     api: ApiSettings = Field(default_factory=ApiSettings, description=ApiSettings.__doc__)

@@ -14,7 +14,7 @@ def test_defaults_and_nested_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FERRY_MODEL__PATH", "/models/x.joblib")
     monkeypatch.setenv("FERRY_API__MAX_BATCH_SIZE", "50")
     s = Settings()
-    assert (s.port, s.host, s.workers) == (9001, "0.0.0.0", 2)
+    assert (s.port, s.host, s.workers) == (9001, "0.0.0.0", 0)  # 0: one worker per usable CPU
     assert s.model.path == Path("/models/x.joblib")
     assert s.api.max_batch_size == 50
     assert s.server.keepalive_s > 60  # above common LB idle timeouts

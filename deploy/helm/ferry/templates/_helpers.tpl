@@ -400,6 +400,7 @@ spec:
 FERRY_HOST: "0.0.0.0"
 FERRY_PORT: {{ .Values.containerPort | quote }}
 FERRY_WORKERS: {{ $f.workers | quote }}
+FERRY_CPU_PINNING: {{ $f.cpuPinning | quote }}
 FERRY_LOGGING__LEVEL: {{ $f.logLevel | quote }}
 FERRY_METRICS__DIR: {{ .Values.volumes.metricsDir | quote }}
 FERRY_API__MAX_BODY_BYTES: {{ $f.api.maxBodyBytes | int64 | quote }}

@@ -243,7 +243,8 @@ def rules(
             # The guard: without min_rps over the long window, a few failed requests read as a burn.
             clauses = [
                 f"(\n  ferry:sli_{sli}:ratio_rate{w['long']}{{{api}}} > ({w['factor']} * {budget})\nand\n"
-                f"  ferry:sli_{sli}:ratio_rate{w['short']}{{{api}}} > ({w['factor']} * {budget})\nand on (namespace, job)\n"
+                f"  ferry:sli_{sli}:ratio_rate{w['short']}{{{api}}} > ({w['factor']} * {budget})\n"
+                "and on (namespace, job)\n"
                 f"  ferry:sli_requests:rate{w['long']}{{{api}}} > {min_rps}\n)"
                 for w in tier["windows"]
             ]
@@ -371,8 +372,8 @@ def rules(
     # fires when no target is left at all (the chart's copy keeps its namespace and job this way).
     alert(
         "FerryMetricsAbsent",
-        f"group by (namespace, job) (up{{{api}}})\nunless\ngroup by (namespace, job) (ferry_http_requests_total{{{api}}})"
-        f"\nor\nabsent(up{{{api}}})",
+        f"group by (namespace, job) (up{{{api}}})\nunless\n"
+        f"group by (namespace, job) (ferry_http_requests_total{{{api}}})\nor\nabsent(up{{{api}}})",
         c["metrics_absent_for"],
         "page",
         "no ferry metrics at all",
@@ -385,12 +386,12 @@ def rules(
     baseline = f"{by} (rate(ferry_http_requests_total{{{sel}}}[1h] offset {window}))"
     alert(
         "FerryTrafficDrop",
-        f"{current}\n< {c['traffic_drop_ratio']} *\n{baseline}\nand on (namespace, job)\n"
-        f"{baseline} > {min_rps}",
+        f"{current}\n< {c['traffic_drop_ratio']} *\n{baseline}\nand on (namespace, job)\n{baseline} > {min_rps}",
         c["traffic_drop_for"],
         "ticket",
         "ferry's predict traffic fell sharply",
-        f"Predict traffic of {{{{ $labels.job }}}} in {{{{ $labels.namespace }}}} is {{{{ $value | printf \"%.2f\" }}}} request/s "
+        "Predict traffic of {{ $labels.job }} in {{ $labels.namespace }} is "
+        f'{{{{ $value | printf "%.2f" }}}} request/s '
         f"over {window}, under {c['traffic_drop_ratio']:.0%} of the hour before: clients may not reach the service.",
     )
     return {

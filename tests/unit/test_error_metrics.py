@@ -60,5 +60,9 @@ def test_server_error_series_exist_before_the_first_error(churn_model: Path) -> 
 def test_prediction_routes_are_the_apps_model_calling_routes(churn_model: Path) -> None:
     app = create_app(Settings(model={"path": churn_model}))
     paths = app.openapi()["paths"]
-    posts = {path for path, ops in paths.items() if "post" in ops and path.endswith(("/predict", "/batch", "/stream", "/infer"))}
+    posts = {
+        path
+        for path, ops in paths.items()
+        if "post" in ops and path.endswith(("/predict", "/batch", "/stream", "/infer"))
+    }
     assert posts == set(PREDICTION_ROUTES)

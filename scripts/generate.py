@@ -185,6 +185,7 @@ def rules(
     ranges: dict[str, str] | None = None,
     hold: str | None = None,
     namespace: str | None = None,
+    *,
     labels: Mapping[str, str] | None = None,
 ) -> dict:
     """Prometheus rule groups: SLI recording rules per window, burn-rate alerts, cause alerts.
@@ -193,9 +194,10 @@ def rules(
     shrink the PromQL range of each SLI window (keeping the recorded names, so alerts and dashboards
     are unchanged) and every ``for:``, so hours of burn fit in a minute of test traffic.
     ``namespace`` adds a namespace matcher to every selector (the chart's copy: a placeholder).
-    ``labels`` are added to every alert's labels (e.g. ``team`` and ``service``, which routing keys on).
+    Every alert is labelled ``team`` and ``service`` from the SLO file, then ``labels`` (which win).
     """
     job, routes = slo["job"], _regex(slo["routes"])
+    routing = {"team": slo["team"], "service": slo["service"], **(labels or {})}
     ranges = ranges or {}
     api, jobs = scope_matchers(job, namespace)
     sel = f'{api},route=~"{routes}"'
@@ -224,16 +226,26 @@ def rules(
                 f"\n  /\n  {by} (rate(ferry_http_request_duration_seconds_count{{{sel}}}[{ranges.get(w, w)}]))\n)",
             }
         )
+    # Predict requests per second over each long window: the minimum-traffic guard of the burn alerts.
+    longs = sorted({w["long"] for tier in slo["burn_rates"].values() for w in tier["windows"]}, key=_seconds)
+    for w in longs:
+        recording.append(
+            {
+                "record": f"ferry:sli_requests:rate{w}",
+                "expr": f"{by} (rate(ferry_http_requests_total{{{sel}}}[{ranges.get(w, w)}]))",
+            }
+        )
     base = slo["runbook_base_url"].rstrip("/")
+    min_rps = slo["min_requests_per_s"]
     alerts = []
 
-    def alert(name: str, expr: str, duration: str, severity: str, summary: str, description: str, **labels: str):
+    def alert(name: str, expr: str, duration: str, severity: str, summary: str, description: str, **extra: str):
         alerts.append(
             {
                 "alert": name,
                 "expr": expr,
                 "for": hold or duration,
-                "labels": {"severity": severity, **labels},
+                "labels": {"severity": severity, **extra, **routing},
                 "annotations": {"summary": summary, "description": description, "runbook_url": f"{base}/{name}.md"},
             }
         )
@@ -245,9 +257,12 @@ def rules(
         target = slo["objectives"][objective]["target"]
         budget = round(1 - target, 10)
         for severity, tier in slo["burn_rates"].items():
+            # The guard: without min_rps over the long window, a few failed requests read as a burn.
             clauses = [
                 f"(\n  ferry:sli_{sli}:ratio_rate{w['long']}{{{api}}} > ({w['factor']} * {budget})\nand\n"
-                f"  ferry:sli_{sli}:ratio_rate{w['short']}{{{api}}} > ({w['factor']} * {budget})\n)"
+                f"  ferry:sli_{sli}:ratio_rate{w['short']}{{{api}}} > ({w['factor']} * {budget})\n"
+                "and on (namespace, job)\n"
+                f"  ferry:sli_requests:rate{w['long']}{{{api}}} > {min_rps}\n)"
                 for w in tier["windows"]
             ]
             pairs = " or ".join(f"{w['factor']}x over {w['long']} (and {w['short']})" for w in tier["windows"])
@@ -259,7 +274,8 @@ def rules(
                 f"ferry is burning its {objective} error budget too fast ({{{{ $labels.namespace }}}})",
                 f"The {what} of the predict routes is {{{{ $value | humanizePercentage }}}} over the long window, "
                 f"burning the {objective} budget of {budget:.2%} ({target:.2%} over "
-                f"{slo['objectives'][objective]['window']}) faster than {pairs}.",
+                f"{slo['objectives'][objective]['window']}) faster than {pairs} "
+                f"(with at least {min_rps} request/s).",
                 slo=objective,
             )
     c = slo["causes"]
@@ -278,7 +294,7 @@ def rules(
     ):
         alert(
             name,
-            f'{by} (rate(ferry_errors_total{{{api},code="{code}"}}[5m]))\n/\n'
+            f'{by} (rate(ferry_errors_total{{{sel},code="{code}"}}[5m]))\n/\n'
             f"{by} (rate(ferry_http_requests_total{{{sel}}}[5m]))\n> {c[key + '_ratio']}",
             c[key + "_for"],
             "ticket",
@@ -333,32 +349,68 @@ def rules(
         "receiver refused them or stayed unreachable for every attempt. The results wait on the jobs; "
         "redeliver after the receiver is fixed.",
     )
+    # Share of the release's pods without a ready model (the gauge is 1 or 0 per pod).
+    not_ready = f"1 - avg by (namespace, job) (ferry_model_ready{{{api}}})"
+    page_share = c["model_not_ready_page_share"]
     alert(
         "FerryModelNotReady",
-        f"ferry_model_ready{{{api}}} == 0",
+        f"{not_ready}\n> {page_share}",
         c["model_not_ready_for"],
         "page",
-        "a ferry pod has no ready model",
-        "{{ $labels.instance }} has not loaded and verified its model (loading, failed verification, or draining).",
+        "most ferry pods have no ready model",
+        "{{ $value | humanizePercentage }} of the pods of {{ $labels.job }} in {{ $labels.namespace }} have not "
+        f"loaded and verified their model (loading, failed verification, or draining); more than {page_share:.0%} "
+        "pages.",
     )
+    alert(
+        "FerryModelNotReady",
+        f"{not_ready}\n> 0\n<= {page_share}",
+        c["model_not_ready_ticket_for"],
+        "ticket",
+        "some ferry pods have no ready model",
+        "{{ $value | humanizePercentage }} of the pods of {{ $labels.job }} in {{ $labels.namespace }} have not "
+        "loaded and verified their model for longer than a rollout takes; the others serve.",
+    )
+    # One alert per release, API and worker pods together, not one per target. Every target down is
+    # FerryMetricsAbsent's page; the job label names the release (its API job) for routing.
     alert(
         "FerryTargetDown",
-        f"up{{{api}}} == 0",
+        f'label_replace(\n  1 - avg by (namespace) (up{{{jobs}}}),\n  "job", "{job}", "", ""\n)\n'
+        f"> {c['target_down_share']}",
         c["target_down_for"],
-        "page",
-        "Prometheus cannot scrape ferry",
-        "{{ $labels.instance }} has not answered /metrics scrapes.",
+        "ticket",
+        "Prometheus cannot scrape some ferry pods",
+        "{{ $value | humanizePercentage }} of the scrape targets of {{ $labels.job }} (API and worker pods) in "
+        "{{ $labels.namespace }} do not answer /metrics scrapes "
+        f"(threshold {c['target_down_share']:.0%}).",
     )
+    # absent() keeps only the labels of its equality matchers: the first branch names each namespace
+    # and job that has targets but no ferry series (pods down, scrape broken, not ferry), the second
+    # fires when no target is left at all (the chart's copy keeps its namespace and job this way).
     alert(
         "FerryMetricsAbsent",
-        f"absent(ferry_http_requests_total{{{api}}})",
+        f"group by (namespace, job) (up{{{api}}})\nunless\n"
+        f"group by (namespace, job) (ferry_http_requests_total{{{api}}})\nor\nabsent(up{{{api}}})",
         c["metrics_absent_for"],
         "page",
         "no ferry metrics at all",
-        f"No series of ferry_http_requests_total with {api} exist.",
+        "No series of ferry_http_requests_total for job {{ $labels.job }}{{ with $labels.namespace }} in "
+        "namespace {{ . }}{{ end }}: every target is down or gone, so no SLO alert can fire.",
     )
-    for rule in alerts:
-        rule["labels"].update(labels or {})
+    # The last traffic_drop_window against the hour before it; the baseline must be above the guard.
+    window = c["traffic_drop_window"]
+    current = f"{by} (rate(ferry_http_requests_total{{{sel}}}[{window}]))"
+    baseline = f"{by} (rate(ferry_http_requests_total{{{sel}}}[1h] offset {window}))"
+    alert(
+        "FerryTrafficDrop",
+        f"{current}\n< {c['traffic_drop_ratio']} *\n{baseline}\nand on (namespace, job)\n{baseline} > {min_rps}",
+        c["traffic_drop_for"],
+        "ticket",
+        "ferry's predict traffic fell sharply",
+        "Predict traffic of {{ $labels.job }} in {{ $labels.namespace }} is "
+        f'{{{{ $value | printf "%.2f" }}}} request/s '
+        f"over {window}, under {c['traffic_drop_ratio']:.0%} of the hour before: clients may not reach the service.",
+    )
     return {
         "groups": [
             {"name": "ferry-sli", "interval": "30s", "rules": recording},

@@ -60,13 +60,26 @@ CONNECTION_CLOSE_REASONS = (
 )
 
 
-def _error_codes() -> set[str]:
+# The route templates that call the model (unit-tested against the app's routes): their error series
+# exist from the start for every server-side code, so rate() sees the first error of a new pod.
+PREDICTION_ROUTES = (
+    "/api/v1/predict",
+    "/api/v1/predict/batch",
+    "/api/v1/predict/stream",
+    "/v2/models/{name}/infer",
+    "/v2/models/{name}/versions/{version}/infer",
+)
+
+
+def _server_error_codes() -> set[str]:
+    """The codes of the 5xx errors (a 4xx is the client's, and its series appear at first use)."""
     from ferry.errors import FerryError
 
     codes, pending = set(), [FerryError]
     while pending:
         cls = pending.pop()
-        codes.add(cls.code)
+        if cls.status >= 500:
+            codes.add(cls.code)
         pending.extend(cls.__subclasses__())
     return codes
 
@@ -263,7 +276,12 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=r,
         )
-        self.errors = Counter("ferry_errors_total", "Error responses by stable error code.", ["code"], registry=r)
+        self.errors = Counter(
+            "ferry_errors_total",
+            "Error responses (and stream chunks ended by an error) by route template and stable error code.",
+            ["route", "code"],
+            registry=r,
+        )
         self.inference_duration = Histogram(
             "ferry_inference_duration_seconds",
             "Wall time of one model call (predict_proba or predict) in the inference thread.",
@@ -487,8 +505,10 @@ class Metrics:
             self.sse_streams_open.labels(stream)
         for outcome in ("sent", "skipped"):
             self.stream_chunks.labels(outcome)
-        for code in sorted(_error_codes()):
-            self.errors.labels(code)
+        # Server-side (5xx) codes on the prediction routes: what the cause alerts and panels divide.
+        for route in PREDICTION_ROUTES:
+            for code in sorted(_server_error_codes()):
+                self.errors.labels(route, code)
         for stage in ("queued", "running"):
             self.deadline_exceeded.labels(stage)
         for state in ("closed", "half-open", "open"):

@@ -43,22 +43,66 @@ def test_promtool_unit_tests_pass() -> None:
 
 
 def test_every_alert_is_tested_firing_and_silent() -> None:
+    """Every alert fires in some test and stays silent in another; an alert with a page and a ticket
+    rule (FerryModelNotReady) fires at each severity."""
     cases: dict[str, set[str]] = {}
     for test in yaml.safe_load(TESTS.read_text())["tests"]:
         for case in test["alert_rule_test"]:
-            cases.setdefault(case["alertname"], set()).add("fires" if case["exp_alerts"] else "silent")
+            seen = cases.setdefault(case["alertname"], set())
+            seen.add("fires" if case["exp_alerts"] else "silent")
+            seen.update(a["exp_labels"]["severity"] for a in case["exp_alerts"])
     for rule in alerts():
-        assert cases.get(rule["alert"]) == {"fires", "silent"}, f"{rule['alert']}: {cases.get(rule['alert'])}"
+        expected = {"fires", "silent", rule["labels"]["severity"]}
+        assert expected <= cases.get(rule["alert"], set()), f"{rule['alert']}: {cases.get(rule['alert'])}"
 
 
 def test_every_alert_is_complete() -> None:
-    names = [rule["alert"] for rule in alerts()]
-    assert len(names) == len(set(names)) >= 12
+    rules = [(rule["alert"], rule["labels"]["severity"]) for rule in alerts()]
+    assert len(rules) == len(set(rules)) >= 14
+    slo = yaml.safe_load((ROOT / "deploy/slo.yaml").read_text())
     for rule in alerts():
-        assert rule["labels"]["severity"] in ("page", "ticket"), rule["alert"]
+        labels = rule["labels"]
+        assert labels["severity"] in ("page", "ticket"), rule["alert"]
+        assert (labels["team"], labels["service"]) == (slo["team"], slo["service"]) == ("ml-platform", "ferry")
         annotations = rule["annotations"]
         assert annotations["summary"] and annotations["description"], rule["alert"]
         assert annotations["runbook_url"].endswith(f"/docs/runbooks/{rule['alert']}.md"), rule["alert"]
+
+
+def test_labels_are_added_to_every_alert_and_win() -> None:
+    from generate import load_slo, rules
+
+    doc = rules(load_slo(), labels={"team": "payments", "tier": "1"})
+    for group in doc["groups"]:
+        for rule in group["rules"]:
+            if "alert" in rule:
+                assert rule["labels"]["team"] == "payments" and rule["labels"]["tier"] == "1", rule["alert"]
+                assert rule["labels"]["service"] == "ferry"
+            else:
+                assert "labels" not in rule, "recording rules keep their series' labels"
+
+
+def test_the_slo_routes_regex_matches_exactly_the_slo_routes() -> None:
+    """PromQL anchors =~ at both ends; the stream route (outside the SLO) and raw paths must not match."""
+    from generate import _regex, load_slo
+
+    slo = load_slo()
+    pattern = re.compile(f"^(?:{_regex(slo['routes'])})$")
+    for route in slo["routes"]:
+        assert pattern.match(route), route
+    for route in ("/api/v1/predict/stream", "/v2/models/churn/infer", "/api/v1/jobs", "/api/v1/predictx", "unmatched"):
+        assert not pattern.match(route), route
+
+
+def test_burn_alerts_are_guarded_by_traffic_and_error_ratios_use_the_same_routes() -> None:
+    by_name = {rule["alert"]: rule for rule in alerts()}
+    slo = yaml.safe_load((ROOT / "deploy/slo.yaml").read_text())
+    for name, rule in by_name.items():
+        if "BudgetBurn" in name:
+            assert rule["expr"].count(f"> {slo['min_requests_per_s']}\n") == 2, name
+    for name in ("FerryLoadShedding", "FerryDeadlinesExceeded"):
+        numerator, denominator = by_name[name]["expr"].split("\n/\n")
+        assert 'route=~"' in numerator and numerator.split('route=~"')[1].split('"')[0] in denominator, name
 
 
 def test_every_alert_has_its_runbook_and_every_runbook_its_alert() -> None:

@@ -399,12 +399,17 @@ def test_service_monitor_scrapes_the_job_the_rules_use() -> None:
 
 def test_prometheus_rule_is_the_generated_rules_file() -> None:
     """The generated rules, scoped: deploy/rules/ferry.rules.yaml selects job="ferry" in any namespace,
-    the release "ferry" in namespace "ferry" selects job="ferry",namespace="ferry"; nothing else differs."""
+    the release "ferry" in namespace "ferry" selects job="ferry",namespace="ferry", and its runbook links
+    are pinned to the chart's version; nothing else differs (the release's labels by default are the
+    SLO file's; tests/deploy/test_chart_alert_labels.py sets them from values)."""
     rule = one("monitoring", "PrometheusRule")
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack", "selector label"
     generic = (ROOT / "deploy/rules/ferry.rules.yaml").read_text()
-    scoped = generic.replace('job="ferry"', 'job="ferry",namespace="ferry"').replace(
-        'job=~"ferry|ferry-worker"', 'job=~"ferry|ferry-worker",namespace="ferry"'
+    version = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
+    scoped = (
+        generic.replace('job="ferry"', 'job="ferry",namespace="ferry"')
+        .replace('job=~"ferry|ferry-worker"', 'job=~"ferry|ferry-worker",namespace="ferry"')
+        .replace("/ferry/blob/main/docs/runbooks/", f"/ferry/blob/v{version}/docs/runbooks/")
     )
     assert rule["spec"] == yaml.safe_load(scoped)
 

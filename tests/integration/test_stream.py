@@ -319,10 +319,10 @@ def test_a_failing_chunk_ends_the_stream_with_an_error_event(slow_server: Server
     assert error["request_id"] == stream.headers["x-request-id"] and "poison" not in error["message"]
     after = wait_streams_closed(slow_server)
     assert (
-        counter(after, "ferry_errors_total", code="model_error")
-        - counter(before, "ferry_errors_total", code="model_error")
+        counter(after, "ferry_errors_total", route=STREAM, code="model_error")
+        - counter(before, "ferry_errors_total", route=STREAM, code="model_error")
         == 1
-    )
+    ), "the chunk's error counts against the stream route, not the predict routes"
     assert (
         counter(after, "ferry_stream_chunks_total", outcome="skipped")
         - counter(before, "ferry_stream_chunks_total", outcome="skipped")

@@ -153,7 +153,7 @@ class RequestMiddleware:
 
     async def _send_error(self, error: FerryError, scope: Scope, request_id: str, send: Send) -> None:
         """The one place an error becomes a response: routes and handlers raise, this renders."""
-        self.metrics.errors.labels(error.code).inc()
+        self.metrics.errors.labels(self._route_template(scope), error.code).inc()
         response = render(error, request_id, scope.get("path", ""))
         await response({"type": "http"}, _no_receive, send)
 

@@ -167,7 +167,7 @@ async def _events(
                 if not isinstance(exc, FerryError):
                     log.error("stream_chunk_failed", offset=offset, exc_info=True)
                 outcome = "error"
-                metrics.errors.labels(error.code).inc()
+                metrics.errors.labels(PATH, error.code).inc()
                 data = {"code": error.code, "message": error.message, "offset": offset, "request_id": request_id}
                 yield sse.encode(data, event="error", id=offset)
                 return

@@ -99,7 +99,8 @@ CONTAINER_METRICS = (
         "ferry_container_cpu_limit_cores",
         "gauge",
         "cpu_limit_cores",
-        "CPU limit of the container in cores (CFS quota / period); absent without a limit.",
+        "CPU limit of the container in cores: the tightest CFS quota / period of its cgroup and the parents it "
+        "sees (a pod's cgroup may cap its containers lower); absent without a limit.",
     ),
     (
         "ferry_container_cpu_periods",

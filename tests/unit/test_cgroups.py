@@ -138,3 +138,26 @@ def test_the_collector_exports_what_the_cgroup_has_and_omits_the_rest(tmp_path: 
         "ferry_container_cpu_throttled_seconds",
         "ferry_container_memory_working_set_bytes",
     }
+
+
+def test_the_cpu_limit_is_the_tightest_on_the_way_to_the_mount(tmp_path: Path) -> None:
+    """A pod's cgroup capping its containers below their own quota caps the limit drawn; a cgroup above
+    the mount point (outside what the container sees) does not count."""
+    fs = tmp_path / "fs"
+    write(tmp_path, {"cpu.max": "10000 100000\n"})  # above the mount: not this container's
+    write(fs / "kubepods/pod1", {"cpu.max": "100000 100000\n"})
+    write(fs / "kubepods/pod1/ctr", {"cpu.max": "400000 100000\n"})
+    paths = cgroups.locate(proc(tmp_path, "0::/kubepods/pod1/ctr\n", [("/", str(fs), "cgroup2", "rw")]))
+    assert paths.v2 == fs / "kubepods/pod1/ctr"
+    assert cgroups.read(paths).cpu_limit_cores == 1.0
+    assert cgroups.read(cgroups.CgroupPaths(v2=paths.v2)).cpu_limit_cores == 4.0, "no mount point: itself only"
+
+
+def test_a_mount_root_is_stripped_only_as_whole_path_components(tmp_path: Path) -> None:
+    """/docker/abc is not a prefix of /docker/abcd: the process is outside the mount's subtree, so its
+    cgroup is not under it (and "d/x" below the mount would be some other cgroup's)."""
+    fs = tmp_path / "fs"
+    write(fs / "memory/d/x", {"memory.limit_in_bytes": "1\n"})
+    mounts = [("/docker/abc", str(fs / "memory"), "cgroup", "rw,memory")]
+    paths = cgroups.locate(proc(tmp_path, "4:memory:/docker/abcd/x\n", mounts))
+    assert paths.v1 == {"memory": fs / "memory"}

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ferry.cpus import assign_cpu, cgroup_cpu_limit, parse_mountinfo, usable_cpus
+from ferry.cgroups import cpu_limit, parse_mountinfo, resolve
+from ferry.cpus import assign_cpu, usable_cpus
 from ferry.settings import Settings
 
 # mountinfo lines as a container sees them (optional fields such as "shared:1" before the " - ").
@@ -21,6 +22,11 @@ def write(root: Path, path: str, text: str) -> None:
     target = root / path.lstrip("/")
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(text)
+
+
+def cgroup_cpu_limit(mountinfo: str, proc_cgroup: str, fs_root: Path) -> float | None:
+    """The CPU limit ferry.cgroups finds for a process with this mountinfo and /proc/self/cgroup."""
+    return cpu_limit(resolve(mountinfo, proc_cgroup, fs_root))
 
 
 def test_v2_quota_is_read_from_the_process_cgroup(tmp_path: Path) -> None:

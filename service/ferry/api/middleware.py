@@ -1,16 +1,19 @@
 """The one ASGI middleware every HTTP request passes through.
 
 It assigns the request id and trace id, enforces the body limit and content type before the body is
-read, turns any exception that escaped the app into a rendered error, and on the way out writes the
-single access log line and the HTTP metrics (labelled with the matched route template).
+read, authenticates (``ferry.api.auth``), serves the prediction routes itself (``ferry.api.hot_path``)
+and hands everything else to FastAPI, turns any exception that escaped into a rendered error, and on
+the way out writes the single access log line and the HTTP metrics (labelled with the route template).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
+import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -18,7 +21,10 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ferry.api.auth import authenticate
 from ferry.api.errors import render
+from ferry.api.hot_path import HotPath
+from ferry.auth import Authenticator
 from ferry.errors import FerryError, PayloadTooLarge, UnsupportedMediaType
 from ferry.lifecycle import is_draining
 from ferry.logging import get_logger
@@ -31,6 +37,12 @@ UNMATCHED_ROUTE = "unmatched"
 # While draining, every response asks the client to close its keep-alive connection (uvicorn then
 # closes it after the response), so no request is sent on a connection about to be closed.
 _CONNECTION_CLOSE = (b"connection", b"close")
+
+# The pod (its hostname, as Kubernetes sets HOSTNAME) on every access line, read once.
+POD = os.environ.get("HOSTNAME") or socket.gethostname()
+# Error codes of statuses answered without a FerryError passing through here (a client that left
+# before its answer: 499; a v2 readiness probe's 503 is a plain answer, not a refusal).
+_STATUS_CODES = {499: "client_disconnected", 503: "not_ready", 500: FerryError.code}
 
 access_log = get_logger("ferry.access")
 log = get_logger("ferry.http")
@@ -70,6 +82,9 @@ class RequestMiddleware:
         access_log: bool,
         routes: Sequence[BaseRoute],
         body_limits: Mapping[str, int] | None = None,
+        authenticator: Authenticator | None = None,
+        hot_path: HotPath | None = None,
+        model_version: Callable[[], str] = lambda: "",
     ) -> None:
         self.app = app
         self.routes = routes
@@ -77,6 +92,9 @@ class RequestMiddleware:
         self.max_body_bytes = max_body_bytes
         self.body_limits = dict(body_limits or {})  # path -> limit, for routes with their own (the stream)
         self.access_log = access_log
+        self.authenticator = authenticator
+        self.hot_path = hot_path  # None: FastAPI serves the prediction routes too (api.lean_path off)
+        self.model_version = model_version
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -92,6 +110,8 @@ class RequestMiddleware:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id, trace_id=trace_id)
         status = 0
+        code: str | None = None  # the error code of a refusal this middleware rendered
+        template: str | None = None  # known without route matching on the hot path
         id_header = (b"x-request-id", request_id.encode())
 
         async def send_with_id(message: Message) -> None:
@@ -105,10 +125,19 @@ class RequestMiddleware:
         self.metrics.http_in_flight.inc()
         try:
             receive = await self._guard_body(scope, headers, receive)
-            await self.app(scope, receive, send_with_id)
+            if self.authenticator is not None:
+                await authenticate(self.authenticator, scope, headers)
+            hot = self.hot_path.match(scope) if self.hot_path is not None else None
+            if hot is None:
+                await self.app(scope, receive, send_with_id)
+            else:
+                template, handler, params = hot
+                # The one place a per-request tracing span would wrap the lean path's handling.
+                await self.hot_path.handle(scope, receive, send_with_id, handler, params)  # type: ignore[union-attr]
         except FerryError as error:
             if status:  # response already started: nothing more can be sent
                 raise
+            code = error.code
             await self._send_error(error, scope, request_id, send_with_id)
         except ClientDisconnect:
             # The client left (or its stalled body was timed out) before the body was read: nobody to answer.
@@ -116,11 +145,12 @@ class RequestMiddleware:
         except Exception:
             log.error("unhandled_error", path=scope.get("path"), exc_info=True)
             if not status:
+                code = FerryError.code
                 await self._send_error(FerryError(), scope, request_id, send_with_id)
             status = 500
         finally:
             self.metrics.http_in_flight.dec()
-            self._finish(scope, status or 500, started, request_id, trace_id)
+            self._finish(scope, status or 500, started, request_id, trace_id, code, template)
 
     async def _guard_body(self, scope: Scope, headers: dict[bytes, bytes], receive: Receive) -> Receive:
         """413 from Content-Length alone, 415 from Content-Type alone; buffer only chunked bodies."""
@@ -155,9 +185,18 @@ class RequestMiddleware:
         response = render(error, request_id, scope.get("path", ""))
         await response({"type": "http"}, _no_receive, send)
 
-    def _finish(self, scope: Scope, status: int, started: float, request_id: str, trace_id: str) -> None:
+    def _finish(
+        self,
+        scope: Scope,
+        status: int,
+        started: float,
+        request_id: str,
+        trace_id: str,
+        code: str | None,
+        template: str | None,
+    ) -> None:
         seconds = time.perf_counter() - started
-        template = self._route_template(scope)
+        template = template or self._route_template(scope)
         self.metrics.observe_request(template, scope["method"], status, seconds)
         if self.access_log:
             client = scope.get("client")
@@ -167,10 +206,13 @@ class RequestMiddleware:
                 path=scope.get("path"),
                 route=template,
                 status=status,
+                code=code if code is not None or status < 400 else _STATUS_CODES.get(status, "http_error"),
                 duration_ms=round(seconds * 1000, 3),
                 request_id=request_id,
                 trace_id=trace_id,
                 client=f"{client[0]}:{client[1]}" if client else None,
+                pod=POD,
+                model_version=self.model_version(),
             )
         structlog.contextvars.clear_contextvars()
 

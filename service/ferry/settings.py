@@ -130,9 +130,10 @@ class ApiSettings(_Group):
     )
     lean_path: bool = Field(
         True,
-        description="Serve POST /api/v1/predict, /api/v1/predict/batch and /v2/models/{name}[/versions/{version}]/infer "
-        "on the lean hot path (matched and answered before FastAPI's router, same bodies, errors, limits and "
-        "metrics; docs/architecture.md). Off: FastAPI's routes serve them, for comparing the two.",
+        description="Serve POST /api/v1/predict, /api/v1/predict/batch and "
+        "/v2/models/{name}[/versions/{version}]/infer on the lean hot path (matched and answered before "
+        "FastAPI's router, same bodies, errors, limits and metrics; docs/architecture.md). Off: FastAPI's "
+        "routes serve them, for comparing the two.",
     )
 
 

@@ -48,7 +48,9 @@ def corpus(record: dict[str, Any], card: dict[str, Any]) -> dict[str, Case]:
         "predict": post("/api/v1/predict", {"record": record}),
         "batch": post("/api/v1/predict/batch", {"records": [record, {**record, "tenure_months": 2}]}),
         "batch at the limit": post("/api/v1/predict/batch", {"records": [record] * MAX_BATCH}),
-        "predict, vendor json type": post("/api/v1/predict", {"record": record}, {"content-type": "application/x+json"}),
+        "predict, vendor json type": post(
+            "/api/v1/predict", {"record": record}, {"content-type": "application/x+json"}
+        ),
         "predict, no content type": ("POST", "/api/v1/predict", {}, json.dumps({"record": record}).encode()),
         "predict, integral float": post("/api/v1/predict", {"record": {**record, "tenure_months": 12.0}}),
         "predict, timeout header": post("/api/v1/predict", {"record": record}, {"x-request-timeout": "2.5"}),
@@ -132,9 +134,11 @@ async def _clients(settings: list[Settings], load: bool = True) -> AsyncIterator
         if load:
             await app.state.core.start()
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=apps[0]), base_url="http://t") as a:
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=apps[1]), base_url="http://t") as b:
-                yield [a, b]
+        async with (
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=apps[0]), base_url="http://t") as a,
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=apps[1]), base_url="http://t") as b,
+        ):
+            yield [a, b]
     finally:
         for app in apps:
             if load:
@@ -185,7 +189,9 @@ def test_lean_and_documented_routes_answer_the_same_bytes(
     assert statuses["expired deadline"] == 504
 
 
-def test_refusals_before_the_model_loaded_are_the_same(churn_model: Path, record: dict[str, Any], tmp_path: Path) -> None:
+def test_refusals_before_the_model_loaded_are_the_same(
+    churn_model: Path, record: dict[str, Any], tmp_path: Path
+) -> None:
     cases = {
         "predict, not ready": ("POST", "/api/v1/predict", {}, json.dumps({"record": record}).encode()),
         "bad body, not ready": ("POST", "/api/v1/predict", {}, b"{}"),

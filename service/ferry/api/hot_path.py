@@ -72,7 +72,9 @@ class HotPath:
                 return V2_VERSION_INFER, self._v2_infer, (parts[0], parts[2])
         return None
 
-    async def handle(self, scope: Scope, receive: Receive, send: Send, handler: Handler, params: tuple[str, ...]) -> None:
+    async def handle(
+        self, scope: Scope, receive: Receive, send: Send, handler: Handler, params: tuple[str, ...]
+    ) -> None:
         """Run one hot request and send its 200 answer; errors are raised for the middleware to render.
         A per-request tracing span, when there is one, wraps this call."""
         body = await handler(scope, receive, params, scope["state"]["request_id"])
@@ -179,4 +181,3 @@ async def _read(receive: Receive) -> bytes:
                 return b"".join(chunks)
         elif message["type"] == "http.disconnect":
             raise ClientDisconnect()
-

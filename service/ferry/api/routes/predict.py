@@ -62,18 +62,19 @@ def build_router(core: Core, types: RequestTypes | None = None) -> APIRouter:
     """Routes whose request bodies are typed from the served model's card."""
     schema = core.schema
     max_batch = core.settings.api.max_batch_size
-    predict_request, batch_request = types or request_types(core)
+    types = types or request_types(core)
+    predict_request, batch_request = types.predict, types.batch
     route_class = bounded(lambda: schema.max_values(max_batch) + json_body.SLACK_VALUES)
     router = APIRouter(route_class=route_class, prefix="/api/v1", tags=["predict"], responses=ERRORS)
     deadline_dep = Depends(deadline_of(core))
 
     @router.post("/predict", response_model=PredictResponse, summary="Predict one record")
     async def predict(
-        body: Annotated[predict_request, Body()],
+        body: Annotated[predict_request, Body()],  # type: ignore[valid-type]  # built from the card
         request_id: RequestIdDep,
         deadline: Annotated[Deadline, deadline_dep],
     ) -> dict[str, Any]:
-        prediction = await core.predict_records([body.record], deadline)
+        prediction = await core.predict_records([body.record], deadline)  # type: ignore[attr-defined]
         return {
             **prediction.rows()[0],
             "model": model_json(core),
@@ -82,11 +83,11 @@ def build_router(core: Core, types: RequestTypes | None = None) -> APIRouter:
 
     @router.post("/predict/batch", response_model=BatchResponse, summary="Predict 1..N records in one model call")
     async def predict_batch(
-        body: Annotated[batch_request, Body()],
+        body: Annotated[batch_request, Body()],  # type: ignore[valid-type]  # built from the card
         request_id: RequestIdDep,
         deadline: Annotated[Deadline, deadline_dep],
     ) -> dict[str, Any]:
-        prediction = await core.predict_records(body.records, deadline)
+        prediction = await core.predict_records(body.records, deadline)  # type: ignore[attr-defined]
         return {
             "predictions": prediction.rows(),
             "model": model_json(core),

@@ -127,13 +127,12 @@ class RequestMiddleware:
             receive = await self._guard_body(scope, headers, receive)
             if self.authenticator is not None:
                 await authenticate(self.authenticator, scope, headers)
-            hot = self.hot_path.match(scope) if self.hot_path is not None else None
-            if hot is None:
-                await self.app(scope, receive, send_with_id)
-            else:
+            if self.hot_path is not None and (hot := self.hot_path.match(scope)) is not None:
                 template, handler, params = hot
                 # The one place a per-request tracing span would wrap the lean path's handling.
-                await self.hot_path.handle(scope, receive, send_with_id, handler, params)  # type: ignore[union-attr]
+                await self.hot_path.handle(scope, receive, send_with_id, handler, params)
+            else:
+                await self.app(scope, receive, send_with_id)
         except FerryError as error:
             if status:  # response already started: nothing more can be sent
                 raise

@@ -21,8 +21,9 @@ from threadpoolctl import threadpool_limits
 
 from ferry import __version__, tracing
 from ferry.api import connections
-from ferry.api.auth import AuthMiddleware, scope_for
+from ferry.api.auth import scope_for
 from ferry.api.errors import from_status
+from ferry.api.hot_path import HotPath
 from ferry.api.metrics_port import MetricsListener
 from ferry.api.middleware import RequestMiddleware
 from ferry.api.routes import health, jobs, models, predict, stream, v2
@@ -179,23 +180,25 @@ def _build(settings: Settings, role: str) -> FastAPI:
         raise from_status(exc.status_code, str(exc.detail)) from None
 
     serve_metrics = settings.metrics.port is None  # else only on the metrics port
+    hot_path = None
     if role == "worker":
         routers: tuple[APIRouter, ...] = (health.build_router(core, metrics_route=serve_metrics),)
     else:
+        predict_types = predict.request_types(core)
         routers = (
             health.build_router(core, metrics_route=serve_metrics),
-            predict.build_router(core),
+            predict.build_router(core, predict_types),
             stream.build_router(core),
             jobs.build_router(core, job_service),
             models.build_router(core),
             v2.build_router(core),
         )
+        if settings.api.lean_path:
+            hot_path = HotPath(core, predict_types)
     for router in routers:
         app.include_router(router)
     own_routes = [route for router in routers for route in router.routes]
-    authenticator = authenticator_for(settings.auth)
-    if authenticator is not None:  # added first: it runs inside RequestMiddleware, which renders its refusals
-        app.add_middleware(AuthMiddleware, authenticator=authenticator)
+    # One middleware: request id, body guards, authentication, the hot path, errors, metrics, access line.
     app.add_middleware(
         RequestMiddleware,
         metrics=metrics,
@@ -203,6 +206,9 @@ def _build(settings: Settings, role: str) -> FastAPI:
         access_log=settings.logging.access_log,
         routes=own_routes,
         body_limits={stream.PATH: settings.stream.max_body_bytes},
+        authenticator=authenticator_for(settings.auth),
+        hot_path=hot_path,
+        model_version=lambda: core.holder.version,
     )
     if role == "api":
         _install_openapi(app, core)

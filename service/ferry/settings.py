@@ -128,6 +128,13 @@ class ApiSettings(_Group):
         description="Serve the interactive docs (/docs) and the OpenAPI document (/openapi.json). On for local "
         "runs; turn off on an internet-facing deployment that does not publish its API description.",
     )
+    lean_path: bool = Field(
+        True,
+        description="Serve POST /api/v1/predict, /api/v1/predict/batch and "
+        "/v2/models/{name}[/versions/{version}]/infer on the lean hot path (matched and answered before "
+        "FastAPI's router, same bodies, errors, limits and metrics; docs/architecture.md). Off: FastAPI's "
+        "routes serve them, for comparing the two.",
+    )
 
 
 class InferenceSettings(_Group):

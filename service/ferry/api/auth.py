@@ -1,7 +1,8 @@
 """Authentication of HTTP requests: the credential from the request, the scope a path needs, 401/403.
 
-Runs as an ASGI middleware inside ``RequestMiddleware`` (so refusals are rendered, counted and logged
-like every error) and before routing, so an unauthenticated request never gets its body parsed.
+``RequestMiddleware`` calls :func:`authenticate` after its body guards and before routing (so refusals
+are rendered, counted and logged like every error, on the lean hot path and the FastAPI routes alike),
+so an unauthenticated request never gets its body parsed.
 Routes read the principal with ``PrincipalDep``.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
 from ferry.auth import Authenticator, Principal
 from ferry.errors import Forbidden, Unauthorized
@@ -45,28 +46,22 @@ def credential_of(headers: dict[bytes, bytes]) -> str | None:
     return key.decode("latin-1").strip() or None if key is not None else None
 
 
-class AuthMiddleware:
-    def __init__(self, app: ASGIApp, *, authenticator: Authenticator) -> None:
-        self.app = app
-        self.authenticator = authenticator
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            needed = scope_for(scope.get("path", ""))
-            if needed is not None:
-                credential = credential_of(dict(scope["headers"]))
-                if credential is None:
-                    raise Unauthorized(headers=_CHALLENGE)
-                principal = await self.authenticator.authenticate(credential)
-                if not principal.allows(needed):
-                    raise Forbidden(
-                        f"this operation needs the {needed!r} scope",
-                        headers={
-                            "www-authenticate": f'Bearer realm="ferry", error="insufficient_scope", scope="{needed}"'
-                        },
-                    )
-                scope.setdefault("state", {})[_STATE_KEY] = principal
-        await self.app(scope, receive, send)
+async def authenticate(authenticator: Authenticator, scope: Scope, headers: dict[bytes, bytes]) -> None:
+    """Refuse (401/403) a request whose path needs a scope its credential does not grant; else put the
+    principal in the request state. ``headers``: the request's headers as a dict (the last of repeats)."""
+    needed = scope_for(scope.get("path", ""))
+    if needed is None:
+        return
+    credential = credential_of(headers)
+    if credential is None:
+        raise Unauthorized(headers=_CHALLENGE)
+    principal = await authenticator.authenticate(credential)
+    if not principal.allows(needed):
+        raise Forbidden(
+            f"this operation needs the {needed!r} scope",
+            headers={"www-authenticate": f'Bearer realm="ferry", error="insufficient_scope", scope="{needed}"'},
+        )
+    scope.setdefault("state", {})[_STATE_KEY] = principal
 
 
 async def get_principal(request: Request) -> Principal | None:

@@ -1,16 +1,19 @@
 """The one ASGI middleware every HTTP request passes through.
 
 It assigns the request id and trace id, enforces the body limit and content type before the body is
-read, turns any exception that escaped the app into a rendered error, and on the way out writes the
-single access log line and the HTTP metrics (labelled with the matched route template).
+read, authenticates (``ferry.api.auth``), serves the prediction routes itself (``ferry.api.hot_path``)
+and hands everything else to FastAPI, turns any exception that escaped into a rendered error, and on
+the way out writes the single access log line and the HTTP metrics (labelled with the route template).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
+import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -19,7 +22,10 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ferry import tracing
+from ferry.api.auth import authenticate
 from ferry.api.errors import render
+from ferry.api.hot_path import HotPath
+from ferry.auth import Authenticator
 from ferry.errors import FerryError, PayloadTooLarge, UnsupportedMediaType
 from ferry.lifecycle import is_draining
 from ferry.logging import get_logger
@@ -32,6 +38,12 @@ UNMATCHED_ROUTE = "unmatched"
 # While draining, every response asks the client to close its keep-alive connection (uvicorn then
 # closes it after the response), so no request is sent on a connection about to be closed.
 _CONNECTION_CLOSE = (b"connection", b"close")
+
+# The pod (its hostname, as Kubernetes sets HOSTNAME) on every access line, read once.
+POD = os.environ.get("HOSTNAME") or socket.gethostname()
+# Error codes of statuses answered without a FerryError passing through here (a client that left
+# before its answer: 499; a v2 readiness probe's 503 is a plain answer, not a refusal).
+_STATUS_CODES = {499: "client_disconnected", 503: "not_ready", 500: FerryError.code}
 
 access_log = get_logger("ferry.access")
 log = get_logger("ferry.http")
@@ -71,6 +83,9 @@ class RequestMiddleware:
         access_log: bool,
         routes: Sequence[BaseRoute],
         body_limits: Mapping[str, int] | None = None,
+        authenticator: Authenticator | None = None,
+        hot_path: HotPath | None = None,
+        model_version: Callable[[], str] = lambda: "",
     ) -> None:
         self.app = app
         self.routes = routes
@@ -78,6 +93,9 @@ class RequestMiddleware:
         self.max_body_bytes = max_body_bytes
         self.body_limits = dict(body_limits or {})  # path -> limit, for routes with their own (the stream)
         self.access_log = access_log
+        self.authenticator = authenticator
+        self.hot_path = hot_path  # None: FastAPI serves the prediction routes too (api.lean_path off)
+        self.model_version = model_version
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -94,6 +112,8 @@ class RequestMiddleware:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id, trace_id=trace_id)
         status = 0
+        code: str | None = None  # the error code of a refusal this middleware rendered
+        template: str | None = None  # known without route matching on the hot path
         id_header = (b"x-request-id", request_id.encode())
 
         async def send_with_id(message: Message) -> None:
@@ -107,22 +127,31 @@ class RequestMiddleware:
         self.metrics.http_in_flight.inc()
         try:
             receive = await self._guard_body(scope, headers, receive)
-            await self.app(scope, receive, send_with_id)
+            if self.authenticator is not None:
+                await authenticate(self.authenticator, scope, headers)
+            if self.hot_path is not None and (hot := self.hot_path.match(scope)) is not None:
+                template, handler, params = hot
+                # The server span opened on arrival (tracing) already covers this handling.
+                await self.hot_path.handle(scope, receive, send_with_id, handler, params)
+            else:
+                await self.app(scope, receive, send_with_id)
         except FerryError as error:
             if status:  # response already started: nothing more can be sent
                 raise
-            await self._send_error(error, scope, request_id, send_with_id)
+            code = error.code
+            await self._send_error(error, scope, request_id, send_with_id, template)
         except ClientDisconnect:
             # The client left (or its stalled body was timed out) before the body was read: nobody to answer.
             status = status or 499
         except Exception:
             log.error("unhandled_error", path=scope.get("path"), exc_info=True)
             if not status:
+                code = FerryError.code
                 await self._send_error(FerryError(), scope, request_id, send_with_id)
             status = 500
         finally:
             self.metrics.http_in_flight.dec()
-            self._finish(scope, status or 500, started, request_id, trace_id, server_span)
+            self._finish(scope, status or 500, started, request_id, trace_id, server_span, code, template)
 
     async def _guard_body(self, scope: Scope, headers: dict[bytes, bytes], receive: Receive) -> Receive:
         """413 from Content-Length alone, 415 from Content-Type alone; buffer only chunked bodies."""
@@ -151,17 +180,27 @@ class RequestMiddleware:
                 body = b"".join(chunks)
                 return _replay([{"type": "http.request", "body": body, "more_body": False}], receive)
 
-    async def _send_error(self, error: FerryError, scope: Scope, request_id: str, send: Send) -> None:
+    async def _send_error(
+        self, error: FerryError, scope: Scope, request_id: str, send: Send, template: str | None = None
+    ) -> None:
         """The one place an error becomes a response: routes and handlers raise, this renders."""
-        self.metrics.errors.labels(self._route_template(scope), error.code).inc()
+        self.metrics.errors.labels(template or self._route_template(scope), error.code).inc()
         response = render(error, request_id, scope.get("path", ""))
         await response({"type": "http"}, _no_receive, send)
 
     def _finish(
-        self, scope: Scope, status: int, started: float, request_id: str, trace_id: str, span: tracing.ServerSpan
+        self,
+        scope: Scope,
+        status: int,
+        started: float,
+        request_id: str,
+        trace_id: str,
+        span: tracing.ServerSpan,
+        code: str | None,
+        template: str | None,
     ) -> None:
         seconds = time.perf_counter() - started
-        template = self._route_template(scope)
+        template = template or self._route_template(scope)
         span.end(template, status)
         self.metrics.observe_request(template, scope["method"], status, seconds, exemplar=trace_id)
         if self.access_log:
@@ -172,10 +211,13 @@ class RequestMiddleware:
                 path=scope.get("path"),
                 route=template,
                 status=status,
+                code=code if code is not None or status < 400 else _STATUS_CODES.get(status, "http_error"),
                 duration_ms=round(seconds * 1000, 3),
                 request_id=request_id,
                 trace_id=trace_id,
                 client=f"{client[0]}:{client[1]}" if client else None,
+                pod=POD,
+                model_version=self.model_version(),
             )
         structlog.contextvars.clear_contextvars()
 

@@ -34,7 +34,8 @@ INPUT_NAME = "input-0"
 OUTPUTS = ("predict", "predict_proba")
 
 
-def _model(core: Core, name: str, version: str | None = None) -> Core:
+def check_model(core: Core, name: str, version: str | None = None) -> Core:
+    """The core when ``name`` (and ``version``, if given) is the served model, else 404 model_not_found."""
     if name != core.holder.name or (version not in (None, "", core.holder.version)):
         raise ModelNotFound(f"no model {name!r}" + (f" version {version!r}" if version else ""))
     return core
@@ -71,7 +72,7 @@ def _metadata(core: Core) -> ModelMetadata:
 
 
 def _ready(core: Core, name: str, version: str | None = None) -> JSONResponse:
-    ready = _model(core, name, version).holder.ready
+    ready = check_model(core, name, version).holder.ready
     return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
 
 
@@ -117,8 +118,8 @@ def _outputs(wanted: list[str], prediction: Prediction) -> list[InferOutput]:
     return outputs
 
 
-async def _infer(core: Core, request: InferRequest, version: str | None, deadline: Deadline) -> InferResponse:
-    holder = _model(core, core.holder.name, version).holder
+async def run_infer(core: Core, request: InferRequest, version: str | None, deadline: Deadline) -> InferResponse:
+    holder = check_model(core, core.holder.name, version).holder
     wanted = _wanted(request)
     timeout = (request.parameters or {}).get("timeout")
     if timeout is not None:  # it may only lower the deadline already in force
@@ -164,11 +165,11 @@ def build_router(core: Core) -> APIRouter:
 
     @router.get("/models/{name}", response_model=ModelMetadata, response_model_exclude_none=True)
     async def model_metadata(name: str) -> ModelMetadata:
-        return _metadata(_model(core, name))
+        return _metadata(check_model(core, name))
 
     @router.get("/models/{name}/versions/{version}", response_model=ModelMetadata, response_model_exclude_none=True)
     async def model_version_metadata(name: str, version: str) -> ModelMetadata:
-        return _metadata(_model(core, name, version))
+        return _metadata(check_model(core, name, version))
 
     @router.get("/models/{name}/ready", summary="Model ready")
     async def model_ready(name: str) -> JSONResponse:
@@ -180,8 +181,8 @@ def build_router(core: Core) -> APIRouter:
 
     @router.post("/models/{name}/infer", response_model=InferResponse, response_model_exclude_none=True)
     async def infer(name: str, request: InferRequest, deadline: Annotated[Deadline, deadline_dep]) -> InferResponse:
-        _model(core, name)
-        return await _infer(core, request, None, deadline)
+        check_model(core, name)
+        return await run_infer(core, request, None, deadline)
 
     @router.post(
         "/models/{name}/versions/{version}/infer", response_model=InferResponse, response_model_exclude_none=True
@@ -189,7 +190,7 @@ def build_router(core: Core) -> APIRouter:
     async def infer_version(
         name: str, version: str, request: InferRequest, deadline: Annotated[Deadline, deadline_dep]
     ) -> InferResponse:
-        _model(core, name, version)
-        return await _infer(core, request, version, deadline)
+        check_model(core, name, version)
+        return await run_infer(core, request, version, deadline)
 
     return router

@@ -14,16 +14,13 @@ breaker alert; the slow burn fires too (Alertmanager holds it, inhibited) and re
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx
-
 from support.alertmanager import Alertmanager, snippet, with_webhooks
-from support.prometheus import NAMESPACE, Prometheus
+from support.prometheus import NAMESPACE, Prometheus, Traffic
 from support.receiver import Receiver
 from support.server import Server
 
@@ -41,29 +38,6 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: Callable[[], s
             return result
         assert time.monotonic() < deadline, what()
         time.sleep(0.5)
-
-
-class Predictions:
-    """Steady predict traffic (single and batch): the SLO's routes, nothing on the job path."""
-
-    def __init__(self, url: str, record: dict) -> None:
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(url, record))
-
-    def _run(self, url: str, record: dict) -> None:
-        with httpx.Client(timeout=10) as client:
-            while not self.stop.is_set():
-                client.post(url + "/api/v1/predict", json={"record": record})
-                client.post(url + "/api/v1/predict/batch", json={"records": [record] * 3})
-                time.sleep(0.02)
-
-    def __enter__(self) -> Predictions:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join()
 
 
 def shipped_with_test_timings(url: str) -> dict[str, Any]:
@@ -104,7 +78,7 @@ def test_one_fault_one_page_and_the_inhibited_alert_arrives_nowhere(
             return f"prometheus: {prometheus.alerts()}\nalertmanager: {held()}\nreceived: {notifications()}"
 
         try:
-            with Predictions(server.url, record):
+            with Traffic(server.url, record, everything=False):  # the SLO routes only, nothing on the job path
                 # Healthy traffic long enough for the shrunk windows to hold samples: nothing is sent.
                 started = time.monotonic()
                 wait_for(lambda: prometheus.query("ferry:sli_errors:ratio_rate1h"), 30, state)

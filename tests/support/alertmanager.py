@@ -6,14 +6,13 @@ from __future__ import annotations
 import copy
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
 
-from support.server import free_port
+from support.server import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 SNIPPET = ROOT / "deploy/alertmanager/ferry.yaml"
@@ -68,16 +67,7 @@ class Alertmanager:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(self.url + "/-/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert self.process.poll() is None, self.log_path.read_text()[-2000:]
-            assert time.monotonic() < deadline, self.log_path.read_text()[-2000:]
-            time.sleep(0.1)
+        wait_ready(self.url + "/-/ready", self.process, self.log_path)
 
     def post(self, *alerts: dict[str, str]) -> None:
         """Firing alerts, by their labels (API v2)."""

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from support.server import free_port
+from support.server import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -80,15 +80,7 @@ class Prometheus:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(self.url + "/-/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, (workdir / "prometheus.log").read_text()[-2000:]
-            time.sleep(0.2)
+        wait_ready(self.url + "/-/ready", self.process, workdir / "prometheus.log")
 
     def query(self, expr: str) -> list:
         r = httpx.get(self.url + "/api/v1/query", params={"query": expr}, timeout=10)
@@ -106,17 +98,20 @@ class Prometheus:
 
 
 class Traffic:
-    def __init__(self, url: str, record: dict) -> None:
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(url, record))
+    """Steady traffic on the predict routes (single and batch); ``everything``: jobs and the stream too."""
 
-    def _run(self, url: str, record: dict) -> None:
+    def __init__(self, url: str, record: dict, everything: bool = True) -> None:
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(url, record, everything))
+
+    def _run(self, url: str, record: dict, everything: bool) -> None:
         with httpx.Client(timeout=10) as client:
             while not self.stop.is_set():
                 client.post(url + "/api/v1/predict", json={"record": record})
                 client.post(url + "/api/v1/predict/batch", json={"records": [record] * 3})
-                client.post(url + "/api/v1/jobs", json={"records": [record]})  # job panels need finished jobs
-                client.post(url + "/api/v1/predict/stream", json={"records": [record] * 4, "chunk_size": 2})
+                if everything:
+                    client.post(url + "/api/v1/jobs", json={"records": [record]})  # job panels need finished jobs
+                    client.post(url + "/api/v1/predict/stream", json={"records": [record] * 4, "chunk_size": 2})
                 time.sleep(0.02)
 
     def __enter__(self) -> Traffic:

@@ -89,34 +89,14 @@ class HotPath:
 
     # -- the routes ---------------------------------------------------------------------------------
     async def _predict_one(self, scope: Scope, receive: Receive, _: tuple[str, ...], request_id: str) -> bytes:
-        limit = self.core.schema.max_values(self.max_batch) + json_body.SLACK_VALUES
-        data = await self._json(receive, limit)
-        deadline = self._deadline(scope)
-        request: Any = self._validate(self._predict, data)
+        request, deadline = await self._rest_request(scope, receive, self._predict)
         prediction = await self.core.predict_records([request.record], deadline)
-        holder = self.core.holder
-        return orjson.dumps(
-            {
-                **prediction.rows()[0],
-                "model": {"name": holder.name, "version": holder.version},
-                "request_id": request_id,
-            }
-        )
+        return orjson.dumps({**prediction.rows()[0], "model": self._model(), "request_id": request_id})
 
     async def _predict_batch(self, scope: Scope, receive: Receive, _: tuple[str, ...], request_id: str) -> bytes:
-        limit = self.core.schema.max_values(self.max_batch) + json_body.SLACK_VALUES
-        data = await self._json(receive, limit)
-        deadline = self._deadline(scope)
-        request: Any = self._validate(self._batch, data)
+        request, deadline = await self._rest_request(scope, receive, self._batch)
         prediction = await self.core.predict_records(request.records, deadline)
-        holder = self.core.holder
-        return orjson.dumps(
-            {
-                "predictions": prediction.rows(),
-                "model": {"name": holder.name, "version": holder.version},
-                "request_id": request_id,
-            }
-        )
+        return orjson.dumps({"predictions": prediction.rows(), "model": self._model(), "request_id": request_id})
 
     async def _v2_infer(self, scope: Scope, receive: Receive, params: tuple[str, ...], _: str) -> bytes:
         limit = self.core.schema.max_values(self.max_batch) + v2.V2_SLACK_VALUES
@@ -127,6 +107,17 @@ class HotPath:
         v2.check_model(self.core, params[0], version)
         response = await v2.run_infer(self.core, request, version, deadline)
         return self._infer_response.dump_json(response, exclude_none=True)
+
+    async def _rest_request(self, scope: Scope, receive: Receive, adapter: TypeAdapter[Any]) -> tuple[Any, Deadline]:
+        """A REST body read, its deadline taken, the body validated: in FastAPI's order."""
+        limit = self.core.schema.max_values(self.max_batch) + json_body.SLACK_VALUES
+        data = await self._json(receive, limit)
+        deadline = self._deadline(scope)
+        return self._validate(adapter, data), deadline
+
+    def _model(self) -> dict[str, str]:
+        holder = self.core.holder
+        return {"name": holder.name, "version": holder.version}
 
     # -- the steps FastAPI would take, in its order -------------------------------------------------
     async def _json(self, receive: Receive, max_values: int) -> Any:

@@ -116,6 +116,14 @@ class SqliteJobStore(JobStore):
         except FileNotFoundError:
             return 0
 
+    def _cap_wal(self, conn: sqlite3.Connection) -> None:
+        """Large jobs (their inputs, and their documents rewritten with each chunk of results) can
+        outgrow the log faster than automatic checkpoints, which never wait for readers, empty it: past
+        its size limit, copy it into the database and cut it back, so the log stays within the bound
+        ``projected_bytes`` counts on."""
+        if self._wal_bytes() > WAL_SIZE_LIMIT:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     def projected_bytes(self, conn: sqlite3.Connection, incoming: int) -> int:
         """How large the files (database and write-ahead log) may grow once a row of ``incoming`` bytes
         is stored and the jobs not finished yet have written their results.
@@ -138,10 +146,8 @@ class SqliteJobStore(JobStore):
         row = (job.id, key, job.owner, doc, records, index.run_at, index.queued_since, index.callback_at)
 
         def insert(conn: sqlite3.Connection) -> Versioned:
-            if quota is not None and self._wal_bytes() > WAL_SIZE_LIMIT:
-                # Large jobs can outgrow the log faster than automatic checkpoints (which never wait for
-                # readers) empty it: copy it into the database and cut it back before counting it.
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            if quota is not None:
+                self._cap_wal(conn)  # before counting it
             # One transaction: the existing job of an idempotency key cannot be purged in between, and
             # concurrent submissions from other workers cannot slip past the quota.
             with conn:
@@ -214,7 +220,10 @@ class SqliteJobStore(JobStore):
                     old.version,
                 ),
             )
-            return Versioned(new, old.version + 1) if cursor.rowcount == 1 else None
+            if cursor.rowcount != 1:
+                return None
+            self._cap_wal(conn)
+            return Versioned(new, old.version + 1)
 
         return await self._run(swap)
 

@@ -331,8 +331,8 @@ def test_read_csv_types_values_from_the_card() -> None:
         ("tenure,charges,phone\n1,2,true\n", "missing column(s) contract"),
         ("tenure,charges,phone,contract,id\n", "unknown column(s) id"),
         ("tenure,charges,phone,contract,tenure\n", "repeated column(s) tenure"),
-        ("tenure,charges,phone,contract\n1,2,true\n", "f.csv:2: 3 values for 4 columns"),
-        ("tenure,charges,phone,contract\n1,2,true,month\n1,x,true,month\n", "f.csv:3: column charges: 'x' is not"),
+        ("tenure,charges,phone,contract\n1,2,true\n", "f.csv: line 2: 3 values for 4 columns"),
+        ("tenure,charges,phone,contract\n1,2,true,month\n1,x,true,month\n", "f.csv: line 3: charges: 'x' is not"),
     ],
 )
 def test_read_csv_errors_name_the_line_and_column(text: str, message: str) -> None:
@@ -342,9 +342,9 @@ def test_read_csv_errors_name_the_line_and_column(text: str, message: str) -> No
 
 def test_read_jsonl_and_files(tmp_path: Path) -> None:
     assert read_jsonl(io.StringIO('{"a": 1}\n\n[1, 2]\n')) == [{"a": 1}, [1, 2]]
-    with pytest.raises(InputError, match=r"r\.jsonl:2: not JSON"):
+    with pytest.raises(InputError, match=r"r\.jsonl: line 2: not JSON"):
         read_jsonl(io.StringIO('{"a": 1}\n{oops\n'), "r.jsonl")
-    with pytest.raises(InputError, match=":1: a record is a JSON object"):
+    with pytest.raises(InputError, match="line 1: a record is a JSON object"):
         read_jsonl(io.StringIO("3\n"))
 
     path = tmp_path / "rows.csv"

@@ -38,7 +38,10 @@ async def fan_out(
     async def worker() -> None:
         nonlocal done
         for index in pending:  # one shared iterator: each batch is taken by exactly one worker
-            answer = await client._batch(batches[index])
+            try:
+                answer = await client._batch(batches[index])
+            except FerryClientError as exc:  # its details name records of the batch: name them in ``records``
+                raise exc.shifted(index * batch_size) from None
             if len(answer) != len(batches[index]):
                 raise FerryClientError(
                     f"batch {index}: {len(answer)} predictions for {len(batches[index])} records",

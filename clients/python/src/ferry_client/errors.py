@@ -43,8 +43,45 @@ class FerryClientError(Exception):
             text += f" [request_id {self.request_id}]"
         return text
 
+    def shifted(self, base: int) -> FerryClientError:
+        """This error with the record positions it names counted from ``base``: an error the server gave
+        for one request of records cut from a longer list, told in that list's positions. The details'
+        ``loc`` ``["body", "records", i, ...]`` become ``[..., base + i, ...]``; ``offset`` becomes the
+        first record named (or ``base``)."""
+        details = self.details
+        named: list[int] = []
+        if isinstance(details, list):
+            details = [_shift_detail(detail, base, named) for detail in details]
+        return FerryClientError(
+            self.message,
+            status=self.status,
+            code=self.code,
+            request_id=self.request_id,
+            details=details,
+            retry_after=self.retry_after,
+            offset=min(named) if named else base + (self.offset or 0),
+        )
+
     def __repr__(self) -> str:
         return (
             f"FerryClientError(status={self.status!r}, code={self.code!r}, message={self.message!r}, "
             f"request_id={self.request_id!r})"
         )
+
+
+def record_index(detail: Any) -> int | None:
+    """The record a validation detail names (``loc`` ``["body", "records", i, ...]``), else None."""
+    loc = detail.get("loc") if isinstance(detail, dict) else None
+    if isinstance(loc, list) and len(loc) >= 3 and loc[:2] == ["body", "records"]:
+        index = loc[2]
+        if isinstance(index, int) and not isinstance(index, bool):
+            return index
+    return None
+
+
+def _shift_detail(detail: Any, base: int, named: list[int]) -> Any:
+    index = record_index(detail)
+    if index is None:
+        return detail
+    named.append(base + index)
+    return {**detail, "loc": ["body", "records", base + index, *detail["loc"][3:]]}

@@ -137,10 +137,14 @@ class Client(ClientSettings):
         return predictions
 
     def predict_batch(self, records: Sequence[Any], *, batch_size: int = DEFAULT_BATCH_SIZE) -> list[dict[str, Any]]:
-        """Records -> one ``{"prediction", "probabilities"}`` per record, in order (``batch_size`` per request)."""
+        """Records -> one ``{"prediction", "probabilities"}`` per record, in order (``batch_size`` per request).
+        A FerryClientError names records by their position in ``records`` (``FerryClientError.shifted``)."""
         results: list[dict[str, Any]] = []
         for batch in split(list(records), batch_size):
-            results.extend(self._batch(batch))
+            try:
+                results.extend(self._batch(batch))
+            except FerryClientError as exc:
+                raise exc.shifted(len(results)) from None
         return results
 
     def predict_many(
@@ -153,7 +157,8 @@ class Client(ClientSettings):
     ) -> list[dict[str, Any]]:
         """Predict any number of records: batches of ``batch_size``, at most ``concurrency`` requests in
         flight, each retried on its own; results in input order. ``on_progress(done_rows, total_rows)``
-        is called after each batch. The first batch that fails for good cancels the others and raises.
+        is called after each batch. The first batch that fails for good cancels the others and raises
+        (its FerryClientError names records by their position in ``records``).
 
         The synchronous client runs this fan-out on an event loop of its own (a client with the same URL,
         timeout, retries and headers; a custom ``transport`` is not carried over), so it cannot be called
@@ -245,7 +250,8 @@ class Client(ClientSettings):
         return self._json("GET", job_path(job_id))
 
     def cancel_job(self, job_id: str) -> dict[str, Any]:
-        """Cancel a queued or running job; a finished one raises FerryClientError ``job_conflict`` (409)."""
+        """Cancel a queued job; one that is running or finished raises FerryClientError ``job_conflict`` (409):
+        a running job cannot be stopped."""
         return self._json("DELETE", job_path(job_id))
 
     def redeliver_callback(self, job_id: str) -> dict[str, Any]:

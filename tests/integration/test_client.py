@@ -398,9 +398,9 @@ def test_cli_predict_csv_end_to_end(srv: Server, card: dict, records: list[dict]
     classes = card["classes"]
     with out.open(newline="") as f:
         reader = csv.DictReader(f)
-        assert reader.fieldnames == ["prediction", *(f"proba_{c}" for c in classes)]
+        assert reader.fieldnames == ["line", "prediction", *(f"proba_{c}" for c in classes)]
         got = list(reader)
-    assert len(got) == 2000
+    assert len(got) == 2000 and [r["line"] for r in got] == [str(i + 2) for i in range(2000)]  # header: line 1
     assert [r["prediction"] for r in got] == [b["prediction"] for b in batch]
     assert [[float(r[f"proba_{c}"]) for c in classes] for r in got] == [
         [b["probabilities"][c] for c in classes] for b in batch
@@ -414,7 +414,8 @@ def test_cli_predict_csv_end_to_end(srv: Server, card: dict, records: list[dict]
     assert "\r" not in done.stderr
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     assert lines == [
-        {"prediction": b["prediction"], **{f"proba_{c}": b["probabilities"][c] for c in classes}} for b in batch[:50]
+        {"line": i + 1, "prediction": b["prediction"], **{f"proba_{c}": b["probabilities"][c] for c in classes}}
+        for i, b in enumerate(batch[:50])
     ]
 
 
@@ -422,8 +423,8 @@ def test_cli_predict_reports_errors(srv: Server, card: dict, records: list[dict]
     rows = tmp_path / "bad.csv"
     write_csv(rows, card, [*records[:5], {**records[5], "contract_type": "forever"}])
     done = ferry_cli("predict", "--url", srv.url, "--file", str(rows), "--out", str(tmp_path / "out.csv"))
-    assert done.returncode == 1
-    assert "422 validation_error" in done.stderr and "contract_type" in done.stderr
+    assert done.returncode == 2  # a record the server refused: the input, told by its line
+    assert "line 7: contract_type" in done.stderr and "422 validation_error" in done.stderr
     assert not (tmp_path / "out.csv").exists()
 
     rows.write_text("tenure_months,color\n1,red\n")
@@ -436,7 +437,7 @@ def test_cli_predict_reports_errors(srv: Server, card: dict, records: list[dict]
     text[2] = text[2].replace(text[2].split(",")[0], "ten", 1)
     rows.write_text("\n".join(text) + "\n")
     done = ferry_cli("predict", "--url", srv.url, "--file", str(rows))
-    assert done.returncode == 2 and ":3: column tenure_months: 'ten' is not a number" in done.stderr
+    assert done.returncode == 2 and ": line 3: tenure_months: 'ten' is not a number" in done.stderr
 
     nobody = f"http://127.0.0.1:{free_port()}"
     done = ferry_cli("predict", "--url", nobody, "--retries", "0", "--file", str(rows))
@@ -572,7 +573,7 @@ def test_job_cancel_and_wait_timeout(churn_model: Path, tmp_path: Path, records:
         other = client.submit_job(records[:5])
         assert json.loads(ferry_cli("jobs", "status", "--url", server.url, other["id"]).stdout)["status"] == "queued"
         done = ferry_cli("jobs", "wait", "--url", server.url, other["id"], "--timeout", "0.5")
-        assert done.returncode == 1 and "still queued" in done.stderr
+        assert done.returncode == 3 and "still queued" in done.stderr  # exit 3: --timeout passed
         done = ferry_cli("jobs", "cancel", "--url", server.url, other["id"])
         assert done.returncode == 0 and json.loads(done.stdout)["status"] == "canceled"
         done = ferry_cli("jobs", "wait", "--url", server.url, other["id"], "--events")
@@ -604,11 +605,15 @@ def test_cli_jobs(srv: Server, card: dict, records: list[dict], expected: list[d
     write_csv(rows, card, records[:40])
     done = ferry_cli("jobs", "submit", "--url", srv.url, "--file", str(rows), "--metadata", '{"n": 40}', "--wait")
     assert done.returncode == 0, done.stderr
-    job = json.loads(done.stdout)
-    assert job["status"] == "succeeded" and job["metadata"] == {"n": 40}
-    assert job["result"]["predictions"] == expected[:40]
-    done = ferry_cli("jobs", "submit", "--url", srv.url, "--file", str(rows))
+    rows_out = [json.loads(line) for line in done.stdout.splitlines()]  # --wait: predictions, JSON Lines on stdout
+    assert [r.pop("line") for r in rows_out] == list(range(2, 42))
+    assert rows_out == [
+        {"prediction": e["prediction"], **{f"proba_{c}": p for c, p in e["probabilities"].items()}}
+        for e in expected[:40]
+    ]
+    done = ferry_cli("jobs", "submit", "--url", srv.url, "--file", str(rows), "--metadata", '{"n": 40}')
     assert done.returncode == 0 and json.loads(done.stdout)["status"] in ("queued", "running", "succeeded")
+    assert json.loads(done.stdout)["metadata"] == {"n": 40}
     job_id = json.loads(done.stdout)["id"]
     done = ferry_cli("jobs", "wait", "--url", srv.url, job_id, "--events", "--timeout", "60")
     assert done.returncode == 0 and json.loads(done.stdout)["status"] == "succeeded"

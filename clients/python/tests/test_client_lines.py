@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -187,3 +188,89 @@ def test_wait_progress_tty_and_plain_lines() -> None:
     off(jobs)
     off.close()
     assert quiet.getvalue() == ""
+
+
+class FakeService:
+    """Just enough of the service for `jobs submit` (httpx.MockTransport): the card, job submissions,
+    and polls answered by ``poll`` (``"interrupt"`` raises KeyboardInterrupt, as Ctrl-C would)."""
+
+    def __init__(self, poll: str) -> None:
+        self.poll = poll
+        self.submitted: list[str] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path == "/api/v1/models":
+            return httpx.Response(200, json={"models": [{"name": "m"}]})
+        if path == "/api/v1/models/m":
+            return httpx.Response(200, json=CARD)
+        if request.method == "POST" and path == "/api/v1/jobs":
+            job_id = f"{len(self.submitted):032x}"
+            self.submitted.append(request.headers["idempotency-key"])
+            return httpx.Response(202, json={"id": job_id, "status": "queued"})
+        if self.poll == "interrupt":
+            raise KeyboardInterrupt
+        error = {"code": "model_error", "message": "boom"} if self.poll == "failed" else None
+        return httpx.Response(200, json={"id": path.rsplit("/", 1)[1], "status": self.poll, "error": error})
+
+
+def run_cli(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], service: FakeService, *args: str
+) -> tuple[int, str, str]:
+    from ferry_client import Client, cli
+
+    monkeypatch.setattr(cli, "_client", lambda a: Client("http://ferry", transport=httpx.MockTransport(service)))
+    code = cli.main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def rows(tmp_path: Any) -> str:
+    path = tmp_path / "rows.csv"
+    path.write_text("tenure,contract\n" + "".join(f"{i},x\n" for i in range(5)))
+    return str(path)
+
+
+def test_ctrl_c_while_waiting_names_the_jobs_and_how_to_resume(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], rows: str
+) -> None:
+    service = FakeService("interrupt")
+    code, out, err = run_cli(
+        monkeypatch, capsys, service, "jobs", "submit", "--file", rows, "--job-size", "2", "--wait",
+        "--out", rows + ".out.csv", "--idempotency-key", "K",
+    )  # fmt: skip
+    assert code == 130 and out == ""
+    assert service.submitted == ["K.0-2", "K.2-4", "K.4-5"]
+    ids = " ".join(f"{i:032x}" for i in range(3))
+    assert f"interrupted; the jobs were not canceled; 3 job(s) keep running on the server: {ids}" in err
+    assert "resume: the same command with --idempotency-key K" in err
+    assert f"cancel: ferry-client jobs cancel {ids}" in err
+
+
+@pytest.mark.parametrize(
+    ("poll", "code", "message"),
+    [
+        ("queued", 3, "still queued after 0.2 s"),
+        ("failed", 1, "(lines 2-3) failed: model_error: boom; nothing was written"),
+    ],
+)
+def test_a_wait_that_times_out_or_a_job_that_fails(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    rows: str,
+    poll: str,
+    code: int,
+    message: str,
+) -> None:
+    out_path = rows + ".out.csv"
+    args = ("jobs", "submit", "--file", rows, "--job-size", "2", "--wait", "--out", out_path)
+    got, _, err = run_cli(monkeypatch, capsys, FakeService(poll), *args, "--timeout", "0.2", "--poll-interval", "0.05")
+    assert got == code and message in err
+    assert not Path(out_path).exists()
+
+
+def test_out_needs_wait(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], rows: str) -> None:
+    service = FakeService("queued")
+    code, _, err = run_cli(monkeypatch, capsys, service, "jobs", "submit", "--file", rows, "--out", "x.csv")
+    assert code == 2 and "--out needs --wait" in err and service.submitted == []

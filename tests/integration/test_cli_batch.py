@@ -84,8 +84,8 @@ def test_jobs_submit_wait_out_writes_10000_rows_in_input_order(
     summary = SUMMARY.match(lines[-1])
     assert summary and summary["rows"] == "10,000" and summary["jobs"] == "1" and summary["out"] == str(out)
     progress = lines[:-1]  # stderr is not a terminal: plain lines, one per change of state
-    assert progress and all(re.match(r"^1 job: .*; [\d,]+/10,000 rows \(\d+%\); [\d.]+ s$", p) for p in progress)
-    assert "1 succeeded; 10,000/10,000 rows (100%)" in progress[-1] and "\r" not in done.stderr
+    assert progress and all(re.match(r"^job 1/1 \w+; [\d,]+/10,000 rows \(\d+%\); [\d.]+ s$", p) for p in progress)
+    assert progress[-1].startswith("job 1/1 succeeded; 10,000/10,000 rows (100%)") and "\r" not in done.stderr
     classes = card["classes"]
     with out.open(newline="") as f:
         reader = csv.DictReader(f)

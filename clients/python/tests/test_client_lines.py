@@ -174,8 +174,8 @@ def test_wait_progress_tty_and_plain_lines() -> None:
     progress(jobs)
     progress.close()
     assert plain.getvalue().splitlines() == [
-        "2 jobs: 1 running, 1 queued; 0/4 rows (0%); 0.0 s",
-        "2 jobs: 1 succeeded, 1 queued; 3/4 rows (75%); 1.5 s",
+        "job 1/2 running; 0/4 rows (0%); 0.0 s",
+        "job 2/2 queued; 3/4 rows (75%); 1.5 s",
     ]
     tty = io.StringIO()
     progress = WaitProgress(4, tty=True, stream=tty, clock=lambda: now[0])

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -72,7 +73,11 @@ def _records_input(parser: argparse.ArgumentParser) -> None:
         "--file", required=True, help="records: .csv (header = feature names) or .jsonl; - = stdin (JSON Lines)"
     )
     parser.add_argument("--format", choices=("csv", "jsonl"), help="input format (default: from the extension)")
-    parser.add_argument("--model", help="model name (default: the served model)")
+    parser.add_argument(
+        "--model",
+        help="the model whose card types the CSV values and names the output's classes (default: the first "
+        "served model); the records go to the model the service serves",
+    )
     parser.add_argument(
         "--id-column",
         action="append",
@@ -84,7 +89,7 @@ def _records_input(parser: argparse.ArgumentParser) -> None:
 
 
 def _records_output(parser: argparse.ArgumentParser, default: str | None) -> None:
-    shown = "JSON Lines on stdout" if default == "-" else "none"
+    shown = "JSON Lines on stdout" if default == "-" else "with --wait, JSON Lines on stdout"
     parser.add_argument(
         "--out",
         default=default,
@@ -93,6 +98,11 @@ def _records_output(parser: argparse.ArgumentParser, default: str | None) -> Non
     parser.add_argument(
         "--out-format", choices=("csv", "jsonl"), help="output format (default: from --out; stdout: jsonl)"
     )
+
+
+def _paragraph(text: str) -> str:
+    """A description wrapped by hand: the raw formatter that keeps the epilog's layout does not wrap."""
+    return textwrap.fill(text, width=100)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,8 +123,10 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser], 
     predict = commands.add_parser(
         "predict",
         help="predict a CSV or JSON Lines file through a running service",
-        description="Send every record of a file to the service (batches, concurrent, retried) and write one "
-        "output row per input row, in input order. A one-line summary goes to stderr.",
+        description=_paragraph(
+            "Send every record of a file to the service (batches, concurrent, retried) and write one output row "
+            "per input row, in input order. A one-line summary goes to stderr."
+        ),
         epilog=OUTPUT + "\n" + EXIT_CODES,
         formatter_class=raw,
     )
@@ -139,13 +151,15 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser], 
     submit = actions.add_parser(
         "submit",
         help="queue the records of a file as jobs; with --wait, write their predictions",
-        description="Queue the records of a file as one job, or as several in order when the file is over "
-        "the server's limits (--job-size records, 4 MiB of JSON per job; smaller when the server says so). "
-        "Without --wait: prints each job as one JSON line. With --wait: progress on stderr while the jobs run "
-        "(one line redrawn on a terminal, a line per change otherwise; none with --quiet), then the "
-        "predictions in --out and a one-line summary on stderr. Ctrl-C stops waiting, not the jobs: the "
-        "message gives their ids, how to resume (the same command with the --idempotency-key it prints: "
-        "nothing is queued twice) and how to cancel them.",
+        description=_paragraph(
+            "Queue the records of a file as one job, or as several in order when the file is over the server's "
+            "limits (--job-size records, 4 MiB of JSON per job; smaller when the server says so). Without --wait: "
+            "prints each job as one JSON line. With --wait: progress on stderr while the jobs run (one line "
+            "redrawn on a terminal, a line per change otherwise; none with --quiet), then the predictions in "
+            "--out and a one-line summary on stderr. Ctrl-C stops waiting, not the jobs: the message gives their "
+            "ids, how to resume (the same command with the --idempotency-key it prints: nothing is queued twice) "
+            "and how to cancel them."
+        ),
         epilog=OUTPUT + "\n" + EXIT_CODES,
         formatter_class=raw,
     )
@@ -179,7 +193,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser], 
             "cancel queued jobs; a running or finished job cannot be canceled (409 job_conflict, exit 1)",
             _jobs_cancel,
         ),
-        ("redeliver", "send a finished job's callback again", _jobs_redeliver),
+        (
+            "redeliver",
+            "send a finished job's callback again, same webhook-id (409 while a delivery is under way or "
+            "without a callback_url)",
+            _jobs_redeliver,
+        ),
     ):
         action = actions.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         _connection(action)

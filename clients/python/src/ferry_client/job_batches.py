@@ -168,15 +168,13 @@ class WaitProgress:
         self.started = self.clock()
 
     def text(self, jobs: list[Submitted]) -> str:
-        counts: dict[str, int] = {}
-        for item in jobs:
-            counts[item.status] = counts.get(item.status, 0) + 1
-        ended = [item for item in jobs if item.status in TERMINAL_JOB_STATUSES]
-        rows = sum(item.end - item.start for item in ended if item.status == "succeeded")
-        states = ", ".join(f"{n} {status}" for status, n in counts.items())
-        noun = "job" if len(jobs) == 1 else "jobs"
+        """``job K/N STATUS; ROWS/TOTAL rows (P%)``: the job being waited for (jobs are waited for in
+        order, so the ones after it show the state they were submitted in and are not counted here)."""
+        current = next((i for i, item in enumerate(jobs) if item.status not in TERMINAL_JOB_STATUSES), len(jobs) - 1)
+        rows = sum(item.end - item.start for item in jobs if item.status == "succeeded")
         percent = 100.0 * rows / self.total_rows if self.total_rows else 100.0
-        return f"{len(jobs)} {noun}: {states}; {rows:,}/{self.total_rows:,} rows ({percent:.0f}%)"
+        status = jobs[current].status if jobs else "none"
+        return f"job {current + 1}/{len(jobs)} {status}; {rows:,}/{self.total_rows:,} rows ({percent:.0f}%)"
 
     def __call__(self, jobs: list[Submitted]) -> None:
         if not self.enabled:

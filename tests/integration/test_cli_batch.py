@@ -6,32 +6,49 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-import subprocess
-import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import joblib
 import pytest
 
+from ferry import cli
 from ferry.card import Feature
 from ferry.features import FeatureSchema
 from support.records import make_records
-from support.server import REPO, Server
+from support.server import Server
 
 SEED = 20261202
 BAD_LINE = 1236  # a CSV's header is line 1: record 1234 (0-based) starts on line 1236
 SUMMARY = re.compile(r"^ferry jobs submit: (?P<rows>[\d,]+) rows, (?P<jobs>\d+) jobs?, [\d.]+ s -> (?P<out>.+)$")
 
 
-def ferry(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
-    env["PYTHONPATH"] = str(REPO / "service")
-    return subprocess.run(
-        [sys.executable, "-m", "ferry", *args], env=env, capture_output=True, text=True, timeout=120, check=False
-    )
+class Done(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+Ferry = Callable[..., Done]
+
+
+@pytest.fixture
+def ferry(capsys: pytest.CaptureFixture[str]) -> Ferry:
+    """The `ferry` command, run in this process (the service is the real one; a subprocess per command
+    would only add interpreter start-ups: tests/integration/test_client.py runs `python -m ferry`)."""
+
+    def run(*args: str) -> Done:
+        capsys.readouterr()
+        try:
+            code = cli.main(list(args))
+        except SystemExit as exc:  # --help
+            code = int(exc.code or 0)
+        out, err = capsys.readouterr()
+        return Done(code, out, err)
+
+    return run
 
 
 def write_csv(path: Path, card: dict, records: list[dict]) -> None:
@@ -70,7 +87,7 @@ def expected(churn_model: Path, card: dict, records: list[dict]) -> list[dict]:
 
 
 def test_jobs_submit_wait_out_writes_10000_rows_in_input_order(
-    srv: Server, card: dict, records: list[dict], expected: list[dict], tmp_path: Path
+    srv: Server, card: dict, records: list[dict], expected: list[dict], tmp_path: Path, ferry: Ferry
 ) -> None:
     rows, out = tmp_path / "rows.csv", tmp_path / "preds.csv"
     write_csv(rows, card, records)
@@ -98,7 +115,7 @@ def test_jobs_submit_wait_out_writes_10000_rows_in_input_order(
 
 
 def test_jobs_submit_jsonl_in_several_jobs_to_stdout(
-    srv: Server, records: list[dict], expected: list[dict], tmp_path: Path
+    srv: Server, records: list[dict], expected: list[dict], tmp_path: Path, ferry: Ferry
 ) -> None:
     rows = tmp_path / "rows.jsonl"
     # a blank line after the first record: line numbers follow the file, not the record count
@@ -121,7 +138,7 @@ def test_jobs_submit_jsonl_in_several_jobs_to_stdout(
 
 
 def test_a_bad_value_on_line_1236_is_reported_as_line_1236(
-    srv: Server, card: dict, records: list[dict], tmp_path: Path
+    srv: Server, card: dict, records: list[dict], tmp_path: Path, ferry: Ferry
 ) -> None:
     # valid for the client (any text is a categorical value), refused by the server's schema
     bad = [*records[:3000]]
@@ -149,7 +166,7 @@ def test_a_bad_value_on_line_1236_is_reported_as_line_1236(
     assert done.returncode == 2 and f"{jsonl}: line {BAD_LINE}: contract_type:" in done.stderr, done.stderr
 
 
-def test_help_texts_say_what_the_server_does(srv: Server, records: list[dict], tmp_path: Path) -> None:
+def test_help_texts_say_what_the_server_does(srv: Server, records: list[dict], tmp_path: Path, ferry: Ferry) -> None:
     cancel = ferry("jobs", "cancel", "--help").stdout
     assert "cancel queued jobs" in cancel.lower() and "running or finished job cannot be canceled" in cancel
     submit = ferry("jobs", "submit", "--help").stdout

@@ -131,10 +131,14 @@ def test_jobs_submit_jsonl_in_several_jobs_to_stdout(
     assert [(g["line"], g["key"]) for g in got] == [(1, 0), *((i + 2, i) for i in range(1, 2500))]
     assert [{k: v for k, v in g.items() if k not in ("line", "key")} for g in got] == expected[:2500]
 
-    # without --wait: one JSON line per job, in order, each job holding its slice
-    done = ferry("jobs", "submit", "--url", srv.url, "--file", str(rows), "--id-column", "key", "--job-size", "1000")
-    assert done.returncode == 0, done.stderr
-    assert [json.loads(line)["records"] for line in done.stdout.splitlines()] == [1000, 1000, 500]
+    # without --wait: one JSON line per job, in order, each job holding its slice; the same
+    # --idempotency-key again (how an interrupted wait is resumed) finds the same jobs
+    submit = ("jobs", "submit", "--url", srv.url, "--file", str(rows), "--id-column", "key", "--job-size", "1000")
+    first, again = (ferry(*submit, "--idempotency-key", "resume-me") for _ in range(2))
+    assert first.returncode == again.returncode == 0, first.stderr + again.stderr
+    jobs = [json.loads(line) for line in first.stdout.splitlines()]
+    assert [job["records"] for job in jobs] == [1000, 1000, 500]
+    assert [json.loads(line)["id"] for line in again.stdout.splitlines()] == [job["id"] for job in jobs]
 
 
 def test_a_bad_value_on_line_1236_is_reported_as_line_1236(

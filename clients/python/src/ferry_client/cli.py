@@ -402,7 +402,10 @@ def _submit_and_wait(client: Client, card: dict[str, Any], source: Input, args: 
         lines = f"lines {source.lines[failed.start]}-{source.lines[failed.end - 1]}"
         message = f"job {failed.id} ({lines}) {failed.status}: {reason}; nothing was written"
         return _fail(args, command, message + _jobs_left(args, [j for j in jobs if j is not failed], key))
-    predictions = predictions_of(jobs)
+    try:
+        predictions = predictions_of(jobs)
+    except ValueError as exc:  # a result that does not match its records: nothing is written
+        return _fail(args, command, f"unexpected answer: {exc}")
     try:
         write_predictions(args.out, predictions, classes_of(card, predictions), args.out_format, source)
     except OSError as exc:

@@ -58,10 +58,20 @@ def test_a_refused_record_of_a_later_batch_is_told_by_its_file_line() -> None:
     assert about_input
     assert message.startswith("rows.csv: line 1236: contract: Input should be") and "422 validation_error" in message
     several = describe(refused(9, 3, 4, 5, 6, 7, 8).shifted(10), found)[0]
-    assert several.splitlines()[0] == "rows.csv: the server refused 7 records (422 validation_error) [request_id r1]"
+    assert (
+        several.splitlines()[0]
+        == "rows.csv: the server refused 7 records, 7 problems (422 validation_error) [request_id r1]"
+    )
     assert [line.split(":")[0].strip() for line in several.splitlines()[1:]] == [
         "line 15", "line 16", "line 17", "line 18", "line 19", "... and 2 more"
     ]  # fmt: skip
+    one = FerryClientError(
+        "no", status=422, code="validation_error", details=[*refused(3).details, *refused(3, field="tenure").details]
+    )
+    assert (
+        describe(one, found)[0].splitlines()[0]
+        == "rows.csv: the server refused 1 record, 2 problems (422 validation_error)"
+    )
     # an error about no record keeps its own wording, and is not an input error
     other = FerryClientError("at most 10 records", status=422, code="batch_too_large", details=[{"loc": ["body"]}])
     assert describe(other, found) == ("422 batch_too_large: at most 10 records\n  body: {'loc': ['body']}", False)

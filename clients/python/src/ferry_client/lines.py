@@ -44,7 +44,9 @@ def describe(exc: FerryClientError, source: Input | None) -> tuple[str, bool]:
     if len(lines) == 1:
         line, reason = lines[0]
         return f"{source.name}: line {line}: {reason} ({head}){where}", True
-    text = f"{source.name}: the server refused {len(lines)} records ({head}){where}"
+    records = len({line for line, _ in lines})
+    refused = f"{records} record{'s' if records > 1 else ''}, {len(lines)} problems"
+    text = f"{source.name}: the server refused {refused} ({head}){where}"
     for line, reason in lines[:MAX_SHOWN]:
         text += f"\n  line {line}: {reason}"
     if len(lines) > MAX_SHOWN:

@@ -20,6 +20,7 @@ from ferry_client.errors import FerryClientError
 
 if TYPE_CHECKING:
     from ferry_client.io import Input
+    from ferry_client.job_batches import Submitted
     from ferry_client.sync import Client
 
 PROG = "ferry-client"
@@ -345,7 +346,6 @@ def _submit_and_wait(client: Client, card: dict[str, Any], source: Input, args: 
     from ferry_client.io import classes_of, write_predictions
     from ferry_client.job_batches import (
         DEFAULT_MAX_BYTES,
-        Submitted,
         WaitProgress,
         cut,
         predictions_of,
@@ -393,7 +393,8 @@ def _submit_and_wait(client: Client, card: dict[str, Any], source: Input, args: 
     except FerryClientError as exc:
         code = _server_error(args, command, exc, source)
         if jobs:
-            print(_jobs_left(args, jobs, key, "submitted before the error").lstrip("; "), file=sys.stderr)
+            left = _jobs_left(args, jobs, key, "submitted before the error", resume=False)
+            print(left.lstrip("; "), file=sys.stderr)
         return code
     failed = next((item for item in jobs if item.status != "succeeded"), None)
     if failed is not None:
@@ -401,7 +402,8 @@ def _submit_and_wait(client: Client, card: dict[str, Any], source: Input, args: 
         reason = f"{error.get('code')}: {error.get('message')}" if error else failed.status
         lines = f"lines {source.lines[failed.start]}-{source.lines[failed.end - 1]}"
         message = f"job {failed.id} ({lines}) {failed.status}: {reason}; nothing was written"
-        return _fail(args, command, message + _jobs_left(args, [j for j in jobs if j is not failed], key))
+        others = [item for item in jobs if item is not failed]
+        return _fail(args, command, message + _jobs_left(args, others, key, "submitted with it", resume=False))
     try:
         predictions = predictions_of(jobs)
     except ValueError as exc:  # a result that does not match its records: nothing is written
@@ -421,8 +423,16 @@ def _submit_and_wait(client: Client, card: dict[str, Any], source: Input, args: 
     return 0
 
 
-def _jobs_left(args: argparse.Namespace, jobs: list[Any], key: str, what: str = "keep running on the server") -> str:
-    """Where the jobs of an unfinished submission are, and how to resume or cancel them."""
+def _jobs_left(
+    args: argparse.Namespace,
+    jobs: list[Submitted],
+    key: str,
+    what: str = "keep running on the server",
+    *,
+    resume: bool = True,
+) -> str:
+    """Where the jobs of an unfinished submission are, and how to resume (an interrupted or timed-out
+    wait: the same command with the same key) or cancel them."""
     from ferry_client.protocol import TERMINAL_JOB_STATUSES
 
     if not jobs:
@@ -430,7 +440,7 @@ def _jobs_left(args: argparse.Namespace, jobs: list[Any], key: str, what: str = 
     ids = " ".join(item.id for item in jobs)
     open_ids = " ".join(item.id for item in jobs if item.status not in TERMINAL_JOB_STATUSES)
     text = f"; {len(jobs)} job(s) {what}: {ids}"
-    if args.wait:
+    if resume and args.wait:
         text += f"\n  resume: the same command with --idempotency-key {key} (nothing is queued twice)"
     if open_ids:
         text += f"\n  cancel: {args.prog} jobs cancel {open_ids} (queued jobs only; a running job finishes)"

@@ -1,9 +1,9 @@
-"""Job event streams as EventSource clients follow them, against real gunicorn with 2 workers: npm's
-`eventsource` package (what browsers do, run by Node: tests/support/eventsource/follow.mjs) and the same
-protocol spoken with httpx.
+"""Server-Sent Events as browsers and Node read them, against real gunicorn with 2 workers: npm's
+`eventsource` package following a job (what browsers do, run by Node: tests/support/eventsource/follow.mjs),
+the README's fetch-based reader of the stream route (predict_stream.mjs), and the job protocol with httpx.
 
-The Node follower starts with the module and then stays 10 s after it was told to stop, so that wait
-overlaps the module's other tests; its test is the module's last and only collects what it printed.
+The Node processes start with the module; the follower then stays 10 s after it was told to stop, so that
+wait overlaps the module's other tests. Their tests are the module's last and only collect what they printed.
 """
 
 from __future__ import annotations
@@ -20,20 +20,22 @@ import joblib
 import pytest
 
 from ferry_client.protocol import TERMINAL_JOB_STATUSES
-from support.models import TRUSTED_CARDLESS, SlowModel
+from support.models import TRUSTED_CARDLESS, PickyModel
 from support.server import Server
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "support" / "eventsource"
+README = Path(__file__).resolve().parents[2] / "README.md"
 QUIET_S = 10.0  # how long the follower must stay silent after the server told it to stop
 RETRY_S = 3.0  # the `retry:` every stream opens with (ferry.api.sse.RETRY_MS)
 RECORDS = [[1.0, 2.0, 3.0]] * 4  # 4 model calls of 0.4 s (max batch size 1): the job runs for ~1.6 s
+POISON = 13.0  # PickyModel fails a call holding it in the first column
 
 
 @pytest.fixture(scope="module")
 def job_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     workdir = tmp_path_factory.mktemp("eventsource")
     model = workdir / "slow.joblib"
-    joblib.dump(SlowModel(delay_s=0.4), model)
+    joblib.dump(PickyModel(delay_s=0.4), model)
     env = {**TRUSTED_CARDLESS, "FERRY_JOBS__POLL_INTERVAL_S": "0.05", "FERRY_API__MAX_BATCH_SIZE": "1"}
     srv = Server(workdir, model, env=env).start()
     yield srv
@@ -55,17 +57,36 @@ def wait_terminal(url: str, job_id: str) -> dict[str, Any]:
         time.sleep(0.05)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def node_follower(job_server: Server) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    """The Node follower of a fresh job, started with the module (autouse) so its quiet wait overlaps."""
+def node(script: str, *args: str) -> subprocess.Popen[str]:
     if not (NODE_DIR / "node_modules" / "eventsource").is_dir():
         pytest.fail(f"npm's eventsource package is not installed in {NODE_DIR}: `make node-deps` (npm ci)")
-    job_id = submit(job_server.url)
-    argv = ["node", "follow.mjs", job_server.url, job_id, str(int(QUIET_S * 1000))]
-    with subprocess.Popen(argv, cwd=NODE_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
-        yield job_id, process
-        if process.poll() is None:  # its test did not run
-            process.kill()
+    argv = ["node", script, *args]
+    return subprocess.Popen(argv, cwd=NODE_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def printed(process: subprocess.Popen[str], timeout: float) -> list[dict[str, Any]]:
+    out, err = process.communicate(timeout=timeout)
+    assert process.returncode == 0, (out, err)
+    return [json.loads(line) for line in out.splitlines()]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def node_runs(job_server: Server) -> Iterator[dict[str, Any]]:
+    """The Node processes, started with the module (autouse) so their waits overlap the other tests: the
+    follower of a fresh job; the fetch reader cut after its first chunk; the fetch reader meeting a failed chunk."""
+    stream = {"records": [[float(i), 2.0, 3.0] for i in range(4)], "chunk_size": 1}
+    poisoned = {"records": [[1.0, 2.0, 3.0], [POISON, 2.0, 3.0]], "chunk_size": 1}
+    runs = {
+        "follow": node("follow.mjs", job_server.url, json.dumps({"records": RECORDS}), str(int(QUIET_S * 1000))),
+        "stream": node("predict_stream.mjs", job_server.url, json.dumps(stream), "1"),
+        "failed": node("predict_stream.mjs", job_server.url, json.dumps(poisoned)),
+    }
+    yield runs
+    for process in runs.values():
+        if isinstance(process, subprocess.Popen):
+            if process.poll() is None:  # its test did not run
+                process.kill()
+            process.communicate()
 
 
 def events_of(body: str) -> list[tuple[str, str | None, dict[str, Any]]]:
@@ -118,13 +139,45 @@ def test_a_follower_joining_a_running_job_with_last_event_id_skips_what_it_saw(j
     assert [(event_id, data["status"]) for _, event_id, data in seen] == [("3", "succeeded")]
 
 
-def test_npm_eventsource_gets_one_terminal_event_then_never_reconnects(
-    job_server: Server, node_follower: tuple[str, subprocess.Popen[str]]
+def test_the_readme_fetch_reader_resumes_a_cut_stream_and_raises_on_failed(
+    job_server: Server, node_runs: dict[str, Any]
 ) -> None:
-    job_id, process = node_follower
-    out, err = process.communicate(timeout=60 + QUIET_S)
-    assert process.returncode == 0, (out, err)
-    lines = [json.loads(line) for line in out.splitlines()]
+    lines = printed(node_runs["stream"], timeout=60)
+    requests = [line for line in lines if line["type"] == "request"]
+    events = [line for line in lines if line["type"] == "event"]
+    assert lines[-1] == {"type": "end"}, lines
+    # Cut after the first chunk, then the same body again from the last id received: every record once.
+    assert [(e["event"], e["offset"]) for e in events] == [
+        ("chunk", 0),
+        ("chunk", 1),
+        ("chunk", 2),
+        ("chunk", 3),
+        ("summary", None),
+    ]
+    assert len(requests) == 2 and requests[0]["lastEventId"] is None and requests[1]["lastEventId"], requests
+    resumed_at = int(requests[1]["lastEventId"])
+    assert 1 <= resumed_at <= 3 and events[-1]["data"]["chunks"] == 4 - resumed_at
+    assert len(job_server.requests(at_least=2, path="/api/v1/predict/stream")) >= 2
+
+    failed = printed(node_runs["failed"], timeout=60)
+    assert [(e["event"], e["offset"]) for e in failed if e["type"] == "event"] == [("chunk", 0)]
+    assert failed[-1] == {"type": "raised", "message": failed[-1]["message"], "code": "model_error", "offset": 1}
+    assert [line["type"] for line in failed].count("request") == 1  # a failed chunk is not retried
+
+
+def test_the_readme_shows_the_tested_fetch_reader() -> None:
+    source = (NODE_DIR / "predict_stream.mjs").read_text()
+    code = source.split("// --- README: predictStream ---\n", 1)[1].split("// --- README: end ---", 1)[0]
+    assert code.strip() in README.read_text(), "README.md must show predictStream exactly as predict_stream.mjs has it"
+
+
+def test_npm_eventsource_gets_one_terminal_event_then_never_reconnects(
+    job_server: Server, node_runs: dict[str, Any]
+) -> None:
+    lines = printed(node_runs["follow"], timeout=60 + QUIET_S)
+    (submitted,) = [line for line in lines if line["type"] == "submitted"]
+    assert submitted["status"] == 202
+    job_id = submitted["id"]
     a = [line for line in lines if line.get("follower") == "a"]
     b = [line for line in lines if line.get("follower") == "b"]
 

@@ -1,16 +1,17 @@
 // Follows one ferry job with the npm `eventsource` package, as a browser's EventSource would, and prints
 // what happens as JSON lines on stdout (tests/integration/test_eventsource.py reads them).
 //
-//   node follow.mjs <base-url> <job-id> <quiet-ms>
+//   node follow.mjs <base-url> <job-body-json> <quiet-ms>
 //
-// Follower "a" connects plainly. When it receives its first event, follower "b" connects as a client that
+// It submits the job itself (so the job starts when the follower is ready) and prints its id. Follower "a"
+// connects plainly. When it receives its first event, follower "b" connects as a client that
 // reconnects with that event's id would (Last-Event-ID). Each connection carries X-Request-ID
 // "<follower>-<n>", so the server's access log tells the connections apart. After "a" has been told to
 // stop (HTTP 204: EventSource closes for good), the script stays <quiet-ms> longer with both EventSource
 // objects alive, so any further connection would reach the server, then prints "done" and exits.
 import { EventSource } from "eventsource";
 
-const [base, jobId, quietMs] = process.argv.slice(2);
+const [base, jobBody, quietMs] = process.argv.slice(2);
 const started = performance.now();
 const print = (line) => process.stdout.write(JSON.stringify({ t_ms: Math.round(performance.now() - started), ...line }) + "\n");
 const followers = {};
@@ -47,6 +48,13 @@ function follow(name, lastEventId) {
   return source;
 }
 
+const submitted = await fetch(`${base}/api/v1/jobs`, {
+  method: "POST",
+  headers: { "Content-Type": "application/json" },
+  body: jobBody,
+});
+const jobId = (await submitted.json()).id;
+print({ type: "submitted", status: submitted.status, id: jobId });
 followers.a = follow("a");
 setTimeout(() => {
   print({ type: "timeout" });

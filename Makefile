@@ -53,6 +53,19 @@ lock: $(VENV)/.dev ## Re-resolve requirements/*.lock from pyproject.toml (needs 
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes -q -o requirements/dev.lock
 	$(VENV)/bin/uv pip compile requirements/loadtest.in -c requirements/dev.lock --python-version 3.11 --generate-hashes -q -o requirements/loadtest.lock
 
+# --- node (the EventSource test) ----------------------------------------------------------------
+# tests/integration/test_eventsource.py follows a job with npm's `eventsource` package (what a browser's
+# EventSource does, in Node). `npm ci` installs exactly its lock (integrity hashes) into
+# tests/support/eventsource/node_modules; the package needs node >= 20.
+EVENTSOURCE_DIR := tests/support/eventsource
+$(EVENTSOURCE_DIR)/node_modules/.package-lock.json: $(EVENTSOURCE_DIR)/package-lock.json
+	@node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' 2>/dev/null \
+	  || { echo "node >= 20 with npm is needed for the EventSource test ($(EVENTSOURCE_DIR))" >&2; exit 2; }
+	npm ci --prefix $(EVENTSOURCE_DIR) --no-audit --no-fund --loglevel=error
+
+.PHONY: node-deps
+node-deps: $(EVENTSOURCE_DIR)/node_modules/.package-lock.json ## npm's eventsource package for the EventSource test (npm ci from its lock)
+
 # --- system tools ----------------------------------------------------------------------------
 # Debian packages the tests start for real: promtool/prometheus (2.42) for the alert rules and the
 # live tier, prometheus-alertmanager/amtool (0.25) for the alert routing (the tests start their own
@@ -178,7 +191,7 @@ lint: $(VENV)/.dev ## ruff (lint + format check), mypy --strict (service and cli
 	$(VENV)/bin/yamllint --strict -c deploy/helm/yamllint.yaml .github/workflows
 
 .PHONY: test
-test: $(VENV)/.dev tools lint check-generated helm-validate image ## Install what is needed, then run every test tier (with coverage)
+test: $(VENV)/.dev node-deps tools lint check-generated helm-validate image ## Install what is needed, then run every test tier (with coverage)
 	$(PY) -m coverage erase
 	$(PY) -m coverage run -m pytest -m "unit or integration or deploy or alerts or live or image" --durations=25 $(PYTEST_ARGS)
 	$(PY) -m coverage report
@@ -186,7 +199,7 @@ test: $(VENV)/.dev tools lint check-generated helm-validate image ## Install wha
 .PHONY: test-unit test-integration test-deploy test-alerts test-live test-image
 test-unit: $(VENV)/.dev ## Only the unit tier (in-process, seconds)
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
-test-integration: $(VENV)/.dev ## Only the integration tier (real gunicorn on 127.0.0.1)
+test-integration: $(VENV)/.dev node-deps ## Only the integration tier (real gunicorn on 127.0.0.1)
 	$(PY) -m pytest -m integration $(PYTEST_ARGS)
 test-deploy: $(VENV)/.dev k8s-tools ## Only the deploy tier (hadolint, launcher, chart, manifests, pod conformance)
 	$(PY) -m pytest -m deploy $(PYTEST_ARGS)

@@ -293,7 +293,7 @@ class StreamUser(GateUser):
                     continue
                 if event.event == "chunk":
                     got += len(event.json()["predictions"])
-                elif event.event in ("summary", "error", "shutdown"):
+                elif event.event in ("summary", "failed", "shutdown"):
                     ending = event.event
                     break
             resp.request_meta["response_time"] = (time.perf_counter() - started) * 1000  # the whole stream

@@ -37,6 +37,9 @@ def _type_name(annotation: object) -> str:
 
 
 def _default(field: typing.Any) -> str:
+    if field.default is PydanticUndefined and field.default_factory is not None:
+        value = field.default_factory()  # e.g. an empty list
+        return "`[]`" if value == [] else f"`{value}`"
     if field.default is PydanticUndefined:
         return "*(required)*"
     value = field.default

@@ -90,6 +90,14 @@ class Forbidden(FerryError):
     status, code, default_message = 403, "forbidden", "the credentials do not grant this operation"
 
 
+class CorsOriginNotAllowed(FerryError):
+    status, code, default_message = (
+        403,
+        "cors_origin_not_allowed",
+        "this origin may not call the API from a browser (it is not in FERRY_API__CORS_ORIGINS)",
+    )
+
+
 class AuthUnavailable(FerryError):
     status, code, default_message = (
         503,

@@ -22,6 +22,7 @@ from threadpoolctl import threadpool_limits
 from ferry import __version__, tracing
 from ferry.api import connections
 from ferry.api.auth import scope_for
+from ferry.api.cors import CorsMiddleware
 from ferry.api.errors import from_status
 from ferry.api.hot_path import HotPath
 from ferry.api.metrics_port import MetricsListener
@@ -210,6 +211,11 @@ def _build(settings: Settings, role: str) -> FastAPI:
         hot_path=hot_path,
         model_version=lambda: core.holder.version,
     )
+    if settings.api.cors_origins:
+        # Added last, so outermost: it wraps the request middleware, hot path included.
+        app.add_middleware(
+            CorsMiddleware, origins=settings.api.cors_origins, allow_credentials=settings.api.cors_allow_credentials
+        )
     if role == "api":
         _install_openapi(app, core)
     return app

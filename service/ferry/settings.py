@@ -7,13 +7,16 @@ Nested groups use ``__``: ``FERRY_MODEL__PATH`` sets ``Settings().model.path``.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL_PATH = Path("models/churn/model.joblib")
+# A browser's Origin header: scheme, host (a name, IPv4 or [IPv6]) and an optional port; lower case.
+_ORIGIN = re.compile(r"https?://(?:[a-z0-9-]+(?:\.[a-z0-9-]+)*|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?")
 
 
 class _Group(BaseModel):
@@ -110,6 +113,15 @@ class ModelSettings(_Group):
     )
 
 
+def _word_list(value: Any) -> Any:
+    """A list from one string of words separated by spaces or commas (a JSON list also works)."""
+    if isinstance(value, str) and not value.lstrip().startswith("["):
+        return [part for part in value.replace(",", " ").split() if part]
+    if isinstance(value, str):
+        return json.loads(value)
+    return value
+
+
 class ApiSettings(_Group):
     """Request limits of the HTTP API."""
 
@@ -135,6 +147,43 @@ class ApiSettings(_Group):
         "FastAPI's router, same bodies, errors, limits and metrics; docs/architecture.md). Off: FastAPI's "
         "routes serve them, for comparing the two.",
     )
+    cors_origins: Annotated[list[str], NoDecode, BeforeValidator(_word_list)] = Field(
+        default_factory=list,
+        description="Origins (scheme://host[:port], exactly as browsers send them) whose web pages may call the API "
+        "from a browser (CORS): their preflights are answered and their responses carry "
+        "Access-Control-Allow-Origin. Empty (the default): CORS is off and no CORS header is ever sent. '*' is "
+        "refused: it would let any page a user opens call this API from inside the user's network, where ferry "
+        "often runs without authentication; name each origin.",
+        examples=["https://app.example.com,https://staging.example.com"],
+    )
+    cors_allow_credentials: bool = Field(
+        False,
+        description="Let the origins in api.cors_origins send credentials the browser holds (cookies, e.g. of an "
+        "authenticating proxy in front of ferry): Access-Control-Allow-Credentials: true. Not needed for "
+        "Authorization or X-API-Key headers the page sets itself. Needs api.cors_origins.",
+    )
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _exact_origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if origin == "*":
+                raise ValueError(
+                    "'*' is not accepted: name each origin (scheme://host[:port]); with credentials browsers refuse "
+                    "'*', and without them it lets any web page call this API"
+                )
+            if not _ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin: scheme://host[:port] in lower case, without path or trailing slash "
+                    "(e.g. https://app.example.com)"
+                )
+        return origins
+
+    @model_validator(mode="after")
+    def _credentials_need_origins(self) -> ApiSettings:
+        if self.cors_allow_credentials and not self.cors_origins:
+            raise ValueError("api.cors_allow_credentials needs api.cors_origins (CORS is off without origins)")
+        return self
 
 
 class InferenceSettings(_Group):
@@ -533,15 +582,6 @@ class CallbacksSettings(_Group):
         description="Callback attempts sent at the same time to one receiver (host:port), per process. Further "
         "callbacks for it wait in the store, so one slow receiver cannot take every slot.",
     )
-
-
-def _word_list(value: Any) -> Any:
-    """A list from one string of words separated by spaces or commas (a JSON list also works)."""
-    if isinstance(value, str) and not value.lstrip().startswith("["):
-        return [part for part in value.replace(",", " ").split() if part]
-    if isinstance(value, str):
-        return json.loads(value)
-    return value
 
 
 Scope = Literal["predict", "jobs", "admin"]

@@ -469,7 +469,7 @@ def test_stream_errors_raise(srv: Server, tmp_path: Path, record: dict) -> None:
         list(client.stream([record, {**record, "num_products": 0}]))
     assert (caught.value.status, caught.value.code) == (422, "validation_error")
 
-    # a chunk the model fails on: `event: error`, its offset in the caller's records
+    # a chunk the model fails on: `event: failed`, its offset in the caller's records
     from support.models import TRUSTED_CARDLESS, PickyModel
 
     path = tmp_path / "picky.joblib"

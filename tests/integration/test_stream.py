@@ -39,6 +39,7 @@ class Stream:
     headers: httpx.Headers
     events: list[Event] = field(default_factory=list)
     pings: list[float] = field(default_factory=list)  # arrival times of ": ping" comments
+    retry: list[tuple[int, str]] = field(default_factory=list)  # (events before it, value) of each retry field
     finished_at: float = 0.0
 
     def named(self, name: str) -> list[Event]:
@@ -67,6 +68,8 @@ def read_events(lines: Iterator[str], started: float, stream: Stream, stop_after
                 event_id = value
             elif key == "data":
                 data.append(value)
+            elif key == "retry":
+                stream.retry.append((len(stream.events), value))
             else:
                 raise AssertionError(f"unexpected line {line!r}")
 
@@ -132,10 +135,11 @@ def test_stream_equals_batch_results_in_order(churn_server: Server, card: dict) 
     chunks = stream.named("chunk")
     assert [e.name for e in stream.events] == ["chunk"] * 7 + ["summary"]
     assert [c.data["offset"] for c in chunks] == list(range(0, 2000, 300))
-    assert [c.id for c in chunks] == [str(o) for o in range(0, 2000, 300)]
+    assert [c.id for c in chunks] == [str(min(o + 300, 2000)) for o in range(0, 2000, 300)]  # next offset
     assert [len(c.data["predictions"]) for c in chunks] == [300] * 6 + [200]
     assert [p for c in chunks for p in c.data["predictions"]] == expected
     assert not stream.pings  # the default heartbeat (10 s) never fired on a fast stream
+    assert stream.retry == [(0, "3000")]  # once, before any event
 
     summary = stream.events[-1]
     assert summary.id == "2000"
@@ -176,6 +180,28 @@ def test_default_chunk_size_and_the_openapi_example(churn_server: Server) -> Non
     assert [c.data["offset"] for c in big.named("chunk")] == [0, 500, 1000]  # FERRY_STREAM__CHUNK_SIZE
 
 
+def test_the_same_body_with_last_event_id_resumes_after_what_was_received(churn_server: Server, card: dict) -> None:
+    records = make_records(card, 1000)
+    body = {"records": records, "chunk_size": 300}
+    with httpx.Client(base_url=churn_server.url) as client:
+        whole = post_stream(client, body)
+        cut = post_stream(client, body, stop_after_chunks=2)  # the connection breaks after two chunks
+        last_id = cut.events[-1].id
+        assert last_id == "600"
+        resumed = post_stream(client, body, headers={"Last-Event-ID": last_id})
+        only_summary = post_stream(client, body, headers={"Last-Event-ID": "1000"})  # the summary was lost
+    assert [(e.name, e.id, e.data.get("offset")) for e in resumed.events] == [
+        ("chunk", "900", 600),
+        ("chunk", "1000", 900),
+        ("summary", "1000", None),
+    ]
+    assert resumed.retry == [(0, "3000")]
+    received = [p for e in [*cut.events, *resumed.events[:-1]] for p in e.data["predictions"]]
+    assert received == [p for c in whole.named("chunk") for p in c.data["predictions"]]  # no gap, no repeat
+    assert (resumed.events[-1].data["records"], resumed.events[-1].data["chunks"]) == (1000, 2)
+    assert [(e.name, e.id) for e in only_summary.events] == [("summary", "1000")]
+
+
 def test_invalid_requests_are_json_errors_before_any_stream(churn_server: Server, card: dict) -> None:
     url = churn_server.url + STREAM
     good = make_records(card, 10)
@@ -189,6 +215,8 @@ def test_invalid_requests_are_json_errors_before_any_stream(churn_server: Server
         ("chunk_size as text", {"records": good, "chunk_size": "5"}, {}, 422, "validation_error"),
         ("extra field", {"records": good, "stream": True}, {}, 422, "validation_error"),
         ("bad timeout", {"records": good}, {"X-Request-Timeout": "abc"}, 422, "validation_error"),
+        ("Last-Event-ID not an offset", {"records": good}, {"Last-Event-ID": "chunk-3"}, 422, "validation_error"),
+        ("Last-Event-ID past the records", {"records": good}, {"Last-Event-ID": "11"}, 422, "validation_error"),
     ]
     for what, body, headers, status, code in cases:
         r = httpx.post(url, json=body, headers=headers, timeout=30)
@@ -306,14 +334,14 @@ def test_client_disconnect_stops_the_work(slow_server: Server) -> None:
     assert (access["route"], access["status"]) == (STREAM, 200)
 
 
-def test_a_failing_chunk_ends_the_stream_with_an_error_event(slow_server: Server) -> None:
+def test_a_failing_chunk_ends_the_stream_with_a_failed_event(slow_server: Server) -> None:
     records = rows(10)
     records[5][0] = 13.0  # poison for PickyModel: the chunk at offset 4 (records 4 and 5) fails
     before = scrape(slow_server)
     with httpx.Client(base_url=slow_server.url) as client:
         stream = post_stream(client, {"records": records, "chunk_size": 2})
     assert stream.status == 200
-    assert [(e.name, e.id) for e in stream.events] == [("chunk", "0"), ("chunk", "2"), ("error", "4")]
+    assert [(e.name, e.id) for e in stream.events] == [("chunk", "2"), ("chunk", "4"), ("failed", "4")]
     error = stream.events[-1].data
     assert (error["code"], error["offset"]) == ("model_error", 4)
     assert error["request_id"] == stream.headers["x-request-id"] and "poison" not in error["message"]
@@ -337,7 +365,7 @@ def test_deadline_applies_per_chunk(slow_server: Server) -> None:
         assert [e.name for e in ok.events] == ["chunk"] * 5 + ["summary"]
         assert ok.finished_at > 1.2  # the stream as a whole outlived the 1 s
         late = post_stream(client, {"records": rows(3), "chunk_size": 1}, headers={"X-Request-Timeout": "0.1"})
-    assert [(e.name, e.data.get("code")) for e in late.events] == [("error", "deadline_exceeded")]
+    assert [(e.name, e.data.get("code")) for e in late.events] == [("failed", "deadline_exceeded")]
 
 
 # -- shutdown -------------------------------------------------------------------------------------------

@@ -141,8 +141,9 @@ def test_response_headers_events_and_end() -> None:
     assert headers[b"x-accel-buffering"] == b"no"
     assert b"content-length" not in headers
     bodies = client.sent[1:]
-    assert [m["body"] for m in bodies] == [b"event: a\ndata: 1\n\n", b"event: b\ndata: 2\n\n", b""]
-    assert [m["more_body"] for m in bodies] == [True, True, False]  # each event flushed on its own
+    # The reconnection delay first (no event: EventSource only adopts it), then each event flushed on its own.
+    assert [m["body"] for m in bodies] == [b"retry: 3000\n\n", b"event: a\ndata: 1\n\n", b"event: b\ndata: 2\n\n", b""]
+    assert [m["more_body"] for m in bodies] == [True, True, True, False]
     assert not response.disconnected
 
 
@@ -178,7 +179,7 @@ def test_client_disconnect_stops_the_producer_at_once() -> None:
     assert response.disconnected
     assert producer.cancelled and producer.closed  # the work in progress was cancelled, not awaited
     assert took < 1.0
-    assert client.body.startswith(sse.encode({"n": 1}, event="chunk", id=0) + sse.PING)
+    assert client.body.startswith(sse.encode(retry_ms=3000) + sse.encode({"n": 1}, event="chunk", id=0) + sse.PING)
     assert not any(m.get("more_body") is False for m in client.sent)  # no clean end to a client that left
 
 

@@ -120,7 +120,7 @@ def test_stream_state_resumes_with_offsets_in_the_callers_records() -> None:
     assert state.body() == {"records": [6, 7, 8, 9], "chunk_size": 3}
     assert handled(state, chunk(0, 3))["data"]["offset"] == 6
     with pytest.raises(FerryClientError) as caught:
-        state.handle(ServerSentEvent(event="error", data='{"code": "model_error", "message": "m", "offset": 3}'))
+        state.handle(ServerSentEvent(event="failed", data='{"code": "model_error", "message": "m", "offset": 3}'))
     assert (caught.value.code, caught.value.offset, caught.value.status) == ("model_error", 9, None)
     assert state.requests == 2
 

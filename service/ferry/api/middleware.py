@@ -4,6 +4,7 @@ It assigns the request id and trace id, enforces the body limit and content type
 read, authenticates (``ferry.api.auth``), serves the prediction routes itself (``ferry.api.hot_path``)
 and hands everything else to FastAPI, turns any exception that escaped into a rendered error, and on
 the way out writes the single access log line and the HTTP metrics (labelled with the route template).
+With CORS on (``api.cors_origins``), ``ferry.api.cors`` wraps it and answers preflights itself.
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ Reusable by any route that streams events (``POST /api/v1/predict/stream``, job 
 - :func:`with_heartbeat` wraps an async iterator of encoded events and yields a comment whenever no
   event came for ``interval_s``, so proxies and load balancers see traffic while work is running.
 - :func:`wait_for_disconnect` returns when the ASGI ``receive`` channel reports ``http.disconnect``.
-- :class:`EventStreamResponse` sends the events with the headers that keep proxies from buffering
+- :class:`EventStreamResponse` starts every stream with a ``retry:`` field (:data:`RETRY_MS`), sends the
+  events with the headers that keep proxies from buffering
   (``Cache-Control: no-cache``, ``X-Accel-Buffering: no``), merges the heartbeat, and races every
   wait against the client's disconnect: when the client leaves, the event iterator is cancelled at
   the ``await`` it is suspended in (so no further work starts) and closed, and ``disconnected``
@@ -42,6 +43,12 @@ MEDIA_TYPE = "text/event-stream"
 # no-cache: intermediaries must not cache or coalesce; X-Accel-Buffering: nginx (ingress-nginx)
 # must pass each event through at once instead of buffering the response.
 HEADERS: Mapping[str, str] = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+# The reconnection delay every stream announces first (``retry:``), so every EventSource client waits the
+# same time instead of its own default (3 s in most browsers and the npm package, 5 s in Firefox): long
+# enough that the followers of a pod that shuts down do not all hit the next pod at once, short enough to
+# miss little of a job.
+RETRY_MS = 3000
 
 _END = object()
 
@@ -138,7 +145,8 @@ async def wait_for_disconnect(receive: Receive) -> None:
 
 
 class EventStreamResponse(Response):
-    """A ``text/event-stream`` response fed by an async iterator of encoded events.
+    """A ``text/event-stream`` response fed by an async iterator of encoded events, opened by a
+    ``retry: <retry_ms>`` field (no event: EventSource only adopts the reconnection delay).
 
     ``heartbeat_s``: send :data:`PING` after that many seconds without an event (None: never).
     After the response, ``disconnected`` tells whether the client left before the last event."""
@@ -152,9 +160,11 @@ class EventStreamResponse(Response):
         heartbeat_s: float | None = None,
         headers: Mapping[str, str] | None = None,
         status_code: int = 200,
+        retry_ms: int = RETRY_MS,
     ) -> None:
         self.events = events
         self.heartbeat_s = heartbeat_s
+        self.retry_ms = retry_ms
         self.status_code = status_code
         self.background = None
         self.disconnected = False
@@ -167,6 +177,7 @@ class EventStreamResponse(Response):
         pending: asyncio.Future[Any] | None = None
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            await send({"type": "http.response.body", "body": encode(retry_ms=self.retry_ms), "more_body": True})
             while True:
                 pending = asyncio.ensure_future(_next(iterator))
                 await asyncio.wait({pending, gone}, return_when=asyncio.FIRST_COMPLETED)

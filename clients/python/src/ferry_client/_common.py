@@ -324,7 +324,7 @@ class StreamState:
         return body
 
     def handle(self, sse: ServerSentEvent) -> dict[str, Any] | None:
-        """The event to yield for ``sse`` (None for none); raises FerryClientError on ``event: error``."""
+        """The event to yield for ``sse`` (None for none); raises FerryClientError on ``event: failed``."""
         name = sse.event
         try:
             data = sse.json()
@@ -341,7 +341,7 @@ class StreamState:
         if name == "summary":
             self.finished = True
             return {"event": name, "data": data}
-        if name == "error":
+        if name == "failed":
             info = data if isinstance(data, dict) else {"message": str(data)}
             at = info.get("offset")
             raise FerryClientError(

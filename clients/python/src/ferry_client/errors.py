@@ -6,7 +6,7 @@ from typing import Any
 
 
 class FerryClientError(Exception):
-    """A call that failed: an error answer from the server (``status`` set), an ``event: error`` in a
+    """A call that failed: an error answer from the server (``status`` set), an ``event: failed`` in a
     stream, or a transport failure after the retries (``status`` None, ``code`` ``transport_error`` or
     ``timeout``).
 

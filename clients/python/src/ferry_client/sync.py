@@ -169,7 +169,7 @@ class Client(ClientSettings):
         """Events of ``POST /api/v1/predict/stream``: ``{"event": "chunk", "data": {"offset", "predictions"}}``
         ... then ``{"event": "summary", "data": {...}}``. Offsets index ``records``. A worker shutting down
         (``event: shutdown``) or a cut connection is resumed with the records not yet answered;
-        ``event: error`` raises :class:`FerryClientError` (its ``offset`` set)."""
+        ``event: failed`` raises :class:`FerryClientError` (its ``offset`` set)."""
         state = StreamState(records, chunk_size, self.max_retries)
         while not state.finished:
             error: Exception | None = None

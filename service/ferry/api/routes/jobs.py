@@ -24,6 +24,14 @@ from ferry_client.protocol import TERMINAL_JOB_STATUSES
 JOB_ID = Path(
     description="Job id (32 hex characters).", pattern="^[0-9a-f]{32}$", examples=["5f0c8e0b7d3a4f4e9a1c2b3d4e5f6a7b"]
 )
+# What EventSource sends back when it reconnects: the id of the last event it received. Ids are counts
+# (of status changes, or of records answered), so anything else is not from this server: 422.
+LAST_EVENT_ID = Header(
+    alias="Last-Event-ID",
+    pattern="^[0-9]{1,9}$",
+    description="The `id` of the last event received (EventSource sends it when it reconnects): only later "
+    "events are sent.",
+)
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in {
@@ -125,16 +133,31 @@ def build_router(core: Core, jobs: JobService) -> APIRouter:
     @router.get(
         "/{job_id}/events",
         summary="Server-Sent Events: the job at each status change, ending with its terminal state",
+        description="Opens with `retry: 3000`. Each `event: status` carries the job; its `id` is the job's number "
+        "of status changes so far, so an EventSource that reconnects (it sends the last id as `Last-Event-ID`) "
+        "gets only later changes, and once it has seen the terminal state it is answered 204 No Content, which "
+        "tells EventSource to stop reconnecting.",
         response_class=StreamingResponse,
-        responses={200: {"content": {"text/event-stream": {}}, "description": "`event: status`, data = the job"}},
+        responses={
+            200: {"content": {"text/event-stream": {}}, "description": "`event: status`, data = the job"},
+            204: {"description": "Last-Event-ID is at or past the job's terminal event: nothing more will come"},
+        },
     )
-    async def events(job_id: Annotated[str, JOB_ID], principal: PrincipalDep) -> Response:
+    async def events(
+        job_id: Annotated[str, JOB_ID],
+        principal: PrincipalDep,
+        last_event_id: Annotated[str | None, LAST_EVENT_ID] = None,
+    ) -> Response:
+        seen = int(last_event_id) if last_event_id is not None else -1
         release = jobs.followers.reserve()  # 503 too_many_streams beyond the cap, before any work
         try:
             first = await jobs.load(job_id, principal)  # 404 before the stream starts
         except BaseException:
             release()
             raise
+        if first.status.terminal and len(first.history) <= seen:
+            release()
+            return Response(status_code=204)  # EventSource stops reconnecting on 204
         gauge = core.metrics.sse_streams_open.labels("job_events")
 
         async def stream() -> AsyncIterator[bytes]:
@@ -142,7 +165,9 @@ def build_router(core: Core, jobs: JobService) -> APIRouter:
             try:
                 last = None
                 async for last in jobs.follow(job_id, is_draining, principal, first):
-                    yield sse.encode(last, event="status", id=len(last["history"]))
+                    event_id = len(last["history"])
+                    if event_id > seen:  # the client already has the changes up to Last-Event-ID
+                        yield sse.encode(last, event="status", id=event_id)
                 if is_draining() and (last is None or last["status"] not in TERMINAL_JOB_STATUSES):
                     yield sse.encode({"message": "server shutting down; reconnect to follow the job"}, event="shutdown")
             finally:

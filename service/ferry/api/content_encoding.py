@@ -36,6 +36,11 @@ def wbits_for(content_encoding: str) -> int | None:
     return wbits
 
 
+def _zlib_header(start: bytes) -> bool:
+    """RFC 1950: method 8 (deflate) and a header whose two bytes are a multiple of 31."""
+    return start[0] & 0x0F == 8 and (start[0] << 8 | start[1]) % 31 == 0
+
+
 class Inflater:
     """Inflates one body, fed chunk by chunk; refuses more than ``limit`` inflated bytes."""
 
@@ -45,10 +50,18 @@ class Inflater:
         self.size = 0
         self._parts: list[bytes] = []
         self._zlib = zlib.decompressobj(wbits)
-        self._started = False
+        self._prefix = b"" if wbits == _ZLIB else None  # deflate: zlib or raw, told by the first 2 bytes
 
     async def feed(self, chunk: bytes) -> None:
         data = chunk
+        if self._prefix is not None:
+            data = self._prefix + data
+            if len(data) < 2:
+                self._prefix = data
+                return
+            self._prefix = None
+            if not _zlib_header(data):  # "deflate" sent as a raw deflate stream, as some clients do
+                self.wbits, self._zlib = _RAW_DEFLATE, zlib.decompressobj(_RAW_DEFLATE)
         while data:
             if self._zlib.eof:  # a further gzip member (or trailing bytes, which are an error)
                 if self.wbits != _GZIP:
@@ -63,12 +76,7 @@ class Inflater:
             try:
                 out = self._zlib.decompress(data, most)
             except zlib.error as exc:
-                if not self._started and self.wbits == _ZLIB:
-                    # "deflate" sent as a raw deflate stream (no zlib header): read it as that.
-                    self.wbits, self._zlib, self._started = _RAW_DEFLATE, zlib.decompressobj(_RAW_DEFLATE), True
-                    continue
                 raise MalformedContentEncoding(f"the compressed request body is corrupt ({exc})") from None
-            self._started = True
             self.size += len(out)
             if self.size > self.limit:
                 raise DecompressedTooLarge(f"the request body inflates to more than {self.limit} bytes")

@@ -120,8 +120,7 @@ def matrix_of(schema: FeatureSchema, request: InferRequest) -> np.ndarray:
     """The request's inputs as one numeric [rows, features] tensor in card order (categoricals as
     indexes, booleans 0/1), for ``Core.predict_tensor`` to check against the card."""
     _check_content_types(request)
-    names = set(schema.names)
-    if len(request.inputs) > 1 or request.inputs[0].name in names:
+    if len(request.inputs) > 1 or request.inputs[0].name in schema.names:
         return _named_inputs(schema, request.inputs)
     return _single_tensor(request.inputs[0])
 

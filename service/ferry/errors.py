@@ -58,6 +58,30 @@ class UnsupportedMediaType(FerryError):
     status, code, default_message = 415, "unsupported_media_type", "request body must be application/json"
 
 
+class MalformedBinaryData(FerryError):
+    status, code, default_message = (
+        400,
+        "malformed_binary_data",
+        "the binary tensor data does not match the inference header",
+    )
+
+
+class MalformedContentEncoding(FerryError):
+    status, code, default_message = 400, "malformed_content_encoding", "the compressed request body is corrupt"
+
+
+class DecompressedTooLarge(FerryError):
+    status, code, default_message = 413, "decompressed_too_large", "the decompressed request body is too large"
+
+
+class UnsupportedContentEncoding(FerryError):
+    status, code, default_message = (
+        415,
+        "unsupported_content_encoding",
+        "Content-Encoding must be gzip, deflate or identity",
+    )
+
+
 class InvalidInput(FerryError):
     status, code, default_message = 422, "validation_error", "request failed validation"
 

@@ -208,6 +208,7 @@ def _build(settings: Settings, role: str) -> FastAPI:
         body_limits={stream.PATH: settings.stream.max_body_bytes},
         authenticator=authenticator_for(settings.auth),
         hot_path=hot_path,
+        max_decompressed_bytes=settings.api.max_decompressed_bytes,
         model_version=lambda: core.holder.version,
     )
     if role == "api":

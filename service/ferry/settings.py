@@ -120,6 +120,15 @@ class ApiSettings(_Group):
         description="Largest request body accepted, in bytes; larger bodies get 413 before they are "
         "read. The chart's ingress body-size annotation follows this value.",
     )
+    max_decompressed_bytes: int | None = Field(
+        None,
+        ge=1024,
+        le=1024 * 1024 * 1024,
+        description="Largest size a gzip or deflate request body (Content-Encoding) may inflate to, in bytes; "
+        "beyond it 413 decompressed_too_large, found while inflating (a small compressed body cannot make the "
+        "server hold more). Unset: the route's own body limit (api.max_body_bytes; stream.max_body_bytes for "
+        "the stream route).",
+    )
     max_batch_size: int = Field(
         1000, ge=1, le=100_000, description="Most records in one /api/v1/predict/batch or OIP v2 request."
     )

@@ -8,8 +8,11 @@ be identical. Behaviour (not speed) of ``ferry.api.hot_path``.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import json
+import struct
+import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -109,6 +112,7 @@ def corpus(record: dict[str, Any], card: dict[str, Any]) -> dict[str, Case]:
         "bad timeout header and bad body": post("/api/v1/predict", {"record": 1}, {"x-request-timeout": "x"}),
         "malformed json and bad timeout": post("/api/v1/predict", b"{", {"x-request-timeout": "x"}),
         "expired deadline": post("/api/v1/predict", {"record": record}, {"x-request-timeout": "0.000000001"}),
+        **oip_wire_corpus(record, card),
         # paths and methods the hot path leaves to FastAPI
         "GET predict": ("GET", "/api/v1/predict", {}, b""),
         "PUT infer": ("PUT", infer, js, b"{}"),
@@ -116,6 +120,172 @@ def corpus(record: dict[str, Any], card: dict[str, Any]) -> dict[str, Case]:
         "empty model name": post("/v2/models//infer", {"inputs": [tensor]}),
         "too deep v2 path": post(f"/v2/models/{name}/versions/x/y/infer", {"inputs": [tensor]}),
     }
+
+
+def _binary(header: dict[str, Any], *blobs: bytes, length: int | None = None) -> tuple[dict[str, str], bytes]:
+    """(headers, body) of a binary tensor extension request."""
+    raw = json.dumps(header).encode()
+    size = len(raw) if length is None else length
+    return {"inference-header-content-length": str(size), "content-type": "application/octet-stream"}, raw + b"".join(
+        blobs
+    )
+
+
+def _bytes_tensor(*values: str) -> bytes:
+    return b"".join(struct.pack("<I", len(v.encode())) + v.encode() for v in values)
+
+
+def oip_wire_corpus(record: dict[str, Any], card: dict[str, Any]) -> dict[str, Case]:
+    """Binary tensors, compressed bodies and the input forms of Triton and MLServer clients."""
+    from ferry_client.protocol import record_row
+
+    features = card["features"]
+    row = record_row(record, features)
+    width = len(row)
+    infer = f"/v2/models/{card['name']}/infer"
+    js = {"content-type": "application/json"}
+    fp64 = struct.pack(f"<{width}d", *row)
+    tensor = {"name": "input-0", "shape": [1, width], "datatype": "FP64", "parameters": {"binary_data_size": 64}}
+    outputs_binary = [{"name": "predict", "parameters": {"binary_data": True}}, {"name": "predict_proba"}]
+
+    def named(value_of: Any = None, order: list[str] | None = None, shape: Any = None) -> list[dict[str, Any]]:
+        inputs = []
+        for feature in features:
+            value = record[feature["name"]]
+            datatype = {"categorical": "BYTES", "boolean": "BOOL", "integer": "INT64"}.get(feature["type"], "FP64")
+            tensor = {"name": feature["name"], "shape": shape or [2, 1], "datatype": datatype, "data": [value, value]}
+            if datatype == "BYTES":
+                tensor["parameters"] = {"content_type": "str"}
+            inputs.append(value_of(tensor) if value_of else tensor)
+        by_name = {t["name"]: t for t in inputs}
+        return [by_name[n] for n in order] if order else inputs
+
+    def post(body: Any, headers: dict[str, str] | None = None, path: str = infer) -> Case:
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return ("POST", path, {**js, **(headers or {})}, raw)
+
+    def binary(header: dict[str, Any], *blobs: bytes, length: int | None = None) -> Case:
+        headers, body = _binary(header, *blobs, length=length)
+        return ("POST", infer, headers, body)
+
+    good = {"inputs": [{**tensor, "parameters": None, "data": row}]}
+    binary_headers, fp64_body = _binary({"inputs": [tensor]}, fp64)
+    bomb = gzip.compress(b" " * (5 * 1024 * 1024))  # 5 MiB of spaces, 5 kB compressed
+    categorical = next(f for f in features if f["type"] == "categorical")["name"]
+    numeric = next(f for f in features if f["type"] == "number")["name"]
+    reversed_names = [f["name"] for f in reversed(features)]
+    binary_named = []
+    blobs = []
+    for feature in features:
+        value = record[feature["name"]]
+        if feature["type"] == "categorical":
+            blob, datatype = _bytes_tensor(value), "BYTES"
+        elif feature["type"] == "boolean":
+            blob, datatype = bytes([int(value)]), "BOOL"
+        else:
+            blob, datatype = struct.pack("<d", float(value)), "FP64"
+        binary_named.append(
+            {"name": feature["name"], "shape": [1], "datatype": datatype, "parameters": {"binary_data_size": len(blob)}}
+        )
+        blobs.append(blob)
+    return {
+        # the binary tensor extension
+        "binary in": binary({"inputs": [tensor]}, fp64),
+        "binary in, binary predict out": binary({"inputs": [tensor], "outputs": outputs_binary}, fp64),
+        "binary in, all out binary": binary({"inputs": [tensor], "parameters": {"binary_data_output": True}}, fp64),
+        "json in, binary out, one opted out": post(
+            {
+                "inputs": good["inputs"],
+                "parameters": {"binary_data_output": True},
+                "outputs": [{"name": "predict"}, {"name": "predict_proba", "parameters": {"binary_data": False}}],
+            }
+        ),
+        "binary named inputs with BYTES": binary({"inputs": binary_named}, *blobs),
+        "binary header, json content type": ("POST", infer, {**_binary({"inputs": [tensor]})[0], **js}, fp64_body),
+        "octet-stream JSON": post(good, {"content-type": "application/octet-stream"}),
+        "octet-stream not JSON": post(b"\x00\x01", {"content-type": "application/octet-stream"}),
+        "octet-stream on REST": post(
+            {"record": record}, {"content-type": "application/octet-stream"}, "/api/v1/predict"
+        ),
+        "header longer than body": binary({"inputs": [tensor]}, fp64, length=10_000),
+        "header not a number": ("POST", infer, {"inference-header-content-length": "12a"}, b"{}"),
+        "header cuts the JSON": binary({"inputs": [tensor]}, fp64, length=10),
+        "trailing bytes": binary({"inputs": [tensor]}, fp64, b"\x00"),
+        "missing bytes": binary({"inputs": [tensor]}, fp64[:-8]),
+        "size against shape": binary({"inputs": [{**tensor, "parameters": {"binary_data_size": 56}}]}, fp64[:56]),
+        "negative binary size": binary({"inputs": [{**tensor, "parameters": {"binary_data_size": -1}}]}),
+        "data and binary size": binary({"inputs": [{**tensor, "data": row}]}, fp64),
+        "BYTES cut off": binary(
+            {
+                "inputs": [
+                    {"name": categorical, "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 6}}
+                ]
+            },
+            _bytes_tensor("abcdef")[:6],
+        ),
+        "BOOL byte 2": binary(
+            {"inputs": [{"name": "b", "shape": [1], "datatype": "BOOL", "parameters": {"binary_data_size": 1}}]},
+            b"\x02",
+        ),
+        "too many binary values": binary(
+            {"inputs": [{**tensor, "shape": [2000, width], "parameters": {"binary_data_size": 2000 * width * 8}}]},
+            fp64 * 2000,
+        ),
+        # compressed bodies
+        "gzip predict": post(
+            gzip.compress(json.dumps({"record": record}).encode()), {"content-encoding": "gzip"}, "/api/v1/predict"
+        ),
+        "gzip infer": post(gzip.compress(json.dumps(good).encode()), {"content-encoding": "gzip"}),
+        "deflate infer": post(zlib.compress(json.dumps(good).encode()), {"content-encoding": "deflate"}),
+        "raw deflate infer": post(_raw_deflate(json.dumps(good).encode()), {"content-encoding": "deflate"}),
+        "gzip binary": ("POST", infer, {**binary_headers, "content-encoding": "gzip"}, gzip.compress(fp64_body)),
+        "gzip bomb": post(bomb, {"content-encoding": "gzip"}),
+        "corrupt gzip": post(
+            gzip.compress(json.dumps(good).encode())[:-12] + b"garbage!!!!!", {"content-encoding": "gzip"}
+        ),
+        "truncated gzip": post(gzip.compress(json.dumps(good).encode())[:-8], {"content-encoding": "gzip"}),
+        "unknown encoding": post(json.dumps(good).encode(), {"content-encoding": "br"}),
+        # inputs as MLServer and Triton clients send them
+        "one row, 1-D shape": post({"inputs": [{**good["inputs"][0], "shape": [width]}]}),
+        "named inputs, pandas codec": post({"parameters": {"content_type": "pd"}, "inputs": named()}),
+        "named inputs, any order, [n] shapes": post({"inputs": named(order=reversed_names, shape=[2])}),
+        "named inputs, all outputs": post(
+            {
+                "parameters": {"content_type": "pd"},
+                "inputs": named(),
+                "outputs": [{"name": "predict"}, {"name": "predict_proba"}],
+            }
+        ),
+        "numpy codec": post(
+            {
+                "parameters": {"content_type": "np"},
+                "inputs": [{**good["inputs"][0], "parameters": {"content_type": "np"}}],
+            }
+        ),
+        "unknown input name": post({"inputs": [*named(), {**named()[0], "name": "colour"}]}),
+        "missing input": post({"inputs": named()[1:]}),
+        "duplicate input": post({"inputs": [*named(), named()[0]]}),
+        "row count mismatch": post(
+            {"inputs": [*named()[:-1], {**named()[-1], "shape": [1, 1], "data": named()[-1]["data"][:1]}]}
+        ),
+        "BYTES for a number": post(
+            {"inputs": named(lambda t: {**t, "datatype": "BYTES", "data": ["1", "2"]} if t["name"] == numeric else t)}
+        ),
+        "unknown category": post(
+            {"inputs": named(lambda t: {**t, "data": ["weekly", "weekly"]} if t["name"] == categorical else t)}
+        ),
+        "named shape [n, 2]": post({"inputs": named(shape=[1, 2])}),
+        "unknown content type": post({"parameters": {"content_type": "hg"}, "inputs": good["inputs"]}),
+        "str content type on FP64": post({"inputs": [{**good["inputs"][0], "parameters": {"content_type": "str"}}]}),
+        "classification asked": post(
+            {"inputs": good["inputs"], "outputs": [{"name": "predict", "parameters": {"classification": 2}}]}
+        ),
+    }
+
+
+def _raw_deflate(data: bytes) -> bytes:
+    compressor = zlib.compressobj(wbits=-15)
+    return compressor.compress(data) + compressor.flush()
 
 
 def _settings(model: Path, tmp: Path, lean: bool, **extra: Any) -> Settings:
@@ -145,7 +315,7 @@ async def _clients(settings: list[Settings], load: bool = True) -> AsyncIterator
                 await app.state.core.stop()
 
 
-def _answer(response: httpx.Response) -> tuple[int, bytes, str | None, str | None, str | None, str | None]:
+def _answer(response: httpx.Response) -> tuple[Any, ...]:
     h = response.headers
     return (
         response.status_code,
@@ -154,6 +324,7 @@ def _answer(response: httpx.Response) -> tuple[int, bytes, str | None, str | Non
         h.get("x-request-id"),
         h.get("www-authenticate"),
         h.get("retry-after"),
+        h.get("inference-header-content-length"),
     )
 
 
@@ -187,6 +358,45 @@ def test_lean_and_documented_routes_answer_the_same_bytes(
     assert statuses["wrong content type"] == 415
     assert statuses["GET predict"] == statuses["PUT infer"] == 405
     assert statuses["expired deadline"] == 504
+    good = [k for k, v in oip_wire_corpus(record, card).items() if v and statuses[k] == 200]
+    assert sorted(good) == sorted(
+        [
+            "binary in",
+            "binary in, binary predict out",
+            "binary in, all out binary",
+            "json in, binary out, one opted out",
+            "binary named inputs with BYTES",
+            "binary header, json content type",
+            "octet-stream JSON",
+            "gzip predict",
+            "gzip infer",
+            "deflate infer",
+            "raw deflate infer",
+            "gzip binary",
+            "one row, 1-D shape",
+            "named inputs, pandas codec",
+            "named inputs, any order, [n] shapes",
+            "named inputs, all outputs",
+            "numpy codec",
+        ]
+    )
+    assert statuses["gzip bomb"] == statuses["too many binary values"] == 413
+    assert statuses["unknown encoding"] == statuses["octet-stream on REST"] == 415
+    refused = {k for k, v in statuses.items() if v == 400}
+    assert {
+        "header longer than body",
+        "trailing bytes",
+        "missing bytes",
+        "size against shape",
+        "corrupt gzip",
+    } <= refused
+    assert {
+        "unknown input name",
+        "missing input",
+        "duplicate input",
+        "row count mismatch",
+        "BYTES for a number",
+    } <= refused
 
 
 def test_refusals_before_the_model_loaded_are_the_same(

@@ -19,13 +19,11 @@ from typing import Any
 
 import orjson
 from pydantic import TypeAdapter, ValidationError
-from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
-from ferry.api import json_body
+from ferry.api import json_body, tensor_codec
 from ferry.api.deps import parse_timeout
-from ferry.api.errors import from_status
 from ferry.api.routes import predict, v2
 from ferry.api.schemas import InferRequest, InferResponse
 from ferry.core import Core
@@ -39,8 +37,11 @@ V2_VERSION_INFER = "/v2/models/{name}/versions/{version}/infer"
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _MISSING_BODY = [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
 
-# (scope, receive, path parameters, request id) -> response body
-Handler = Callable[[Scope, Receive, tuple[str, ...], str], Awaitable[bytes]]
+HEADER = tensor_codec.HEADER.encode()
+# A JSON body, or a body and its headers (a binary tensor answer).
+Answer = bytes | tuple[bytes, list[tuple[bytes, bytes]]]
+# (scope, receive, path parameters, request id) -> response
+Handler = Callable[[Scope, Receive, tuple[str, ...], str], Awaitable[Answer]]
 
 
 class HotPath:
@@ -77,12 +78,13 @@ class HotPath:
     ) -> None:
         """Run one hot request and send its 200 answer; errors are raised for the middleware to render.
         A per-request tracing span, when there is one, wraps this call."""
-        body = await handler(scope, receive, params, scope["state"]["request_id"])
+        answer = await handler(scope, receive, params, scope["state"]["request_id"])
+        body, headers = (answer, _JSON_HEADERS) if isinstance(answer, bytes) else answer
         await send(
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [(b"content-length", str(len(body)).encode()), *_JSON_HEADERS],
+                "headers": [(b"content-length", str(len(body)).encode()), *headers],
             }
         )
         await send({"type": "http.response.body", "body": body})
@@ -98,14 +100,22 @@ class HotPath:
         prediction = await self.core.predict_records(request.records, deadline)
         return orjson.dumps({"predictions": prediction.rows(), "model": self._model(), "request_id": request_id})
 
-    async def _v2_infer(self, scope: Scope, receive: Receive, params: tuple[str, ...], _: str) -> bytes:
+    async def _v2_infer(self, scope: Scope, receive: Receive, params: tuple[str, ...], _: str) -> Answer:
         limit = self.core.schema.max_values(self.max_batch) + v2.V2_SLACK_VALUES
-        data = await self._json(receive, limit)
+        header_length = next((v for k, v in scope["headers"] if k == b"inference-header-content-length"), None)
+        if header_length is None:
+            data = await self._json(receive, limit)
+        else:  # the binary tensor extension: a JSON header, then the tensors' bytes
+            data = await v2.read_binary(await _read(receive), header_length.decode("latin-1"), limit, self.max_batch)
         deadline = self._deadline(scope)
         request: InferRequest = self._validate(self._infer, data)
         version = params[1] if len(params) > 1 else None
         v2.check_model(self.core, params[0], version)
         response = await v2.run_infer(self.core, request, version, deadline)
+        binary = v2.binary_outputs(request)
+        if binary:
+            body, length = v2.binary_answer(response, binary)
+            return body, [(b"content-type", v2.BINARY_CONTENT_TYPE.encode()), (HEADER, str(length).encode())]
         return self._infer_response.dump_json(response, exclude_none=True)
 
     async def _rest_request(self, scope: Scope, receive: Receive, adapter: TypeAdapter[Any]) -> tuple[Any, Deadline]:
@@ -126,22 +136,7 @@ class HotPath:
         body = await _read(receive)
         if not body:
             return _MISSING
-        try:
-            await json_body.check_values(body, max_values)
-            return await json_body.loads(body)
-        except HTTPException as exc:
-            raise from_status(exc.status_code, str(exc.detail)) from None
-        except orjson.JSONDecodeError as exc:
-            error = {
-                "type": "json_invalid",
-                "loc": ("body", exc.pos),
-                "msg": "JSON decode error",
-                "input": {},
-                "ctx": {"error": exc.msg},
-            }
-            raise from_validation([error], self.max_batch) from None
-        except Exception:
-            raise from_status(400, "There was an error parsing the body") from None
+        return await json_body.parse(body, max_values, self.max_batch)
 
     def _deadline(self, scope: Scope) -> Deadline:
         """The X-Request-Timeout header (its first occurrence, as FastAPI reads it), from the arrival time."""

@@ -25,6 +25,9 @@ from typing import Any
 import orjson
 from starlette.exceptions import HTTPException
 
+from ferry.api.errors import from_status
+from ferry.errors import from_validation
+
 # Bodies up to this size are parsed in one call: a few ms at most.
 SLICE_BYTES = 1024 * 1024
 # Values a body may hold beyond its records: chunk_size, small fields, the outer object.
@@ -63,6 +66,28 @@ async def loads(body: bytes) -> Any:
         return orjson.loads(body)
     sliced = await _loads_sliced(body)
     return sliced if sliced is not None else orjson.loads(body)
+
+
+async def parse(body: bytes, max_values: int, max_batch: int) -> Any:
+    """``body`` checked and parsed, or the ``FerryError`` FastAPI's body reading would end in for it
+    (413 for too many values, 400 malformed_json with the error's position): the hot path's JSON step,
+    and the one for a binary request's JSON header on both paths."""
+    try:
+        await check_values(body, max_values)
+        return await loads(body)
+    except HTTPException as exc:
+        raise from_status(exc.status_code, str(exc.detail)) from None
+    except orjson.JSONDecodeError as exc:
+        error = {
+            "type": "json_invalid",
+            "loc": ("body", exc.pos),
+            "msg": "JSON decode error",
+            "input": {},
+            "ctx": {"error": exc.msg},
+        }
+        raise from_validation([error], max_batch) from None
+    except Exception:
+        raise from_status(400, "There was an error parsing the body") from None
 
 
 async def _loads_sliced(body: bytes) -> dict[str, Any] | None:

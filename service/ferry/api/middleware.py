@@ -22,6 +22,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ferry import tracing
+from ferry.api import content_encoding
 from ferry.api.auth import authenticate
 from ferry.api.errors import render
 from ferry.api.hot_path import HotPath
@@ -73,6 +74,15 @@ def is_json_content_type(value: str | None) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
+def is_binary_content_type(value: str | None) -> bool:
+    """application/octet-stream: binary tensor requests, and JSON bodies some clients label so (aiohttp)."""
+    return value is not None and value.split(";", 1)[0].strip().lower() == "application/octet-stream"
+
+
+def is_infer_path(path: str) -> bool:
+    return path.startswith("/v2/models/") and path.endswith("/infer")
+
+
 class RequestMiddleware:
     def __init__(
         self,
@@ -85,6 +95,7 @@ class RequestMiddleware:
         body_limits: Mapping[str, int] | None = None,
         authenticator: Authenticator | None = None,
         hot_path: HotPath | None = None,
+        max_decompressed_bytes: int | None = None,
         model_version: Callable[[], str] = lambda: "",
     ) -> None:
         self.app = app
@@ -94,6 +105,7 @@ class RequestMiddleware:
         self.body_limits = dict(body_limits or {})  # path -> limit, for routes with their own (the stream)
         self.access_log = access_log
         self.authenticator = authenticator
+        self.max_decompressed_bytes = max_decompressed_bytes  # None: each route's body limit
         self.hot_path = hot_path  # None: FastAPI serves the prediction routes too (api.lean_path off)
         self.model_version = model_version
 
@@ -161,8 +173,15 @@ class RequestMiddleware:
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):
             raise PayloadTooLarge(f"request body exceeds {limit} bytes", headers={"connection": "close"})
-        if not is_json_content_type(_text(headers.get(b"content-type"))):
+        content_type = _text(headers.get(b"content-type"))
+        if not is_json_content_type(content_type) and not (
+            is_binary_content_type(content_type) and is_infer_path(scope.get("path", ""))
+        ):
             raise UnsupportedMediaType()
+        encoding = headers.get(b"content-encoding")
+        wbits = content_encoding.wbits_for(encoding.decode("latin-1")) if encoding is not None else None
+        if wbits is not None:
+            return await self._inflate(scope, receive, wbits, limit)
         if length is not None:
             return receive  # the server enforces Content-Length; the body cannot grow past it
         # Chunked body: read it here, up to the limit, then replay it to the app.
@@ -179,6 +198,30 @@ class RequestMiddleware:
             if not message.get("more_body", False):
                 body = b"".join(chunks)
                 return _replay([{"type": "http.request", "body": body, "more_body": False}], receive)
+
+    async def _inflate(self, scope: Scope, receive: Receive, wbits: int, limit: int) -> Receive:
+        """A compressed body read (at most ``limit`` bytes of it) and inflated as it arrives (at most
+        ``max_decompressed_bytes``, default the route's body limit), then replayed to the app with the
+        headers of what it now is."""
+        inflater = content_encoding.Inflater(wbits, self.max_decompressed_bytes or limit)
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return _replay([message], receive)
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body exceeds {limit} bytes", headers={"connection": "close"})
+            await inflater.feed(chunk)
+            if not message.get("more_body", False):
+                break
+        body = inflater.finish()
+        scope["headers"] = [
+            *((k, v) for k, v in scope["headers"] if k not in (b"content-encoding", b"content-length")),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        return _replay([{"type": "http.request", "body": body, "more_body": False}], receive)
 
     async def _send_error(
         self, error: FerryError, scope: Scope, request_id: str, send: Send, template: str | None = None

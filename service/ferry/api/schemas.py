@@ -142,6 +142,9 @@ NUMERIC_DATATYPES = (
 )
 
 
+MAX_INPUTS = 1024
+
+
 class _Strictish(BaseModel):
     # Unknown fields are ignored, as the protocol expects extensions to add some.
     model_config = ConfigDict(extra="ignore")
@@ -163,7 +166,8 @@ class InferOutputRequest(_Strictish):
 class InferRequest(_Strictish):
     id: str | None = Field(None, max_length=256)
     parameters: dict[str, Any] | None = None
-    inputs: list[InferInput] = Field(min_length=1, max_length=1)
+    # One tensor [rows, features], or one input per feature (a card has at most this many).
+    inputs: list[InferInput] = Field(min_length=1, max_length=MAX_INPUTS)
     outputs: list[InferOutputRequest] | None = None
 
 
@@ -171,7 +175,10 @@ class InferOutput(BaseModel):
     name: str
     shape: list[int]
     datatype: str
-    data: list[Any]
+    parameters: dict[str, Any] | None = Field(
+        None, description="binary_data_size when the data follows the JSON header as bytes; content_type."
+    )
+    data: list[Any] | None = Field(None, description="Absent when the output is sent as binary data.")
 
 
 class InferResponse(BaseModel):

@@ -1,37 +1,57 @@
 """Open Inference Protocol v2 (REST), so KServe/Triton/MLServer clients work unchanged.
 
-JSON tensors only (no binary tensor extension). Input: one numeric tensor of shape
-[rows, n_features]. Outputs: ``predict`` (labels) and ``predict_proba`` ([rows, n_classes], FP64).
+Inputs, in either form:
+
+- one numeric tensor ``[rows, n_features]`` (or ``[n_features]`` for one row), columns in card order,
+  a categorical as the index of its category, a boolean as 0/1 (``GET /v2/models/{name}`` says so);
+- one input per feature, named as in the card, in any order, each ``[rows]`` or ``[rows, 1]``: what
+  MLServer's ``PandasCodec`` sends. A categorical may then be BYTES (its category names).
+
+JSON or binary tensor data (``ferry.api.tensor_codec``) in, and out when asked. Outputs ``predict``
+(labels) and ``predict_proba`` ([rows, n_classes], FP64): both by default; a request marked with an
+MLServer request codec (``parameters.content_type`` ``np`` or ``pd``) gets what MLServer's sklearn
+runtime answers (``predict`` only unless ``outputs`` asks, shaped ``[rows, 1]``, ``content_type: np``).
 
 No `from __future__ import annotations` here: FastAPI must see the deadline dependency built in
 `build_router` as an object.
 """
 
 import math
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from ferry import __version__
+from ferry.api import json_body, tensor_codec
 from ferry.api.deps import deadline_of
-from ferry.api.orjson_route import bounded
+from ferry.api.errors import from_status
+from ferry.api.orjson_route import OrjsonRequest, bounded
 from ferry.api.schemas import (
     NUMERIC_DATATYPES,
+    InferInput,
     InferOutput,
     InferRequest,
     InferResponse,
     ModelMetadata,
     TensorMetadata,
 )
+from ferry.card import Feature
 from ferry.core import Core
 from ferry.errors import BadRequest, InvalidInput, ModelNotFound
+from ferry.features import FeatureSchema
 from ferry.inference import Prediction
 from ferry.resilience.deadline import Deadline
 
 INPUT_NAME = "input-0"
 OUTPUTS = ("predict", "predict_proba")
+EXTENSIONS = ["binary_tensor_data"]
+# MLServer's request codecs (parameters.content_type of the request) and input codecs (of an input).
+MLSERVER_REQUEST_CODECS = ("np", "pd")
+INPUT_CONTENT_TYPES = ("np", "pd", "str")
+BINARY_CONTENT_TYPE = "application/octet-stream"
 
 
 def check_model(core: Core, name: str, version: str | None = None) -> Core:
@@ -53,7 +73,8 @@ def _metadata(core: Core) -> ModelMetadata:
                 {"name": f.name, "type": f.type, **({"codes": f.categories} if f.categories else {})}
                 for f in holder.schema.features
             ],
-            "note": "columns in this order; categorical = index into codes; boolean = 0/1",
+            "note": "columns in this order; categorical = index into codes; boolean = 0/1. Or one input "
+            "per feature, named as here, each [rows] or [rows, 1]; a categorical then also as BYTES names",
         }
     outputs = [TensorMetadata(name="predict", datatype=label_type, shape=[-1])]
     if classes is not None:
@@ -76,13 +97,44 @@ def _ready(core: Core, name: str, version: str | None = None) -> JSONResponse:
     return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
 
 
-def _tensor(request: InferRequest) -> np.ndarray:
-    tensor = request.inputs[0]
+def _check_content_types(request: InferRequest) -> None:
+    """The content types MLServer's codecs set are the encodings this route reads; others are refused."""
+    kind = (request.parameters or {}).get("content_type")
+    if kind is not None and kind not in MLSERVER_REQUEST_CODECS:
+        raise BadRequest(
+            f"parameters.content_type {kind!r} is not supported; use one of {list(MLSERVER_REQUEST_CODECS)}"
+        )
+    for tensor in request.inputs:
+        kind = (tensor.parameters or {}).get("content_type")
+        if kind is None:
+            continue
+        if kind not in INPUT_CONTENT_TYPES:
+            raise BadRequest(
+                f"input {tensor.name!r}: content_type {kind!r} is not supported; use one of {list(INPUT_CONTENT_TYPES)}"
+            )
+        if kind == "str" and tensor.datatype != "BYTES":
+            raise BadRequest(f"input {tensor.name!r}: content_type 'str' needs datatype BYTES, not {tensor.datatype}")
+
+
+def matrix_of(schema: FeatureSchema, request: InferRequest) -> np.ndarray:
+    """The request's inputs as one numeric [rows, features] tensor in card order (categoricals as
+    indexes, booleans 0/1), for ``Core.predict_tensor`` to check against the card."""
+    _check_content_types(request)
+    names = set(schema.names)
+    if len(request.inputs) > 1 or request.inputs[0].name in names:
+        return _named_inputs(schema, request.inputs)
+    return _single_tensor(request.inputs[0])
+
+
+def _single_tensor(tensor: InferInput) -> np.ndarray:
     loc: list[Any] = ["inputs", 0]
     if tensor.datatype not in NUMERIC_DATATYPES:
         raise BadRequest(f"input {tensor.name!r}: datatype {tensor.datatype} not supported; use a numeric type")
-    if len(tensor.shape) != 2 or any(d < 0 for d in tensor.shape):
-        raise BadRequest(f"input {tensor.name!r}: shape must be [rows, features], got {tensor.shape}")
+    if len(tensor.shape) not in (1, 2) or any(d < 0 for d in tensor.shape):
+        raise BadRequest(
+            f"input {tensor.name!r}: shape must be [rows, features] (or [features] for one row), got {tensor.shape}"
+        )
+    shape = tensor.shape if len(tensor.shape) == 2 else [1, tensor.shape[0]]
     try:
         flat = np.asarray(tensor.data, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError) as exc:
@@ -91,29 +143,119 @@ def _tensor(request: InferRequest) -> np.ndarray:
         raise BadRequest(
             f"input {tensor.name!r}: {flat.size} values do not fill shape {tensor.shape}", details=[{"loc": loc}]
         )
-    if tensor.shape[0] == 0:
+    if shape[0] == 0:
         raise BadRequest(f"input {tensor.name!r}: at least one row is required")
-    return flat.reshape(tensor.shape)
+    return flat.reshape(shape)
+
+
+def _named_inputs(schema: FeatureSchema, inputs: list[InferInput]) -> np.ndarray:
+    """One input per card feature (MLServer's PandasCodec): names checked, columns in card order."""
+    if not schema.features:
+        raise BadRequest(f"this model takes one input tensor [rows, features], got {len(inputs)} inputs")
+    by_name: dict[str, tuple[int, InferInput]] = {}
+    for index, tensor in enumerate(inputs):
+        if tensor.name not in schema.names:
+            raise BadRequest(
+                f"unknown input {tensor.name!r}: send one tensor [rows, features], or one input per feature "
+                f"named {schema.names}"
+            )
+        if tensor.name in by_name:
+            raise BadRequest(f"input {tensor.name!r} is sent twice")
+        by_name[tensor.name] = (index, tensor)
+    missing = [name for name in schema.names if name not in by_name]
+    if missing:
+        raise BadRequest(f"missing input(s) {missing}: send one input per feature of the card")
+    columns: list[np.ndarray] = []
+    first = ""
+    for feature in schema.features:
+        index, tensor = by_name[feature.name]
+        if len(tensor.shape) not in (1, 2) or tensor.shape[1:] not in ([], [1]) or tensor.shape[0] < 0:
+            raise BadRequest(f"input {tensor.name!r}: shape must be [rows] or [rows, 1], got {tensor.shape}")
+        rows = tensor.shape[0]
+        if columns and rows != len(columns[0]):
+            raise BadRequest(f"input {tensor.name!r} has {rows} rows but input {first!r} has {len(columns[0])}")
+        columns.append(_column(feature, tensor, index, rows))
+        first = first or tensor.name
+    if not len(columns[0]):
+        raise BadRequest("at least one row is required")
+    return np.column_stack(columns)
+
+
+def _column(feature: Feature, tensor: InferInput, index: int, rows: int) -> np.ndarray:
+    data = [v for item in tensor.data for v in (item if isinstance(item, list) else [item])]
+    if len(data) != rows:
+        raise BadRequest(f"input {tensor.name!r}: {len(data)} values do not fill shape {tensor.shape}")
+    if tensor.datatype == "BYTES":
+        if feature.type != "categorical":
+            raise BadRequest(
+                f"input {tensor.name!r}: BYTES is for categorical features; {feature.name!r} is {feature.type}, "
+                "send a numeric datatype"
+            )
+        codes = {category: code for code, category in enumerate(feature.categories or [])}
+        column = np.empty(rows)
+        for row, value in enumerate(data):
+            code = codes.get(value) if isinstance(value, str) else None
+            if code is None:
+                raise InvalidInput(
+                    f"input {tensor.name!r}: {str(value)[:64]!r} is not a category of {feature.name!r}",
+                    details=[
+                        {
+                            "loc": ["inputs", index, "data", row],
+                            "msg": f"one of {feature.categories}",
+                            "type": "literal_error",
+                        }
+                    ],
+                )
+            column[row] = code
+        return column
+    if tensor.datatype not in NUMERIC_DATATYPES:
+        raise BadRequest(f"input {tensor.name!r}: datatype {tensor.datatype} not supported")
+    try:
+        return np.asarray(data, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise BadRequest(f"input {tensor.name!r}: data must be numbers ({exc})") from None
+
+
+def _mlserver(request: InferRequest) -> bool:
+    """Sent through an MLServer request codec: answered as MLServer's sklearn runtime answers."""
+    return (request.parameters or {}).get("content_type") in MLSERVER_REQUEST_CODECS
 
 
 def _wanted(request: InferRequest) -> list[str]:
-    wanted = [o.name for o in request.outputs] if request.outputs else list(OUTPUTS)
+    if request.outputs:
+        wanted = [o.name for o in request.outputs]
+    else:
+        wanted = ["predict"] if _mlserver(request) else list(OUTPUTS)
     unknown = [name for name in wanted if name not in OUTPUTS]
     if unknown:
         raise BadRequest(f"unknown output(s) {unknown}; this model has {list(OUTPUTS)}")
+    for output in request.outputs or []:
+        if "classification" in (output.parameters or {}):
+            raise BadRequest(f"output {output.name!r}: the classification extension is not supported")
     return wanted
 
 
-def _outputs(wanted: list[str], prediction: Prediction) -> list[InferOutput]:
+def _outputs(wanted: list[str], prediction: Prediction, mlserver: bool) -> list[InferOutput]:
     rows = len(prediction.labels)
+    # MLServer's runtime encodes each output with its NumpyCodec: a batch dimension and content_type np.
+    parameters = {"content_type": "np"} if mlserver else None
     outputs = []
     if "predict" in wanted:
         datatype = "BYTES" if prediction.classes is not None else "FP64"
-        outputs.append(InferOutput(name="predict", shape=[rows], datatype=datatype, data=prediction.labels))
+        shape = [rows, 1] if mlserver else [rows]
+        outputs.append(
+            InferOutput(name="predict", shape=shape, datatype=datatype, parameters=parameters, data=prediction.labels)
+        )
     if "predict_proba" in wanted and prediction.probabilities is not None:
         proba = prediction.probabilities
         outputs.append(
-            InferOutput(name="predict_proba", shape=list(proba.shape), datatype="FP64", data=proba.ravel().tolist())
+            InferOutput(
+                name="predict_proba",
+                shape=list(proba.shape),
+                datatype="FP64",
+                parameters=parameters,
+                data=proba.ravel().tolist(),
+            )
         )
     return outputs
 
@@ -124,10 +266,47 @@ async def run_infer(core: Core, request: InferRequest, version: str | None, dead
     timeout = (request.parameters or {}).get("timeout")
     if timeout is not None:  # it may only lower the deadline already in force
         deadline = deadline.at_most(timeout_parameter(timeout))
-    prediction = await core.predict_tensor(_tensor(request), loc=["inputs", 0], deadline=deadline)
+    matrix = matrix_of(core.schema, request)
+    prediction = await core.predict_tensor(matrix, loc=["inputs", 0], deadline=deadline)
     return InferResponse(
-        model_name=holder.name, model_version=holder.version, id=request.id, outputs=_outputs(wanted, prediction)
+        model_name=holder.name,
+        model_version=holder.version,
+        id=request.id,
+        outputs=_outputs(wanted, prediction, _mlserver(request)),
     )
+
+
+def binary_outputs(request: InferRequest) -> set[str]:
+    """Outputs to send as binary data: those asking ``binary_data: true``, or all with the request's
+    ``binary_data_output: true`` except those asking ``binary_data: false``."""
+    every = (request.parameters or {}).get("binary_data_output") is True
+    chosen = {o.name: (o.parameters or {}).get("binary_data") for o in request.outputs or []}
+    return {name for name in OUTPUTS if chosen.get(name) is True or (every and chosen.get(name) is not False)}
+
+
+def binary_answer(response: InferResponse, binary: set[str]) -> tuple[bytes, int]:
+    """(body, JSON header length) of a response with the ``binary`` outputs as bytes after the header."""
+    blobs = []
+    outputs = []
+    for output in response.outputs:
+        if output.name in binary and output.data is not None:
+            blob = tensor_codec.encode(output.datatype, output.data)
+            blobs.append(blob)
+            parameters = {**(output.parameters or {}), "binary_data_size": len(blob)}
+            output = output.model_copy(update={"data": None, "parameters": parameters})
+        outputs.append(output)
+    header = response.model_copy(update={"outputs": outputs}).model_dump_json(exclude_none=True).encode()
+    return header + b"".join(blobs), len(header)
+
+
+async def read_binary(body: bytes, header_length: str, max_values: int, max_batch: int) -> Any:
+    """A binary-extension body as the parsed request it stands for: the JSON header, each binary input's
+    ``data`` filled in. Too many tensor elements for the route are 413, as the same values in JSON."""
+    header, binary = tensor_codec.split(body, header_length)
+    request = await json_body.parse(header, max_values, max_batch)
+    if tensor_codec.fill_inputs(request, binary) > max_values:
+        raise from_status(413, f"the body holds more tensor values than this route accepts ({max_values})")
+    return request
 
 
 def timeout_parameter(value: object) -> float:
@@ -143,16 +322,49 @@ def timeout_parameter(value: object) -> float:
 V2_SLACK_VALUES = 1024
 
 
+def _oip_route(max_values: Callable[[], int], max_batch: int) -> type[Any]:
+    """The v2 routes' class: bounded orjson bodies, and the binary extension (or JSON labelled
+    application/octet-stream) read into the parsed request FastAPI then validates, as the hot path does."""
+    base = bounded(max_values)
+
+    class OipRoute(base):  # type: ignore[valid-type,misc]  # a class built at run time
+        async def prepare(self, request: OrjsonRequest) -> OrjsonRequest:
+            header_length = request.headers.get(tensor_codec.HEADER)
+            content_type = request.headers.get("content-type", "")
+            if header_length is None and content_type.split(";", 1)[0].strip().lower() != BINARY_CONTENT_TYPE:
+                return request
+            # FastAPI parses a body as JSON only when labelled so: the parsed request is what it gets.
+            headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
+            scope = {**request.scope, "headers": [*headers, (b"content-type", b"application/json")]}
+            prepared = OrjsonRequest(scope, request.receive)
+            prepared.max_values = request.max_values
+            if header_length is not None:
+                body = await request.body()
+                prepared._body = body
+                prepared._json = await read_binary(body, header_length, request.max_values or 0, max_batch)
+            return prepared
+
+    return OipRoute
+
+
+def _answer(response: InferResponse, request: InferRequest) -> InferResponse | Response:
+    binary = binary_outputs(request)
+    if not binary:
+        return response
+    body, header_length = binary_answer(response, binary)
+    return Response(body, media_type=BINARY_CONTENT_TYPE, headers={tensor_codec.HEADER: str(header_length)})
+
+
 def build_router(core: Core) -> APIRouter:
     # A tensor of max_batch_size rows, nested or flat, plus parameters and names.
     max_batch = core.settings.api.max_batch_size
-    route_class = bounded(lambda: core.schema.max_values(max_batch) + V2_SLACK_VALUES)
+    route_class = _oip_route(lambda: core.schema.max_values(max_batch) + V2_SLACK_VALUES, max_batch)
     router = APIRouter(route_class=route_class, prefix="/v2", tags=["open inference protocol v2"])
     deadline_dep = Depends(deadline_of(core))
 
     @router.get("", summary="Server metadata")
     async def server_metadata() -> dict[str, Any]:
-        return {"name": "ferry", "version": __version__, "extensions": []}
+        return {"name": "ferry", "version": __version__, "extensions": EXTENSIONS}
 
     @router.get("/health/live", summary="Server live")
     async def server_live() -> dict[str, bool]:
@@ -180,17 +392,19 @@ def build_router(core: Core) -> APIRouter:
         return _ready(core, name, version)
 
     @router.post("/models/{name}/infer", response_model=InferResponse, response_model_exclude_none=True)
-    async def infer(name: str, request: InferRequest, deadline: Annotated[Deadline, deadline_dep]) -> InferResponse:
+    async def infer(
+        name: str, request: InferRequest, deadline: Annotated[Deadline, deadline_dep]
+    ) -> InferResponse | Response:
         check_model(core, name)
-        return await run_infer(core, request, None, deadline)
+        return _answer(await run_infer(core, request, None, deadline), request)
 
     @router.post(
         "/models/{name}/versions/{version}/infer", response_model=InferResponse, response_model_exclude_none=True
     )
     async def infer_version(
         name: str, version: str, request: InferRequest, deadline: Annotated[Deadline, deadline_dep]
-    ) -> InferResponse:
+    ) -> InferResponse | Response:
         check_model(core, name, version)
-        return await run_infer(core, request, version, deadline)
+        return _answer(await run_infer(core, request, version, deadline), request)
 
     return router

@@ -9,6 +9,7 @@ in-process with the estimator itself.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,12 +76,16 @@ def run_client(client: str, script: str, url: str, payload: dict[str, Any], time
     ``make interop-clients``), ``payload`` as JSON on stdin; its stdout is one JSON document."""
     python = TOOLS / f"interop-{client}" / "bin" / "python"
     assert python.exists(), f"{python} is missing: run `make interop-clients` (the integration tier needs it)"
+    # The venvs are installed without bytecode (uv's default, the fast install): let the first run
+    # write it, so later runs skip recompiling kserve's and mlserver's imports (~6 s each here).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     done = subprocess.run(
         [str(python), str(REPO / "tests/support/clients" / script), url],
         input=json.dumps(payload),
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=env,
         check=False,
     )
     assert done.returncode == 0, f"{script} exited {done.returncode}:\n{done.stderr[-4000:]}"

@@ -68,9 +68,8 @@ def test_types_one_row_1d(cases: dict[str, Any], rows: Sample) -> None:
 def test_pandas_codec_default_output(cases: dict[str, Any], rows: Sample, card: dict) -> None:
     got = result(cases, "pandas_codec_default_output")
     # What PandasCodec made of the frame: one input per column, the categoricals as BYTES.
-    categorical = {f["name"] for f in card["features"] if f["type"] == "categorical"}
-    assert set(got["request_inputs"]) == {f["name"] for f in card["features"]}
-    assert {name for name, datatype in got["request_inputs"].items() if datatype == "BYTES"} == categorical
+    datatypes = {"categorical": "BYTES", "boolean": "BOOL", "integer": "INT64", "number": "FP64"}
+    assert got["request_inputs"] == {f["name"]: datatypes[f["type"]] for f in card["features"]}
     assert_predict(got["outputs"]["predict"], rows.labels)
     assert got["decoded_response"]["columns"] == ["predict"]
     assert [v.decode() if isinstance(v, bytes) else v for v in got["decoded_response"]["predict"]] == rows.labels

@@ -58,22 +58,23 @@ lock: $(VENV)/.dev ## Re-resolve requirements/*.lock from pyproject.toml (needs 
 # (tests/integration/test_interop_*.py). Each lives in its own virtualenv under .tools, from its own
 # hashed lock: mlserver 1.7.1 pins fastapi<0.116 (ferry needs >=0.120); kserve 0.21 needs starlette>=1.3.1
 # (which that fastapi excludes), protobuf<7 and psutil<6 (the dev lock has 7.x of both). Neither fits
-# the dev lock nor the other. tritonclient[http] (sync and aio) is in
-# the dev lock. Installed with the dev venv's uv, not pip: from a cold cache uv takes ~4 s and ~7 s for
-# the two, pip ~80 s each (README "Interop" has the command).
+# the dev lock nor the other; tritonclient[http] (sync and aio) is in the dev lock. Installed with the
+# dev venv's uv, not pip: from a cold cache uv takes ~4 s and ~7 s for the two, pip ~80 s each
+# (README "Interop" has the commands). --system-certs: uv trusts the host's CA
+# bundle as pip does (a TLS-intercepting proxy's CA is there), not only its own roots or SSL_CERT_FILE.
 INTEROP_CLIENTS := mlserver kserve
 INTEROP_VENVS   := $(foreach c,$(INTEROP_CLIENTS),.tools/interop-$(c)/.installed)
 
 .tools/interop-%/.installed: requirements/interop-%.lock | $(VENV)/.dev
 	rm -rf .tools/interop-$*
 	$(PYTHON) -m venv --without-pip .tools/interop-$*
-	$(VENV)/bin/uv pip install --quiet --python .tools/interop-$*/bin/python --require-hashes --no-deps -r $<
+	$(VENV)/bin/uv pip install --quiet --system-certs --python .tools/interop-$*/bin/python --require-hashes --no-deps -r $<
 	touch $@
 
 .PHONY: interop-clients lock-interop
 interop-clients: $(INTEROP_VENVS) ## mlserver and kserve, each in its own virtualenv (.tools/interop-*), for the interop tests
 lock-interop: $(VENV)/.dev ## Re-resolve requirements/interop-*.lock from requirements/interop-*.in
-	for c in $(INTEROP_CLIENTS); do $(VENV)/bin/uv pip compile requirements/interop-$$c.in --python-version 3.11 --generate-hashes -q -o requirements/interop-$$c.lock; done
+	for c in $(INTEROP_CLIENTS); do $(VENV)/bin/uv pip compile requirements/interop-$$c.in --python-version 3.11 --generate-hashes --system-certs -q -o requirements/interop-$$c.lock; done
 
 # --- system tools ----------------------------------------------------------------------------
 # Debian packages the tests start for real: promtool/prometheus (2.42) for the alert rules and the

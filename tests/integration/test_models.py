@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import shutil
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import joblib
 import numpy as np
 import pytest
+import tritonclient.http as triton
+from tritonclient.utils import InferenceServerException
 
 from support.metrics import Background
 from support.models import TRUSTED_CARDLESS, ExplodingModel, SlowModel
+from support.records import make_records
 from support.server import Server
 
 
@@ -214,3 +219,129 @@ def test_oip_errors_use_protocol_shape(server: Server) -> None:
         assert text in r.json()["error"] or text in json.dumps(r.json()), r.json()
     assert httpx.post(server.url + "/v2/models/nope/infer", json=cases[0][0]).status_code == 404
     assert httpx.get(server.url + "/v2/models/nope").json()["error"].startswith("no model")
+
+
+# -- the wire as Triton's own client speaks it: binary tensors in and out, JSON, compressed requests, one
+# input per feature. Every answer equals in-process predict_proba to 1e-9.
+OIP_ROWS = 40
+
+
+@pytest.fixture(scope="module")
+def triton_client(server: Server) -> triton.InferenceServerClient:
+    return triton.InferenceServerClient(url=server.url.removeprefix("http://"))
+
+
+@pytest.fixture(scope="module")
+def oip_records(card: dict) -> list[dict[str, Any]]:
+    return make_records(card, OIP_ROWS, seed=17)
+
+
+@pytest.fixture(scope="module")
+def oip_expected(churn_model: Path, card: dict, oip_records: list[dict[str, Any]]) -> tuple[np.ndarray, list[str]]:
+    """predict_proba and predict of the model file itself, in this process."""
+    names = [f["name"] for f in card["features"]]
+    rows = np.array([[r[n] for n in names] for r in oip_records], dtype=object)
+    estimator = joblib.load(churn_model)
+    return estimator.predict_proba(rows), [str(label) for label in estimator.predict(rows)]
+
+
+def _matrix(card: dict, records: list[dict[str, Any]]) -> np.ndarray:
+    """The single-tensor encoding: card order, categorical index, boolean 0/1."""
+    from ferry_client.protocol import record_row
+
+    return np.array([record_row(r, card["features"]) for r in records], dtype=np.float64)
+
+
+def _check(result: Any, expected: tuple[np.ndarray, list[str]]) -> None:
+    proba, labels = expected
+    np.testing.assert_allclose(result.as_numpy("predict_proba"), proba, rtol=0, atol=1e-9)
+    got = result.as_numpy("predict").ravel()
+    assert [x.decode() if isinstance(x, bytes) else x for x in got] == labels
+
+
+def _outputs(binary: bool) -> list[triton.InferRequestedOutput]:
+    return [triton.InferRequestedOutput(name, binary_data=binary) for name in ("predict", "predict_proba")]
+
+
+@pytest.mark.parametrize(("binary_in", "binary_out"), [(True, True), (True, False), (False, True)])
+def test_triton_binary_tensors(
+    triton_client, card, oip_records, oip_expected, binary_in: bool, binary_out: bool
+) -> None:
+    tensor = triton.InferInput("input-0", [OIP_ROWS, len(card["features"])], "FP64")
+    tensor.set_data_from_numpy(_matrix(card, oip_records), binary_data=binary_in)
+    result = triton_client.infer("churn", [tensor], outputs=_outputs(binary_out), request_id="b1")
+    _check(result, oip_expected)
+    response = result.get_response()
+    assert response["id"] == "b1"
+    sizes = {o["name"]: o.get("parameters", {}).get("binary_data_size") for o in response["outputs"]}
+    assert sizes == (
+        {"predict": 4 * OIP_ROWS + sum(map(len, oip_expected[1])), "predict_proba": OIP_ROWS * 2 * 8}
+        if binary_out
+        else {"predict": None, "predict_proba": None}
+    )
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_triton_compressed_requests(triton_client, card, oip_records, oip_expected, algorithm: str) -> None:
+    tensor = triton.InferInput("input-0", [OIP_ROWS, len(card["features"])], "FP64")
+    tensor.set_data_from_numpy(_matrix(card, oip_records))
+    result = triton_client.infer("churn", [tensor], outputs=_outputs(True), request_compression_algorithm=algorithm)
+    _check(result, oip_expected)
+
+
+def test_triton_one_input_per_feature_with_bytes_categoricals(triton_client, card, oip_records, oip_expected) -> None:
+    """What MLServer's PandasCodec sends, built with Triton's client: names in any order, BYTES categories."""
+    inputs = []
+    for feature in reversed(card["features"]):
+        values = [r[feature["name"]] for r in oip_records]
+        if feature["type"] == "categorical":
+            array, datatype = np.array(values, dtype=np.object_).reshape(-1, 1), "BYTES"
+        elif feature["type"] == "boolean":
+            array, datatype = np.array(values, dtype=bool).reshape(-1, 1), "BOOL"
+        elif feature["type"] == "integer":
+            array, datatype = np.array(values, dtype=np.int64), "INT64"
+        else:
+            array, datatype = np.array(values, dtype=np.float64), "FP64"
+        tensor = triton.InferInput(feature["name"], list(array.shape), datatype)
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    _check(triton_client.infer("churn", inputs, outputs=_outputs(True)), oip_expected)
+    with pytest.raises(InferenceServerException, match="missing input"):
+        triton_client.infer("churn", inputs[1:], outputs=_outputs(True))
+
+
+def test_aio_client_json_labelled_octet_stream(server: Server, card, oip_records, oip_expected) -> None:
+    """tritonclient.http.aio (aiohttp) labels its JSON body application/octet-stream."""
+    import asyncio
+
+    import tritonclient.http.aio as triton_aio
+
+    async def go() -> Any:
+        client = triton_aio.InferenceServerClient(url=server.url.removeprefix("http://"))
+        try:
+            tensor = triton_aio.InferInput("input-0", [OIP_ROWS, len(card["features"])], "FP64")
+            tensor.set_data_from_numpy(_matrix(card, oip_records), binary_data=False)
+            outputs = [triton_aio.InferRequestedOutput(n, binary_data=False) for n in ("predict", "predict_proba")]
+            return await client.infer("churn", [tensor], outputs=outputs)
+        finally:
+            await client.close()
+
+    _check(asyncio.run(go()), oip_expected)
+
+
+def test_extensions_and_wire_refusals(server: Server, triton_client) -> None:
+    assert triton_client.get_server_metadata()["extensions"] == ["binary_tensor_data"]
+    infer = server.url + "/v2/models/churn/infer"
+    header = b'{"inputs":[{"name":"input-0","shape":[1,8],"datatype":"FP64","parameters":{"binary_data_size":64}}]}'
+    for body in (header + b"\0" * 63, header + b"\0" * 65):  # a byte short, a byte over
+        r = httpx.post(infer, content=body, headers={"Inference-Header-Content-Length": str(len(header))})
+        assert (r.status_code, r.json()["code"]) == (400, "malformed_binary_data"), r.text
+    # 10 MB of zeros in 10 kB of gzip: refused at the body limit without inflating the rest.
+    bomb = gzip.compress(b"\0" * 10_000_000)
+    started = time.perf_counter()
+    r = httpx.post(infer, content=bomb, headers={"Content-Encoding": "gzip"})
+    assert (r.status_code, r.json()["code"]) == (413, "decompressed_too_large"), r.text
+    assert time.perf_counter() - started < 2.0
+    r = httpx.post(infer, content=b"{}", headers={"Content-Encoding": "br"})
+    assert (r.status_code, r.json()["code"]) == (415, "unsupported_content_encoding")
+    assert httpx.get(server.url + "/readyz").status_code == 200

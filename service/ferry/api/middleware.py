@@ -174,10 +174,11 @@ class RequestMiddleware:
         if length is not None and (not length.isdigit() or int(length) > limit):
             raise PayloadTooLarge(f"request body exceeds {limit} bytes", headers={"connection": "close"})
         content_type = _text(headers.get(b"content-type"))
-        if not is_json_content_type(content_type) and not (
-            is_binary_content_type(content_type) and is_infer_path(scope.get("path", ""))
-        ):
-            raise UnsupportedMediaType()
+        if not is_json_content_type(content_type):
+            if not is_infer_path(scope.get("path", "")):
+                raise UnsupportedMediaType()
+            if not is_binary_content_type(content_type):
+                raise UnsupportedMediaType("request body must be application/json or application/octet-stream")
         encoding = headers.get(b"content-encoding")
         wbits = content_encoding.wbits_for(encoding.decode("latin-1")) if encoding is not None else None
         if wbits is not None:

@@ -99,13 +99,13 @@ def _ready(core: Core, name: str, version: str | None = None) -> JSONResponse:
 
 def _check_content_types(request: InferRequest) -> None:
     """The content types MLServer's codecs set are the encodings this route reads; others are refused."""
-    kind = (request.parameters or {}).get("content_type")
+    kind = request.parameters.get("content_type") if request.parameters else None
     if kind is not None and kind not in MLSERVER_REQUEST_CODECS:
         raise BadRequest(
             f"parameters.content_type {kind!r} is not supported; use one of {list(MLSERVER_REQUEST_CODECS)}"
         )
     for tensor in request.inputs:
-        kind = (tensor.parameters or {}).get("content_type")
+        kind = tensor.parameters.get("content_type") if tensor.parameters else None
         if kind is None:
             continue
         if kind not in INPUT_CONTENT_TYPES:
@@ -120,8 +120,7 @@ def matrix_of(schema: FeatureSchema, request: InferRequest) -> np.ndarray:
     """The request's inputs as one numeric [rows, features] tensor in card order (categoricals as
     indexes, booleans 0/1), for ``Core.predict_tensor`` to check against the card."""
     _check_content_types(request)
-    names = set(schema.names)
-    if len(request.inputs) > 1 or request.inputs[0].name in names:
+    if len(request.inputs) > 1 or request.inputs[0].name in schema.names:
         return _named_inputs(schema, request.inputs)
     return _single_tensor(request.inputs[0])
 
@@ -279,6 +278,8 @@ async def run_infer(core: Core, request: InferRequest, version: str | None, dead
 def binary_outputs(request: InferRequest) -> set[str]:
     """Outputs to send as binary data: those asking ``binary_data: true``, or all with the request's
     ``binary_data_output: true`` except those asking ``binary_data: false``."""
+    if request.parameters is None and request.outputs is None:
+        return set()  # a plain JSON request: no lookups
     every = (request.parameters or {}).get("binary_data_output") is True
     chosen = {o.name: (o.parameters or {}).get("binary_data") for o in request.outputs or []}
     return {name for name in OUTPUTS if chosen.get(name) is True or (every and chosen.get(name) is not False)}

@@ -111,7 +111,8 @@ def test_sync_compressed_request(server: Server, rows: Sample, algorithm: str) -
 
 
 def test_sync_async_infer(server: Server, rows: Sample) -> None:
-    """async_infer (tritonclient's greenlet pool): several in flight at once, each its own rows back."""
+    """async_infer (tritonclient's greenlet pool): 4 requests sent before the first result is read, each
+    answered with its own id and rows."""
     client = triton.InferenceServerClient(url=server.url.removeprefix("http://"), concurrency=4)
     halves = [rows.matrix[:8], rows.matrix[8:], rows.matrix, rows.matrix[::-1]]
     pending = [

@@ -55,3 +55,10 @@ def test_infer(cases: dict[str, Any], rows: Sample, name: str) -> None:
     assert (labels["datatype"], labels["values"]) == ("BYTES", rows.labels)
     assert (proba["datatype"], proba["shape"]) == ("FP64", list(rows.proba.shape))
     np.testing.assert_allclose(np.array(proba["values"]).reshape(rows.proba.shape), rows.proba, rtol=0, atol=1e-9)
+
+
+def test_refusal_reaches_the_caller_with_the_protocol_message(cases: dict[str, Any]) -> None:
+    """KServe's client puts the body's "error" into its exception only for exactly application/json."""
+    got = result(cases, "refusal")
+    assert got["status"] == 400
+    assert got["message"].startswith("expected 8 features per record, got 1"), got["message"]

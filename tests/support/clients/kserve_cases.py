@@ -15,6 +15,7 @@ import sys
 import traceback
 from typing import Any
 
+import httpx
 import numpy as np
 from kserve import InferenceRESTClient, InferInput, InferRequest, InferResponse, RESTConfig
 from kserve.protocol.infer_type import RequestedOutput
@@ -87,6 +88,13 @@ async def run(url: str, data: dict[str, Any]) -> dict[str, Any]:
                 results[name] = {"result": described(response, headers)}
             except Exception as exc:  # reported per case; the test names it
                 results[name] = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-1500:]}
+        # A refusal (one tensor of 1 feature): the client raises httpx.HTTPStatusError with the "error" message.
+        bad = InferRequest(model_name=MODEL, infer_inputs=named({"no_such_feature": [1.0]}, False))
+        try:
+            await client.infer(url, bad, model_name=MODEL)
+            results["refusal"] = {"error": "a tensor of 1 feature was accepted"}
+        except httpx.HTTPStatusError as exc:
+            results["refusal"] = {"result": {"status": exc.response.status_code, "message": str(exc)}}
     finally:
         await client.close()
     return results

@@ -66,6 +66,29 @@ $(EVENTSOURCE_DIR)/node_modules/.package-lock.json: $(EVENTSOURCE_DIR)/package-l
 .PHONY: node-deps
 node-deps: $(EVENTSOURCE_DIR)/node_modules/.package-lock.json ## npm's eventsource package for the EventSource test (npm ci from its lock)
 
+# --- third-party clients (interop tests) -----------------------------------------------------
+# The integration tier drives ferry with MLServer's codecs and KServe's client as their users run them
+# (tests/integration/test_interop_*.py). Each lives in its own virtualenv under .tools, from its own
+# hashed lock: mlserver 1.7.1 pins fastapi<0.116 (ferry needs >=0.120); kserve 0.21 needs starlette>=1.3.1
+# (which that fastapi excludes), protobuf<7 and psutil<6 (the dev lock has 7.x of both). Neither fits
+# the dev lock nor the other; tritonclient[http] (sync and aio) is in the dev lock. Installed with the
+# dev venv's uv, not pip: from a cold cache uv takes ~4 s and ~7 s for the two, pip ~80 s each
+# (README "Interop" has the commands). --system-certs: uv trusts the host's CA
+# bundle as pip does (a TLS-intercepting proxy's CA is there), not only its own roots or SSL_CERT_FILE.
+INTEROP_CLIENTS := mlserver kserve
+INTEROP_VENVS   := $(foreach c,$(INTEROP_CLIENTS),.tools/interop-$(c)/.installed)
+
+.tools/interop-%/.installed: requirements/interop-%.lock | $(VENV)/.dev
+	rm -rf .tools/interop-$*
+	$(PYTHON) -m venv --without-pip .tools/interop-$*
+	$(VENV)/bin/uv pip install --quiet --system-certs --python .tools/interop-$*/bin/python --require-hashes --no-deps -r $<
+	touch $@
+
+.PHONY: interop-clients lock-interop
+interop-clients: $(INTEROP_VENVS) ## mlserver and kserve, each in its own virtualenv (.tools/interop-*), for the interop tests
+lock-interop: $(VENV)/.dev ## Re-resolve requirements/interop-*.lock from requirements/interop-*.in
+	for c in $(INTEROP_CLIENTS); do $(VENV)/bin/uv pip compile requirements/interop-$$c.in --python-version 3.11 --generate-hashes --system-certs -q -o requirements/interop-$$c.lock; done
+
 # --- system tools ----------------------------------------------------------------------------
 # Debian packages the tests start for real: promtool/prometheus (2.42) for the alert rules and the
 # live tier, prometheus-alertmanager/amtool (0.25) for the alert routing (the tests start their own
@@ -191,7 +214,7 @@ lint: $(VENV)/.dev ## ruff (lint + format check), mypy --strict (service and cli
 	$(VENV)/bin/yamllint --strict -c deploy/helm/yamllint.yaml .github/workflows
 
 .PHONY: test
-test: $(VENV)/.dev node-deps tools lint check-generated helm-validate image ## Install what is needed, then run every test tier (with coverage)
+test: $(VENV)/.dev node-deps interop-clients tools lint check-generated helm-validate image ## Install what is needed, then run every test tier (with coverage)
 	$(PY) -m coverage erase
 	$(PY) -m coverage run -m pytest -m "unit or integration or deploy or alerts or live or image" --durations=25 $(PYTEST_ARGS)
 	$(PY) -m coverage report
@@ -199,7 +222,7 @@ test: $(VENV)/.dev node-deps tools lint check-generated helm-validate image ## I
 .PHONY: test-unit test-integration test-deploy test-alerts test-live test-image
 test-unit: $(VENV)/.dev ## Only the unit tier (in-process, seconds)
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
-test-integration: $(VENV)/.dev node-deps ## Only the integration tier (real gunicorn on 127.0.0.1)
+test-integration: $(VENV)/.dev node-deps interop-clients ## Only the integration tier (real gunicorn on 127.0.0.1)
 	$(PY) -m pytest -m integration $(PYTEST_ARGS)
 test-deploy: $(VENV)/.dev k8s-tools ## Only the deploy tier (hadolint, launcher, chart, manifests, pod conformance)
 	$(PY) -m pytest -m deploy $(PYTEST_ARGS)

@@ -177,9 +177,13 @@ _COMPONENT_MODELS: tuple[type[BaseModel], ...] = (
 
 
 def event_stream(events: Mapping[str, type[BaseModel]], description: str, example: str | None = None) -> Responses:
-    """A 200 ``text/event-stream`` answer; its schema describes one event (as Open API 3.2's
-    ``itemSchema`` does, and Schemathesis reads it): the event name, its id, and ``data`` holding the
-    JSON of that event's payload model."""
+    """A 200 ``text/event-stream`` answer whose ``itemSchema`` describes one event: its name, its id,
+    and ``data`` holding the JSON of that event's payload model (``contentSchema``).
+
+    ``itemSchema`` is Open API 3.2's field for the items of a sequential media type, used here in a 3.1
+    document: Schemathesis validates every event against it, and 3.1 tools that do not know it
+    (openapi-python-client) hand the body over as it came instead of failing to parse it as JSON. There
+    is deliberately no ``schema``: a 3.1 reader would take it for the whole body's JSON."""
     variants = [
         {
             "type": "object",
@@ -198,7 +202,7 @@ def event_stream(events: Mapping[str, type[BaseModel]], description: str, exampl
         }
         for name, model in events.items()
     ]
-    media: dict[str, Any] = {"schema": {"oneOf": variants}}
+    media: dict[str, Any] = {"itemSchema": {"oneOf": variants}}
     if example is not None:
         media["example"] = example
     return {200: {"description": description, "content": {SSE_MEDIA_TYPE: media}}}
@@ -218,9 +222,9 @@ def complete(schema: dict[str, Any], timeout_max_s: float) -> None:
         for status in [s for s, r in responses.items() if _is_fastapi_validation(r)]:
             del responses[status]
         for response in responses.values():
-            stream = response.get("content", {}).get(SSE_MEDIA_TYPE, {}).get("schema", {})
-            if "oneOf" in stream:
-                stream.pop("type", None)  # FastAPI's default for a non-JSON response class: a string
+            stream = response.get("content", {}).get(SSE_MEDIA_TYPE, {})
+            if "itemSchema" in stream:
+                stream.pop("schema", None)  # FastAPI's default for a non-JSON response class (see event_stream)
             response.setdefault("headers", {})[REQUEST_ID_HEADER] = {
                 "description": "The request's id: the caller's X-Request-ID when it is safe to echo "
                 "(1-128 of `A-Za-z0-9._:/+=-`), else a fresh one. Also in every log line about the request.",

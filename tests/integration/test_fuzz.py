@@ -2,7 +2,7 @@
 
 Schemathesis' own runner (the `schemathesis run` command, as a user would call it) reads /openapi.json
 of a real gunicorn server (2 workers) and runs all its phases (examples, coverage, fuzzing, stateful)
-with ``--checks all``: no 5xx; every status, content type, header and body (error bodies and each
+with ``--checks all`` (but use_after_free, see below): no 5xx; every status, content type, header and body (error bodies and each
 Server-Sent Event's payload included) as documented; schema-valid requests accepted and schema-invalid
 ones refused; 405 with ``Allow`` for every method a path does not serve. Where a check's expected
 statuses differ from Schemathesis' defaults, tests/integration/schemathesis.toml says why. The run is
@@ -22,7 +22,7 @@ from support.server import Server
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 # Per operation and phase; 22 operations through the four phases make well over MIN_CASES cases.
-MAX_EXAMPLES = 25
+MAX_EXAMPLES = 20
 MIN_CASES = 1000
 
 
@@ -37,6 +37,12 @@ def report(server: Server, tmp_path_factory: pytest.TempPathFactory) -> dict:
         server.url + "/openapi.json",
         "--checks",
         "all",
+        # use_after_free, the one check left out: DELETE /api/v1/jobs/{job_id} cancels a job, which stays
+        # readable (status canceled, with its history) until its result TTL like every finished job, so
+        # "deleted resource still available" does not apply. It is the API's only DELETE: the check has
+        # nothing else to look at. (Left out here: --checks all overrides the config file's switches.)
+        "--exclude-checks",
+        "use_after_free",
         "--max-examples",
         str(MAX_EXAMPLES),
         "--generation-deterministic",  # the same cases every run, and no example database

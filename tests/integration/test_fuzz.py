@@ -2,11 +2,12 @@
 
 Schemathesis' own runner (the `schemathesis run` command, as a user would call it) reads /openapi.json
 of a real gunicorn server (2 workers) and runs all its phases (examples, coverage, fuzzing, stateful)
-with ``--checks all`` (but use_after_free, see below): no 5xx; every status, content type, header and body (error bodies and each
-Server-Sent Event's payload included) as documented; schema-valid requests accepted and schema-invalid
-ones refused; 405 with ``Allow`` for every method a path does not serve. Where a check's expected
-statuses differ from Schemathesis' defaults, tests/integration/schemathesis.toml says why. The run is
-deterministic (same cases every time) and must find zero failures over at least MIN_CASES cases.
+with ``--checks all`` (all but use_after_free, see below): no 5xx; every status, content type, header
+and body (error bodies and each Server-Sent Event's payload included) as documented; schema-valid
+requests accepted and schema-invalid ones refused; 405 with ``Allow`` for every method a path does not
+serve. Where a check's expected statuses differ from Schemathesis' defaults,
+tests/integration/schemathesis.toml says why. The run is deterministic (the same cases every time) and
+must find zero failures over at least MIN_CASES cases.
 """
 
 from __future__ import annotations

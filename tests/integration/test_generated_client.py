@@ -105,6 +105,16 @@ def model(package: ModuleType, name: str) -> Any:
     return getattr(importlib.import_module(f"{package.__name__}.models"), name)
 
 
+def events_of(stream: bytes) -> list[tuple[str, Any]]:
+    """(event name, parsed data) of each event of a text/event-stream body (comments skipped)."""
+    found = []
+    for block in stream.decode().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line and line[0] != ":")
+        if "data" in fields:
+            found.append((fields.get("event", "message"), json.loads(fields["data"])))
+    return found
+
+
 def error(response: Any, status: int, code: str, body: str = "ErrorBody") -> None:
     assert response.status_code == status, (response.status_code, response.content[:300])
     assert type(response.parsed).__name__ == body and response.parsed.code == code, response.parsed
@@ -134,7 +144,11 @@ def test_every_operation_succeeds_and_fails_as_documented(
     error(batch_predict(client=batch, body=two), 403, "forbidden")
     stream = api(pkg, "predict", "predict_stream_api_v1_predict_stream_post")
     ok = stream(client=team, body=m("StreamPredictRequest").from_dict({"records": [record] * 3, "chunk_size": 2}))
-    assert ok.status_code == 200 and ok.content.count(b"event: chunk") == 2  # the event stream, as it came
+    # The event stream as it came; each event's data parses into the generated payload model.
+    payloads = {"chunk": m("StreamChunk"), "summary": m("StreamSummary")}
+    parsed = [payloads[name].from_dict(data) for name, data in events_of(ok.content)]
+    assert [type(p).__name__ for p in parsed] == ["StreamChunk", "StreamChunk", "StreamSummary"]
+    assert parsed[1].offset == 2 and parsed[2].records == 3
     too_big = m("StreamPredictRequest").from_dict({"records": [record], "chunk_size": 10**6})
     error(stream(client=team, body=too_big), 422, "validation_error")
 
@@ -146,7 +160,8 @@ def test_every_operation_succeeds_and_fails_as_documented(
     error(submit(client=batch, body=hook), 422, "callbacks_not_configured")
     events = api(pkg, "jobs", "events_api_v1_jobs_job_id_events_get")
     followed = events(job.parsed.id, client=batch)  # ends with the job's terminal state
-    assert followed.status_code == 200 and b'"status":"succeeded"' in followed.content
+    statuses = [m("Job").from_dict(data).status.value for name, data in events_of(followed.content)]
+    assert followed.status_code == 200 and statuses[-1] == "succeeded", statuses
     get_job = api(pkg, "jobs", "get_job_api_v1_jobs_job_id_get")
     assert get_job(job.parsed.id, client=batch).parsed.status.value == "succeeded"
     unknown = "0" * 32

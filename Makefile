@@ -214,7 +214,7 @@ lint: $(VENV)/.dev ## ruff (lint + format check), mypy --strict (service and cli
 	$(VENV)/bin/yamllint --strict -c deploy/helm/yamllint.yaml .github/workflows
 
 .PHONY: test
-test: $(VENV)/.dev node-deps interop-clients tools lint check-generated helm-validate image ## Install what is needed, then run every test tier (with coverage)
+test: $(VENV)/.dev node-deps interop-clients openapi-client tools lint check-generated helm-validate image ## Install what is needed, then run every test tier (with coverage)
 	$(PY) -m coverage erase
 	$(PY) -m coverage run -m pytest -m "unit or integration or deploy or alerts or live or image" --durations=25 $(PYTEST_ARGS)
 	$(PY) -m coverage report
@@ -222,7 +222,7 @@ test: $(VENV)/.dev node-deps interop-clients tools lint check-generated helm-val
 .PHONY: test-unit test-integration test-deploy test-alerts test-live test-image
 test-unit: $(VENV)/.dev ## Only the unit tier (in-process, seconds)
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
-test-integration: $(VENV)/.dev node-deps interop-clients ## Only the integration tier (real gunicorn on 127.0.0.1)
+test-integration: $(VENV)/.dev node-deps interop-clients openapi-client ## Only the integration tier (real gunicorn on 127.0.0.1)
 	$(PY) -m pytest -m integration $(PYTEST_ARGS)
 test-deploy: $(VENV)/.dev k8s-tools ## Only the deploy tier (hadolint, launcher, chart, manifests, pod conformance)
 	$(PY) -m pytest -m deploy $(PYTEST_ARGS)
@@ -258,6 +258,20 @@ lock-checkov: $(VENV)/.dev ## Re-resolve requirements/checkov.lock from requirem
 .PHONY: helm-validate
 helm-validate: $(VENV)/.dev k8s-tools checkov ## Chart + overlays: lint, render, strict schemas, checkov, yamllint
 	$(PY) scripts/k8s_validate.py
+
+# openapi-python-client (the generated-client test of the OpenAPI contract) in its own virtualenv, for
+# the same reason as checkov: its pins (typer, ruamel.yaml, its own ruff) would move the dev lock's.
+OPENAPI_CLIENT_VENV := .tools/openapi-client
+
+$(OPENAPI_CLIENT_VENV)/.installed: requirements/openapi-client.lock
+	$(PYTHON) -m venv $(OPENAPI_CLIENT_VENV)
+	$(OPENAPI_CLIENT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r $<
+	touch $@
+
+.PHONY: openapi-client lock-openapi-client
+openapi-client: $(OPENAPI_CLIENT_VENV)/.installed ## openapi-python-client in its own virtualenv (.tools/openapi-client)
+lock-openapi-client: $(VENV)/.dev ## Re-resolve requirements/openapi-client.lock from requirements/openapi-client.in
+	$(VENV)/bin/uv pip compile requirements/openapi-client.in --python-version 3.11 --generate-hashes -q -o requirements/openapi-client.lock
 
 # --- dashboards ----------------------------------------------------------------------------
 .PHONY: dashboards-preview

@@ -31,6 +31,12 @@ def _numbers_only(value: Any) -> Any:
     return value
 
 
+def json_integer(**constraints: Any) -> Any:
+    """A strict integer of a request body, except that 12.0 is 12 (JSON Schema's "integer"). The
+    constraints come before the validator: after it, they would not reach the JSON Schema."""
+    return Annotated[int, Field(strict=True, **constraints), BeforeValidator(_numbers_only)]
+
+
 MAX_REPORTED_PROBLEMS = 20
 # Records validated between two yields to the event loop (a few ms of work): see validate_records.
 VALIDATION_SLICE = 1_000

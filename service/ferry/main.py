@@ -23,10 +23,11 @@ from ferry import __version__, tracing
 from ferry.api import connections
 from ferry.api.auth import scope_for
 from ferry.api.cors import CorsMiddleware
-from ferry.api.errors import from_status
+from ferry.api.errors import allowed_methods, from_status
 from ferry.api.hot_path import HotPath
 from ferry.api.metrics_port import MetricsListener
 from ferry.api.middleware import RequestMiddleware
+from ferry.api.openapi import complete
 from ferry.api.routes import health, jobs, models, predict, stream, v2
 from ferry.auth import authenticator_for
 from ferry.core import Core
@@ -52,8 +53,14 @@ Serves one scikit-learn model. Typed single, batch and streamed (Server-Sent Eve
 the model card, asynchronous jobs (polling, event stream, or a signed callback), model cards, Open
 Inference Protocol v2, Prometheus metrics and Kubernetes probes.
 
-Every error body is `{"code", "message", "request_id", "details"?}` (under `/v2`:
-`{"error", "code", "request_id"}`); every response carries `X-Request-ID`.
+Every error body is `{"code", "message", "request_id", "details"?}` (under `/v2`, the Open Inference
+Protocol's `{"error", "code", "request_id", "details"?}`), with a stable `code`; every response carries
+`X-Request-ID` (send your own, 1-128 of `A-Za-z0-9._:/+=-`, to have it echoed and logged).
+
+Besides the answers documented per operation, a connection can be answered before its request reaches
+any route, with the ferry error body and `Connection: close`: 408 `body_timeout` (the body stopped
+arriving), 431 `headers_too_large`, 503 `too_many_connections` (with `Retry-After`); and an unknown path
+is 404 `not_found`.
 """
 
 
@@ -177,8 +184,12 @@ def _build(settings: Settings, role: str) -> FastAPI:
         raise from_validation(list(exc.errors()), max_batch) from None
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
-        raise from_status(exc.status_code, str(exc.detail)) from None
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        error = from_status(exc.status_code, str(exc.detail))
+        if exc.status_code == 405:
+            # Starlette's Allow names the methods of the first route on the path only.
+            error.headers["allow"] = allowed_methods(own_routes, request.scope)
+        raise error from None
 
     serve_metrics = settings.metrics.port is None  # else only on the metrics port
     hot_path = None
@@ -231,6 +242,7 @@ def _install_openapi(app: FastAPI, core: Core) -> None:
         if app.openapi_schema is not None:
             return app.openapi_schema
         schema = build()
+        complete(schema, timeout_max_s=core.settings.deadline.max_s)
         example = {"id": "example-1", "inputs": [v2_tensor([_example_row(core)], name=v2.INPUT_NAME)]}
         schema["components"]["schemas"]["InferRequest"]["examples"] = [example]
         _enumerate_path_parameters(schema, {"name": core.holder.name, "version": core.holder.version})

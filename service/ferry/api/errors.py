@@ -6,10 +6,13 @@ Protocol shape ``{"error": message, "code", "request_id"}`` under ``/v2``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Match
+from starlette.types import Scope
 
 from ferry.errors import (
     BadRequest,
@@ -30,6 +33,16 @@ def _status_error(status: int) -> type[FerryError]:
 def from_status(status: int, message: str | None = None) -> FerryError:
     """A FerryError for a bare HTTP status raised by the framework (unknown route, wrong method)."""
     return _status_error(status)(message)
+
+
+def allowed_methods(routes: Iterable[BaseRoute], scope: Scope) -> str:
+    """The ``Allow`` value of a 405: every method some route on the request's path serves."""
+    methods: set[str] = set()
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match is not Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
 
 
 def is_protocol_path(path: str) -> bool:

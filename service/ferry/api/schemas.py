@@ -115,6 +115,15 @@ class ErrorBody(BaseModel):
     details: list[dict[str, Any]] | None = None
 
 
+class V2ErrorBody(BaseModel):
+    """The Open Inference Protocol's error body (``error``); ``code`` and ``request_id`` are extra."""
+
+    error: str = Field(description="What was wrong, for a person.", examples=["no model 'iris'"])
+    code: str = Field(description="Stable machine-readable error code.", examples=["model_not_found"])
+    request_id: str
+    details: list[dict[str, Any]] | None = None
+
+
 class Health(BaseModel):
     status: Literal["ok", "ready", "loading", "failed", "draining", "hung"]
     model: str | None = None
@@ -123,6 +132,46 @@ class Health(BaseModel):
 
 
 CardSection = Literal["performance", "args", "features", "classes", "dataset", "libraries", "example"]
+
+
+# -- Server-Sent Events payloads (the JSON in each event's data field) ------------------------------
+class StreamChunk(BaseModel):
+    """``event: chunk`` of the stream route: one scored chunk."""
+
+    offset: int = Field(description="Index of the chunk's first record in the request.")
+    predictions: list[RowResult] = Field(description="One result per record of the chunk, in order.")
+
+
+class StreamSummary(BaseModel):
+    """``event: summary``: the last event of a stream that scored every record."""
+
+    records: int
+    chunks: int
+    duration_ms: float
+    model: ModelRef
+    request_id: str
+
+
+class StreamFailed(BaseModel):
+    """``event: failed``: a chunk failed; the last event of the stream."""
+
+    code: str = Field(examples=["deadline_exceeded"])
+    message: str
+    offset: int = Field(description="Index of the failed chunk's first record.")
+    request_id: str
+
+
+class StreamShutdown(BaseModel):
+    """``event: shutdown``: the server is stopping; send the records from next_offset again."""
+
+    next_offset: int
+    message: str
+
+
+class JobStreamShutdown(BaseModel):
+    """``event: shutdown`` of a job event stream: the server is stopping; reconnect to follow the job."""
+
+    message: str
 
 
 # -- Open Inference Protocol v2 ------------------------------------------------------------------
@@ -186,6 +235,25 @@ class InferResponse(BaseModel):
     model_version: str | None = None
     id: str | None = None
     outputs: list[InferOutput]
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class ServerLive(BaseModel):
+    live: bool
+
+
+class ServerReady(BaseModel):
+    ready: bool
+
+
+class ModelReady(BaseModel):
+    name: str
+    ready: bool
 
 
 class TensorMetadata(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from ferry.api.openapi import RETRY_AFTER, route_errors
 from ferry.api.orjson_route import OrjsonRoute
 from ferry.api.schemas import Health
 from ferry.core import Core
@@ -15,7 +16,12 @@ def build_router(core: Core, *, metrics_route: bool = True) -> APIRouter:
     """Probes, and /metrics unless it has a port of its own (``metrics.port``)."""
     router = APIRouter(route_class=OrjsonRoute, tags=["health"])
 
-    @router.get("/livez", response_model=Health, summary="Liveness: the process answers (never touches the model)")
+    @router.get(
+        "/livez",
+        response_model=Health,
+        summary="Liveness: the process answers (never touches the model)",
+        responses=route_errors("/livez", "GET"),
+    )
     async def livez() -> Health:
         return Health(status="ok")
 
@@ -23,7 +29,10 @@ def build_router(core: Core, *, metrics_route: bool = True) -> APIRouter:
         "/readyz",
         response_model=Health,
         summary="Readiness: model loaded and verified, not draining",
-        responses={503: {"model": Health, "description": "Loading, failed, hung or draining"}},
+        responses={
+            **route_errors("/readyz", "GET"),
+            503: {"model": Health, "description": "Loading, failed, hung or draining", "headers": RETRY_AFTER},
+        },
     )
     async def readyz() -> Response:
         holder = core.holder
@@ -40,7 +49,21 @@ def build_router(core: Core, *, metrics_route: bool = True) -> APIRouter:
 
     if metrics_route:
 
-        @router.get("/metrics", summary="Prometheus metrics of all workers", response_class=Response)
+        @router.get(
+            "/metrics",
+            summary="Prometheus metrics of all workers",
+            response_class=Response,
+            responses={
+                **route_errors("/metrics", "GET"),
+                200: {
+                    "description": "Prometheus text format, or OpenMetrics (with exemplars) when Accept asks for it",
+                    "content": {
+                        "text/plain": {"schema": {"type": "string"}},
+                        "application/openmetrics-text": {"schema": {"type": "string"}},
+                    },
+                },
+            },
+        )
         async def metrics(request: Request) -> Response:
             # OpenMetrics (with exemplars) when the scraper's Accept asks for it, else the text format.
             payload, content_type = core.metrics.exposition(request.headers.get("accept"))

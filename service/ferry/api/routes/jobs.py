@@ -14,9 +14,23 @@ from pydantic import Field, create_model
 from ferry.api import json_body, sse
 from ferry.api.auth import PrincipalDep
 from ferry.api.deps import RequestIdDep
+from ferry.api.openapi import JOB_EVENTS, JSON_BODY, Responses, event_stream, route_errors
 from ferry.api.orjson_route import bounded
-from ferry.api.schemas import ErrorBody, Job, JobBody
+from ferry.api.schemas import Job, JobBody
 from ferry.core import Core
+from ferry.errors import (
+    BatchTooLarge,
+    CallbacksNotConfigured,
+    CallbackUrlForbidden,
+    IdempotencyKeyReused,
+    InvalidInput,
+    JobConflict,
+    JobNotFound,
+    JobQuotaExceeded,
+    JobStoreFull,
+    JobStoreUnavailable,
+    TooManyStreams,
+)
 from ferry.jobs.service import JobService
 from ferry.lifecycle import is_draining
 from ferry_client.protocol import TERMINAL_JOB_STATUSES
@@ -32,19 +46,33 @@ LAST_EVENT_ID = Header(
     description="The `id` of the last event received (EventSource sends it when it reconnects): only later "
     "events are sent.",
 )
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody, "description": text}
-    for code, text in {
-        401: "No or invalid credentials (authentication on)",
-        403: "The credentials lack the 'jobs' scope",
-        404: "No such job (or purged after its TTL, or another principal's)",
-        409: "Not allowed in the job's state, or Idempotency-Key reused with another body",
-        413: "Body over the size limit",
-        422: "Invalid records, metadata or callback_url (callback_url_forbidden)",
-        429: "Too many queued jobs (job_quota_exceeded) or job store full (job_store_full); see Retry-After",
-        503: "Job store unavailable, or (event streams) too many open streams: too_many_streams",
-    }.items()
+PATH = "/api/v1/jobs"
+JOB = PATH + "/{job_id}"
+# Every route with a job id: a malformed id is a validation error, an unknown one 404, a store down 503.
+_ONE_JOB = (InvalidInput, JobNotFound, JobStoreUnavailable)
+RESPONSES: dict[str, Responses] = {
+    "submit": route_errors(
+        PATH,
+        "POST",
+        *JSON_BODY,
+        InvalidInput,
+        BatchTooLarge,
+        CallbackUrlForbidden,
+        CallbacksNotConfigured,
+        IdempotencyKeyReused,
+        JobQuotaExceeded,
+        JobStoreFull,
+        JobStoreUnavailable,
+    ),
+    "get": route_errors(JOB, "GET", *_ONE_JOB),
+    "cancel": route_errors(JOB, "DELETE", *_ONE_JOB, JobConflict),
+    "redeliver": route_errors(JOB + "/callback/redeliver", "POST", *_ONE_JOB, JobConflict),
+    "events": route_errors(JOB + "/events", "GET", *_ONE_JOB, TooManyStreams),
 }
+_STATUS_EXAMPLE = (
+    'event: status\nid: 1\ndata: {"id":"5f0c8e0b7d3a4f4e9a1c2b3d4e5f6a7b","status":"queued",...}\n\n'
+    'event: status\nid: 3\ndata: {"id":"5f0c8e0b7d3a4f4e9a1c2b3d4e5f6a7b","status":"succeeded",...}\n\n'
+)
 
 
 def build_router(core: Core, jobs: JobService) -> APIRouter:
@@ -79,9 +107,27 @@ def build_router(core: Core, jobs: JobService) -> APIRouter:
     job_request.max_metadata_bytes = max_metadata
     # Metadata takes at most one value per byte of its compact JSON.
     route_class = bounded(lambda: schema.max_values(max_records) + max_metadata + json_body.SLACK_VALUES)
-    router = APIRouter(route_class=route_class, prefix="/api/v1/jobs", tags=["jobs"], responses=ERRORS)
+    router = APIRouter(route_class=route_class, prefix=PATH, tags=["jobs"])
 
-    @router.post("", status_code=202, response_model=Job, summary="Submit records for asynchronous prediction")
+    @router.post(
+        "",
+        status_code=202,
+        response_model=Job,
+        summary="Submit records for asynchronous prediction",
+        responses={
+            **RESPONSES["submit"],
+            202: {
+                "description": "Queued (or, for a replayed Idempotency-Key, the job it made)",
+                "headers": {
+                    "Location": {"description": "The job's URL.", "required": True, "schema": {"type": "string"}},
+                    "Idempotent-Replayed": {
+                        "description": "`true` when this is the job an earlier request with the same key made.",
+                        "schema": {"type": "string", "enum": ["true"]},
+                    },
+                },
+            },
+        },
+    )
     async def submit(
         body: Annotated[job_request, Body()],
         request_id: RequestIdDep,
@@ -113,11 +159,18 @@ def build_router(core: Core, jobs: JobService) -> APIRouter:
             headers["idempotent-replayed"] = "true"
         return _json(doc, 202, headers)
 
-    @router.get("/{job_id}", response_model=Job, summary="A job: status, result or error, callback delivery")
+    @router.get(
+        "/{job_id}",
+        response_model=Job,
+        summary="A job: status, result or error, callback delivery",
+        responses=RESPONSES["get"],
+    )
     async def get_job(job_id: Annotated[str, JOB_ID], principal: PrincipalDep) -> Response:
         return _json(await jobs.get(job_id, principal))
 
-    @router.delete("/{job_id}", response_model=Job, summary="Cancel a job that has not started")
+    @router.delete(
+        "/{job_id}", response_model=Job, summary="Cancel a job that has not started", responses=RESPONSES["cancel"]
+    )
     async def cancel_job(job_id: Annotated[str, JOB_ID], principal: PrincipalDep) -> Response:
         return _json(await jobs.cancel(job_id, principal))
 
@@ -126,6 +179,7 @@ def build_router(core: Core, jobs: JobService) -> APIRouter:
         status_code=202,
         response_model=Job,
         summary="Deliver a finished job's callback again (after dead-letter), with the same webhook-id",
+        responses=RESPONSES["redeliver"],
     )
     async def redeliver(job_id: Annotated[str, JOB_ID], principal: PrincipalDep) -> Response:
         return _json(await jobs.redeliver(job_id, principal), 202)
@@ -139,7 +193,13 @@ def build_router(core: Core, jobs: JobService) -> APIRouter:
         "tells EventSource to stop reconnecting.",
         response_class=StreamingResponse,
         responses={
-            200: {"content": {"text/event-stream": {}}, "description": "`event: status`, data = the job"},
+            **RESPONSES["events"],
+            **event_stream(
+                JOB_EVENTS,
+                "`event: status` with the job document at each status change (`id`: the length of its "
+                "history), the last one terminal; `event: shutdown` when the server stops first.",
+                _STATUS_EXAMPLE,
+            ),
             204: {"description": "Last-Event-ID is at or past the job's terminal event: nothing more will come"},
         },
     )

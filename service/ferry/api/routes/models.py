@@ -6,10 +6,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
+from ferry.api.openapi import route_errors
 from ferry.api.orjson_route import OrjsonRoute
 from ferry.api.schemas import CardSection
 from ferry.core import Core
-from ferry.errors import ModelNotFound
+from ferry.errors import InvalidInput, ModelNotFound
 
 
 def _summary(core: Core) -> dict[str, Any]:
@@ -25,11 +26,15 @@ def _summary(core: Core) -> dict[str, Any]:
 def build_router(core: Core) -> APIRouter:
     router = APIRouter(route_class=OrjsonRoute, prefix="/api/v1/models", tags=["models"])
 
-    @router.get("", summary="List served models")
+    @router.get("", summary="List served models", responses=route_errors("/api/v1/models", "GET"))
     async def list_models() -> dict[str, Any]:
         return {"models": [_summary(core)]}
 
-    @router.get("/{name}", summary="A model's card; ?section= returns one section")
+    @router.get(
+        "/{name}",
+        summary="A model's card; ?section= returns one section",
+        responses=route_errors("/api/v1/models/{name}", "GET", ModelNotFound, InvalidInput),
+    )
     async def get_model(
         name: str,
         section: Annotated[CardSection | None, Query(description="Return only this section of the card.")] = None,

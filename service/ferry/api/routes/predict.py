@@ -11,22 +11,33 @@ from pydantic import Field, create_model
 
 from ferry.api import json_body
 from ferry.api.deps import RequestIdDep, deadline_of
+from ferry.api.openapi import JSON_BODY, route_errors
 from ferry.api.orjson_route import bounded
-from ferry.api.schemas import BatchBody, BatchResponse, ErrorBody, PredictBody, PredictResponse
+from ferry.api.schemas import BatchBody, BatchResponse, PredictBody, PredictResponse
 from ferry.core import Core
+from ferry.errors import (
+    BatchTooLarge,
+    CircuitOpen,
+    DeadlineExceeded,
+    FerryError,
+    InvalidInput,
+    ModelError,
+    ModelNotReady,
+    Overloaded,
+)
 from ferry.resilience.deadline import Deadline
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody, "description": text}
-    for code, text in {
-        413: "Body over the size limit",
-        415: "Body is not JSON",
-        422: "Invalid record(s), or too many records",
-        500: "The model failed",
-        503: "Model not ready, circuit open or overloaded (see Retry-After)",
-        504: "Deadline exceeded",
-    }.items()
-}
+# What the prediction routes answer besides 200 (ferry.api.openapi adds 405, 401/403 and the POST guards).
+PREDICT_ERRORS: tuple[type[FerryError], ...] = (
+    *JSON_BODY,
+    InvalidInput,
+    BatchTooLarge,
+    ModelError,
+    CircuitOpen,
+    Overloaded,
+    ModelNotReady,
+    DeadlineExceeded,
+)
 
 
 def model_json(core: Core) -> dict[str, str]:
@@ -65,10 +76,15 @@ def build_router(core: Core, types: RequestTypes | None = None) -> APIRouter:
     types = types or request_types(core)
     predict_request, batch_request = types.predict, types.batch
     route_class = bounded(lambda: schema.max_values(max_batch) + json_body.SLACK_VALUES)
-    router = APIRouter(route_class=route_class, prefix="/api/v1", tags=["predict"], responses=ERRORS)
+    router = APIRouter(route_class=route_class, prefix="/api/v1", tags=["predict"])
     deadline_dep = Depends(deadline_of(core))
 
-    @router.post("/predict", response_model=PredictResponse, summary="Predict one record")
+    @router.post(
+        "/predict",
+        response_model=PredictResponse,
+        summary="Predict one record",
+        responses=route_errors("/api/v1/predict", "POST", *PREDICT_ERRORS),
+    )
     async def predict(
         body: Annotated[predict_request, Body()],  # type: ignore[valid-type]  # built from the card
         request_id: RequestIdDep,
@@ -81,7 +97,12 @@ def build_router(core: Core, types: RequestTypes | None = None) -> APIRouter:
             "request_id": request_id,
         }
 
-    @router.post("/predict/batch", response_model=BatchResponse, summary="Predict 1..N records in one model call")
+    @router.post(
+        "/predict/batch",
+        response_model=BatchResponse,
+        summary="Predict 1..N records in one model call",
+        responses=route_errors("/api/v1/predict/batch", "POST", *PREDICT_ERRORS),
+    )
     async def predict_batch(
         body: Annotated[batch_request, Body()],  # type: ignore[valid-type]  # built from the card
         request_id: RequestIdDep,

@@ -47,12 +47,14 @@ from pydantic import Field, create_model
 
 from ferry.api import json_body, sse
 from ferry.api.deps import RequestIdDep, deadline_of
+from ferry.api.openapi import JSON_BODY, STREAM_EVENTS, event_stream, route_errors
 from ferry.api.orjson_route import bounded
 from ferry.api.routes.jobs import LAST_EVENT_ID
-from ferry.api.routes.predict import ERRORS, model_json
+from ferry.api.routes.predict import model_json
 from ferry.api.schemas import StreamBody
 from ferry.core import Core
-from ferry.errors import FerryError, InvalidInput
+from ferry.errors import BatchTooLarge, CircuitOpen, FerryError, InvalidInput, ModelNotReady
+from ferry.features import json_integer
 from ferry.lifecycle import is_draining
 from ferry.logging import get_logger
 from ferry.resilience.deadline import Deadline
@@ -105,28 +107,13 @@ def build_router(core: Core) -> APIRouter:
             Field(min_length=1, max_length=max_records, description=f"1 to {max_records} records."),
         ),
         chunk_size=(
-            int | None,
-            Field(
-                None,
-                strict=True,
-                ge=1,
-                le=chunk_max,
-                description=f"Records per chunk (one event each), 1 to {chunk_max}; default {chunk_max}.",
-            ),
+            json_integer(ge=1, le=chunk_max) | None,
+            Field(None, description=f"Records per chunk (one event each), 1 to {chunk_max}; default {chunk_max}."),
         ),
     )
     stream_request.examples = lambda: [{"records": [schema.example, schema.example], "chunk_size": 1}]
-    # JSON errors, answered before the stream starts (the route's own media type is text/event-stream).
-    # ErrorBody is in the components through the other predict routes.
-    errors: dict[int | str, dict[str, Any]] = {
-        code: {
-            "description": ERRORS[code]["description"],
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
-        }
-        for code in (413, 415, 422, 503)
-    }
     route_class = bounded(lambda: schema.max_values(max_records) + json_body.SLACK_VALUES)
-    router = APIRouter(route_class=route_class, prefix="/api/v1", tags=["predict"], responses=errors)
+    router = APIRouter(route_class=route_class, prefix="/api/v1", tags=["predict"])
     deadline_dep = Depends(deadline_of(core))
 
     @router.post(
@@ -137,11 +124,10 @@ def build_router(core: Core) -> APIRouter:
         "(or the default deadline) applies to each chunk. Resumable: the same body with `Last-Event-ID` (the last "
         "event's `id`) scores only the records from that offset on.",
         response_class=sse.EventStreamResponse,
+        # JSON errors, answered before the stream starts; a failure while streaming is an event.
         responses={
-            200: {
-                "description": _EVENTS_DOC,
-                "content": {sse.MEDIA_TYPE: {"schema": {"type": "string"}, "example": _EVENTS_EXAMPLE}},
-            }
+            **route_errors(PATH, "POST", *JSON_BODY, InvalidInput, BatchTooLarge, CircuitOpen, ModelNotReady),
+            **event_stream(STREAM_EVENTS, _EVENTS_DOC, _EVENTS_EXAMPLE),
         },
     )
     async def predict_stream(

@@ -23,11 +23,13 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 
 from ferry import __version__
 from ferry.api import json_body, tensor_codec
 from ferry.api.deps import deadline_of
 from ferry.api.errors import from_status
+from ferry.api.openapi import COMPONENTS, JSON_BODY, RETRY_AFTER, route_errors
 from ferry.api.orjson_route import OrjsonRequest, bounded
 from ferry.api.schemas import (
     NUMERIC_DATATYPES,
@@ -36,11 +38,28 @@ from ferry.api.schemas import (
     InferRequest,
     InferResponse,
     ModelMetadata,
+    ModelReady,
+    ServerLive,
+    ServerMetadata,
+    ServerReady,
     TensorMetadata,
+    V2ErrorBody,
 )
 from ferry.card import Feature
 from ferry.core import Core
-from ferry.errors import BadRequest, InvalidInput, ModelNotFound
+from ferry.errors import (
+    BadRequest,
+    BatchTooLarge,
+    CircuitOpen,
+    DeadlineExceeded,
+    FerryError,
+    InvalidInput,
+    MalformedBinaryData,
+    ModelError,
+    ModelNotFound,
+    ModelNotReady,
+    Overloaded,
+)
 from ferry.features import FeatureSchema
 from ferry.inference import Prediction
 from ferry.resilience.deadline import Deadline
@@ -321,6 +340,35 @@ def timeout_parameter(value: object) -> float:
 
 
 V2_SLACK_VALUES = 1024
+MODEL = "/v2/models/{name}"
+VERSION = MODEL + "/versions/{version}"
+# What inference answers besides 200 (invalid requests are 400 under /v2, see ferry.api.errors.render).
+INFER_ERRORS: tuple[type[FerryError], ...] = (
+    *JSON_BODY,
+    InvalidInput,
+    MalformedBinaryData,
+    ModelNotFound,
+    BatchTooLarge,
+    ModelError,
+    CircuitOpen,
+    Overloaded,
+    ModelNotReady,
+    DeadlineExceeded,
+)
+
+
+def _not_ready(model: type[BaseModel]) -> dict[str, Any]:
+    """503: the readiness answer, or (authentication on) the identity provider's keys unavailable."""
+    refs = [{"$ref": f"{COMPONENTS}{name}"} for name in (model.__name__, V2ErrorBody.__name__)]
+    return {
+        "description": "Not ready: the model is not loaded (yet); or `auth_unavailable` (see Retry-After)",
+        "content": {"application/json": {"schema": {"anyOf": refs}}},
+        "headers": RETRY_AFTER,
+    }
+
+
+def _ready_responses(path: str) -> dict[int | str, dict[str, Any]]:
+    return {**route_errors(path + "/ready", "GET", ModelNotFound), 503: _not_ready(ModelReady)}
 
 
 def _oip_route(max_values: Callable[[], int], max_batch: int) -> type[Any]:
@@ -363,36 +411,74 @@ def build_router(core: Core) -> APIRouter:
     router = APIRouter(route_class=route_class, prefix="/v2", tags=["open inference protocol v2"])
     deadline_dep = Depends(deadline_of(core))
 
-    @router.get("", summary="Server metadata")
+    @router.get("", summary="Server metadata", response_model=ServerMetadata, responses=route_errors("/v2", "GET"))
     async def server_metadata() -> dict[str, Any]:
         return {"name": "ferry", "version": __version__, "extensions": EXTENSIONS}
 
-    @router.get("/health/live", summary="Server live")
+    @router.get(
+        "/health/live",
+        summary="Server live",
+        response_model=ServerLive,
+        responses=route_errors("/v2/health/live", "GET"),
+    )
     async def server_live() -> dict[str, bool]:
         return {"live": True}
 
-    @router.get("/health/ready", summary="Server ready")
+    @router.get(
+        "/health/ready",
+        summary="Server ready",
+        response_model=ServerReady,
+        responses={
+            **route_errors("/v2/health/ready", "GET"),
+            503: _not_ready(ServerReady),
+        },
+    )
     async def server_ready() -> JSONResponse:
         ready = core.holder.ready
         return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
-    @router.get("/models/{name}", response_model=ModelMetadata, response_model_exclude_none=True)
+    @router.get(
+        "/models/{name}",
+        response_model=ModelMetadata,
+        response_model_exclude_none=True,
+        summary="Model metadata",
+        responses=route_errors(MODEL, "GET", ModelNotFound),
+    )
     async def model_metadata(name: str) -> ModelMetadata:
         return _metadata(check_model(core, name))
 
-    @router.get("/models/{name}/versions/{version}", response_model=ModelMetadata, response_model_exclude_none=True)
+    @router.get(
+        "/models/{name}/versions/{version}",
+        response_model=ModelMetadata,
+        response_model_exclude_none=True,
+        summary="Model version metadata",
+        responses=route_errors(VERSION, "GET", ModelNotFound),
+    )
     async def model_version_metadata(name: str, version: str) -> ModelMetadata:
         return _metadata(check_model(core, name, version))
 
-    @router.get("/models/{name}/ready", summary="Model ready")
+    @router.get(
+        "/models/{name}/ready", summary="Model ready", response_model=ModelReady, responses=_ready_responses(MODEL)
+    )
     async def model_ready(name: str) -> JSONResponse:
         return _ready(core, name)
 
-    @router.get("/models/{name}/versions/{version}/ready", summary="Model version ready")
+    @router.get(
+        "/models/{name}/versions/{version}/ready",
+        summary="Model version ready",
+        response_model=ModelReady,
+        responses=_ready_responses(VERSION),
+    )
     async def model_version_ready(name: str, version: str) -> JSONResponse:
         return _ready(core, name, version)
 
-    @router.post("/models/{name}/infer", response_model=InferResponse, response_model_exclude_none=True)
+    @router.post(
+        "/models/{name}/infer",
+        response_model=InferResponse,
+        response_model_exclude_none=True,
+        summary="Inference",
+        responses=route_errors(MODEL + "/infer", "POST", *INFER_ERRORS),
+    )
     async def infer(
         name: str, request: InferRequest, deadline: Annotated[Deadline, deadline_dep]
     ) -> InferResponse | Response:
@@ -400,7 +486,11 @@ def build_router(core: Core) -> APIRouter:
         return _answer(await run_infer(core, request, None, deadline), request)
 
     @router.post(
-        "/models/{name}/versions/{version}/infer", response_model=InferResponse, response_model_exclude_none=True
+        "/models/{name}/versions/{version}/infer",
+        response_model=InferResponse,
+        response_model_exclude_none=True,
+        summary="Inference on a model version",
+        responses=route_errors(VERSION + "/infer", "POST", *INFER_ERRORS),
     )
     async def infer_version(
         name: str, version: str, request: InferRequest, deadline: Annotated[Deadline, deadline_dep]

@@ -61,6 +61,10 @@ Besides the answers documented per operation, a connection can be answered befor
 any route, with the ferry error body and `Connection: close`: 408 `body_timeout` (the body stopped
 arriving), 431 `headers_too_large`, 503 `too_many_connections` (with `Retry-After`); and an unknown path
 is 404 `not_found`.
+
+With `FERRY_API__CORS_ORIGINS` set, a CORS preflight (`OPTIONS` with `Origin` and
+`Access-Control-Request-Method`) is answered before authentication: 204 with the allow headers for a
+listed origin, 403 `cors_origin_not_allowed` without any CORS header for another origin.
 """
 
 

@@ -242,6 +242,13 @@ def complete(schema: dict[str, Any], timeout_max_s: float) -> None:
                 "schema": {"type": "string"},
             }
         for parameter in operation.get("parameters", []):
+            # An optional header is absent, never JSON null: FastAPI's `anyOf [X, null]` for `X | None`
+            # would tell clients and fuzzers to send the text "null".
+            variants = parameter.get("schema", {}).get("anyOf", [])
+            if parameter.get("in") == "header" and {"type": "null"} in variants:
+                rest = [variant for variant in variants if variant != {"type": "null"}]
+                extra = {k: v for k, v in parameter["schema"].items() if k != "anyOf"}
+                parameter["schema"] = {**rest[0], **extra} if len(rest) == 1 else {**extra, "anyOf": rest}
             if parameter.get("in") == "header" and parameter["name"] == TIMEOUT_HEADER:
                 parameter["schema"] = {
                     "type": "number",

@@ -53,7 +53,7 @@ from ferry.api.routes.jobs import LAST_EVENT_ID
 from ferry.api.routes.predict import model_json
 from ferry.api.schemas import StreamBody
 from ferry.core import Core
-from ferry.errors import BatchTooLarge, CircuitOpen, FerryError, InvalidInput, ModelNotReady
+from ferry.errors import BatchTooLarge, CircuitOpen, DeadlineExceeded, FerryError, InvalidInput, ModelNotReady
 from ferry.features import json_integer
 from ferry.lifecycle import is_draining
 from ferry.logging import get_logger
@@ -126,7 +126,9 @@ def build_router(core: Core) -> APIRouter:
         response_class=sse.EventStreamResponse,
         # JSON errors, answered before the stream starts; a failure while streaming is an event.
         responses={
-            **route_errors(PATH, "POST", *JSON_BODY, InvalidInput, BatchTooLarge, CircuitOpen, ModelNotReady),
+            **route_errors(
+                PATH, "POST", *JSON_BODY, InvalidInput, BatchTooLarge, CircuitOpen, ModelNotReady, DeadlineExceeded
+            ),
             **event_stream(STREAM_EVENTS, _EVENTS_DOC, _EVENTS_EXAMPLE),
         },
     )
@@ -145,6 +147,8 @@ def build_router(core: Core) -> APIRouter:
             )
         records = await core.validate_records(body.records)  # bad records: 422 now, not mid-stream
         core.admit()  # not ready or breaker open: 503 before the stream, not an event in it
+        if deadline.expired():  # nothing could be answered in time: 504 now, as the other routes do
+            raise DeadlineExceeded()
         started = request.scope.get("state", {}).get("started_monotonic", time.monotonic())
         size = body.chunk_size or chunk_max
         events = _events(core, records, resume_at, size, deadline.budget_s, request_id, started)

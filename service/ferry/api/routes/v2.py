@@ -404,6 +404,39 @@ def _answer(response: InferResponse, request: InferRequest) -> InferResponse | R
     return Response(body, media_type=BINARY_CONTENT_TYPE, headers={tensor_codec.HEADER: str(header_length)})
 
 
+# The binary tensor data extension in the contract: a request body that is an inference header (JSON)
+# followed by raw tensor bytes, announced by Inference-Header-Content-Length; the answer takes the same
+# form when binary outputs are asked for. Plain JSON stays the documented schema for everything else.
+_BINARY_BODY_DOC = (
+    "An inference request as JSON, or under the binary tensor data extension: the first "
+    "`Inference-Header-Content-Length` bytes are the JSON inference request (inputs with "
+    "`parameters.binary_data_size`), then each such input's raw data in input order (little-endian; BYTES "
+    "elements as a 4-byte length then the bytes). Without that header an `application/octet-stream` body is "
+    "read as JSON."
+)
+_BINARY_HEADER = {
+    "description": "Length of the JSON inference header at the start of the body (binary tensor data extension).",
+    "schema": {"type": "integer", "minimum": 0},
+}
+_BINARY_EXTRA: dict[str, Any] = {
+    "requestBody": {
+        "description": _BINARY_BODY_DOC,
+        "content": {BINARY_CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+    },
+    "parameters": [{"name": "Inference-Header-Content-Length", "in": "header", "required": False, **_BINARY_HEADER}],
+}
+
+
+def _infer_responses(path: str) -> dict[int | str, dict[str, Any]]:
+    binary = {
+        "description": "The inference response: JSON; or, when outputs are asked for as binary (`binary_data`, "
+        "`binary_data_output`), the JSON inference response followed by each binary output's raw data.",
+        "content": {BINARY_CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+        "headers": {"Inference-Header-Content-Length": _BINARY_HEADER},
+    }
+    return {**route_errors(path, "POST", *INFER_ERRORS), 200: binary}
+
+
 def build_router(core: Core) -> APIRouter:
     # A tensor of max_batch_size rows, nested or flat, plus parameters and names.
     max_batch = core.settings.api.max_batch_size
@@ -477,7 +510,8 @@ def build_router(core: Core) -> APIRouter:
         response_model=InferResponse,
         response_model_exclude_none=True,
         summary="Inference",
-        responses=route_errors(MODEL + "/infer", "POST", *INFER_ERRORS),
+        responses=_infer_responses(MODEL + "/infer"),
+        openapi_extra=_BINARY_EXTRA,
     )
     async def infer(
         name: str, request: InferRequest, deadline: Annotated[Deadline, deadline_dep]
@@ -490,7 +524,8 @@ def build_router(core: Core) -> APIRouter:
         response_model=InferResponse,
         response_model_exclude_none=True,
         summary="Inference on a model version",
-        responses=route_errors(VERSION + "/infer", "POST", *INFER_ERRORS),
+        responses=_infer_responses(VERSION + "/infer"),
+        openapi_extra=_BINARY_EXTRA,
     )
     async def infer_version(
         name: str, version: str, request: InferRequest, deadline: Annotated[Deadline, deadline_dep]

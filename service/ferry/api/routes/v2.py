@@ -1,4 +1,5 @@
-"""Open Inference Protocol v2 (REST), so KServe/Triton/MLServer clients work unchanged.
+"""Open Inference Protocol v2 (REST) as Triton's, KServe's and MLServer's clients speak it (the README's "Interop"
+lists the clients and modes the tests run).
 
 Inputs, in either form:
 

@@ -19,6 +19,16 @@ from support.models import TRUSTED_CARDLESS, ExplodingModel, SlowModel
 from support.server import Server
 
 
+def failed_loads(server: Server, workers: int) -> list[dict]:
+    """Once every worker has logged that its model failed to load (awaited, where a sleep would guess)."""
+    records = server.records_when(
+        lambda found: sum(r.get("event") == "model_load_failed" for r in found) >= workers, timeout=30
+    )
+    failures = [r for r in records if r.get("event") == "model_load_failed"]
+    assert len(failures) >= workers, failures
+    return failures
+
+
 def test_tampered_model_never_becomes_ready(churn_model: Path, tmp_path: Path) -> None:
     model_dir = tmp_path / "tampered"
     shutil.copytree(churn_model.parent, model_dir)
@@ -27,7 +37,7 @@ def test_tampered_model_never_becomes_ready(churn_model: Path, tmp_path: Path) -
     blob[-10] ^= 0xFF  # one flipped byte
     path.write_bytes(bytes(blob))
     with Server(tmp_path, path).start(wait_ready=False) as server:
-        time.sleep(1.5)
+        failed_loads(server, 2)
         ready = httpx.get(server.url + "/readyz")
         assert ready.status_code == 503
         assert ready.json()["status"] == "failed"
@@ -52,7 +62,7 @@ def test_tampered_model_never_becomes_ready(churn_model: Path, tmp_path: Path) -
 
 def test_pinned_hash_must_match(churn_model: Path, tmp_path: Path) -> None:
     with Server(tmp_path, churn_model, env={"FERRY_MODEL__SHA256": "0" * 64}).start(wait_ready=False) as server:
-        time.sleep(1)
+        failed_loads(server, 2)
         assert httpx.get(server.url + "/readyz").json()["status"] == "failed"
 
 

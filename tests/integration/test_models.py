@@ -105,7 +105,9 @@ def test_model_name_setting_and_require_card(slow_model: Path, tmp_path: Path) -
     assert refusals and not [r for r in server.records() if r.get("event") == "model_loaded"]
 
 
-def test_livez_answers_while_the_model_is_busy(slow_model: Path, tmp_path: Path) -> None:
+def test_livez_answers_while_the_model_is_busy_and_sigterm_lets_in_flight_requests_finish(
+    slow_model: Path, tmp_path: Path
+) -> None:
     with Server(tmp_path, slow_model, env=TRUSTED_CARDLESS).start() as server:
         # The longest deadline: on a slow machine more requests than needed may queue behind 1.5 s calls.
         busy = Background(
@@ -122,9 +124,11 @@ def test_livez_answers_while_the_model_is_busy(slow_model: Path, tmp_path: Path)
         # loaded 2-core CI machine (typical here: < 15 ms).
         assert worst < 0.5, f"/livez took {worst * 1000:.0f} ms while the model was busy"
 
+        # The same server then shows SIGTERM lets an in-flight request finish (one start for both).
+        sigterm_lets_in_flight_requests_finish(server)
 
-def test_sigterm_lets_in_flight_requests_finish(slow_model: Path, tmp_path: Path) -> None:
-    server = Server(tmp_path, slow_model, env=TRUSTED_CARDLESS).start()
+
+def sigterm_lets_in_flight_requests_finish(server: Server) -> None:
     result: dict[str, httpx.Response] = {}
 
     def call() -> None:

@@ -24,6 +24,16 @@ from support.records import make_records
 from support.server import Server
 
 
+def failed_loads(server: Server, workers: int) -> list[dict]:
+    """Once every worker has logged that its model failed to load (awaited, where a sleep would guess)."""
+    records = server.records_when(
+        lambda found: sum(r.get("event") == "model_load_failed" for r in found) >= workers, timeout=30
+    )
+    failures = [r for r in records if r.get("event") == "model_load_failed"]
+    assert len(failures) >= workers, failures
+    return failures
+
+
 def test_tampered_model_never_becomes_ready(churn_model: Path, tmp_path: Path) -> None:
     model_dir = tmp_path / "tampered"
     shutil.copytree(churn_model.parent, model_dir)
@@ -32,7 +42,7 @@ def test_tampered_model_never_becomes_ready(churn_model: Path, tmp_path: Path) -
     blob[-10] ^= 0xFF  # one flipped byte
     path.write_bytes(bytes(blob))
     with Server(tmp_path, path).start(wait_ready=False) as server:
-        time.sleep(1.5)
+        failed_loads(server, 2)
         ready = httpx.get(server.url + "/readyz")
         assert ready.status_code == 503
         assert ready.json()["status"] == "failed"
@@ -57,7 +67,7 @@ def test_tampered_model_never_becomes_ready(churn_model: Path, tmp_path: Path) -
 
 def test_pinned_hash_must_match(churn_model: Path, tmp_path: Path) -> None:
     with Server(tmp_path, churn_model, env={"FERRY_MODEL__SHA256": "0" * 64}).start(wait_ready=False) as server:
-        time.sleep(1)
+        failed_loads(server, 2)
         assert httpx.get(server.url + "/readyz").json()["status"] == "failed"
 
 
@@ -100,7 +110,9 @@ def test_model_name_setting_and_require_card(slow_model: Path, tmp_path: Path) -
     assert refusals and not [r for r in server.records() if r.get("event") == "model_loaded"]
 
 
-def test_livez_answers_while_the_model_is_busy(slow_model: Path, tmp_path: Path) -> None:
+def test_livez_answers_while_the_model_is_busy_and_sigterm_lets_in_flight_requests_finish(
+    slow_model: Path, tmp_path: Path
+) -> None:
     with Server(tmp_path, slow_model, env=TRUSTED_CARDLESS).start() as server:
         # The longest deadline: on a slow machine more requests than needed may queue behind 1.5 s calls.
         busy = Background(
@@ -117,9 +129,11 @@ def test_livez_answers_while_the_model_is_busy(slow_model: Path, tmp_path: Path)
         # loaded 2-core CI machine (typical here: < 15 ms).
         assert worst < 0.5, f"/livez took {worst * 1000:.0f} ms while the model was busy"
 
+        # The same server then shows SIGTERM lets an in-flight request finish (one start for both).
+        sigterm_lets_in_flight_requests_finish(server)
 
-def test_sigterm_lets_in_flight_requests_finish(slow_model: Path, tmp_path: Path) -> None:
-    server = Server(tmp_path, slow_model, env=TRUSTED_CARDLESS).start()
+
+def sigterm_lets_in_flight_requests_finish(server: Server) -> None:
     result: dict[str, httpx.Response] = {}
 
     def call() -> None:

@@ -18,17 +18,51 @@ from support.load import Load
 from support.metrics import Background, counter, scrape
 from support.server import Server
 
+FAULT_EVENTS = ("FAULT_INJECTION_ACTIVE", "fault_injection_cleared")
+
 
 class FaultFile:
+    """The fault file; once ``server`` is set, ``set()`` returns when every worker has taken the change."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.set()
+        self.server: Server | None = None  # none yet: a starting server reads the file as it is
+        self.current: dict[str, object] = {}
+        self._write({})
 
-    def set(self, **faults: object) -> None:
+    def _write(self, faults: dict[str, object]) -> None:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(faults))
         tmp.replace(self.path)  # atomic: a worker never reads half a file
-        time.sleep(0.8)  # every worker polls the file every 0.25 s
+
+    def set(self, **faults: object) -> None:
+        if self.server is None or faults == self.current:  # nothing running, or nothing to change
+            self._write(faults)
+            self.current = faults
+            return
+        server = self.server
+        seen = {pid: len(self._events(server, pid)) for pid in server.worker_pids()}
+        self._write(faults)
+        self.current = faults
+        # Every worker polls the file every 0.25 s and logs the change it applies (event and values).
+        expected = {"error_rate": 0.0, "latency_ms": 0.0, "hang": False, **faults}
+        deadline = time.monotonic() + 10
+        while True:
+            latest = {pid: self._events(server, pid)[count:] for pid, count in seen.items()}
+            if all(events and self._matches(events[-1], expected) for events in latest.values()):
+                return
+            assert time.monotonic() < deadline, f"workers never took {faults}: {latest}"
+            time.sleep(0.05)
+
+    @staticmethod
+    def _events(server: Server, pid: int) -> list[dict]:
+        return [r for r in server.records() if r.get("pid") == pid and r.get("event") in FAULT_EVENTS]
+
+    @staticmethod
+    def _matches(event: dict, expected: dict[str, object]) -> bool:
+        if event["event"] == "fault_injection_cleared":
+            return not (expected["error_rate"] or expected["latency_ms"] or expected["hang"])
+        return all(event.get(key) == value for key, value in expected.items())
 
 
 @pytest.fixture
@@ -71,6 +105,7 @@ def test_breaker_opens_fails_fast_and_recovers(
     reset_s = 6
     env = fault_env(faults, FERRY_BREAKER__FAIL_MAX="3", FERRY_BREAKER__RESET_TIMEOUT_S=str(reset_s))
     with Server(tmp_path, churn_model, env=env) as server:
+        faults.server = server
         url = server.url + "/api/v1/predict"
         assert httpx.post(url, json={"record": record}).status_code == 200
         faults.set(error_rate=1.0)
@@ -127,6 +162,7 @@ def test_slow_model_ends_at_the_deadline_and_recovers(
     # Process metrics refreshed often: the memory figures below are current, not from before the load.
     env = fault_env(faults, FERRY_INFERENCE__MAX_QUEUE="8", FERRY_METRICS__PROCESS_INTERVAL_S="0.2")
     with Server(tmp_path, churn_model, env=env) as server:
+        faults.server = server
         url = server.url + "/api/v1/predict"
         time.sleep(1.0)
         rss_before = counter(scrape(server), "ferry_process_resident_memory_bytes")
@@ -182,6 +218,7 @@ def test_slow_model_ends_at_the_deadline_and_recovers(
 def test_full_queue_sheds_at_once(churn_model: Path, record: dict, faults: FaultFile, tmp_path: Path) -> None:
     env = fault_env(faults, FERRY_INFERENCE__MAX_QUEUE="2", FERRY_DEADLINE__DEFAULT_S="20")
     with Server(tmp_path, churn_model, env=env) as server:
+        faults.server = server
         url = server.url + "/api/v1/predict"
         faults.set(hang=True)
         # Fill both workers: 1 hung call and 2 queued requests each.

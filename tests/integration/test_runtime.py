@@ -76,17 +76,25 @@ def test_recycled_workers_keep_totals(churn_model: Path, record: dict, tmp_path:
         assert server.stop() == 0
 
 
-def test_every_line_is_json_and_one_access_line_per_request(churn_model: Path, record: dict, tmp_path: Path) -> None:
-    server = Server(tmp_path, churn_model).start()
+def test_every_line_is_json_one_access_line_per_request_and_sigterm_exits_zero_in_time(
+    churn_model: Path, record: dict, tmp_path: Path
+) -> None:
+    """One server for both: its output is checked whole, after a SIGTERM that must end it within its
+    graceful timeout."""
+    server = Server(tmp_path, churn_model, env={"FERRY_SERVER__GRACEFUL_TIMEOUT_S": "5"}).start()
     ids = [f"line-test-{i}" for i in range(40)]
     try:
         for i, rid in enumerate(ids):
             body = {"record": record} if i % 4 else {"record": {"bad": 1}}  # errors log one line too
             httpx.post(server.url + "/api/v1/predict", json=body, headers={"X-Request-ID": rid})
         httpx.get(server.url + "/nope", headers={"X-Request-ID": "line-test-404"})
+        spread_requests(server, record, 10)  # on fresh connections, so both workers have served
     finally:
-        assert server.stop() == 0
+        started = time.monotonic()
+        assert server.stop(timeout=5) == 0
+        assert time.monotonic() - started < 5
     records = server.records()  # raises on the first line that is not JSON
+    assert "Shutting down: Master" in [r["event"] for r in records]
     # The launcher may log before it execs gunicorn (here: the harness's short graceful timeout
     # triggers its timeout_chain warning); from then on gunicorn's boot line comes first.
     launcher = [r for r in records if r.get("logger") == "ferry.launcher"]
@@ -111,16 +119,6 @@ def test_traceparent_is_honoured(server: Server, record: dict) -> None:
     )
     (line,) = server.requests(request_id="trace-test")
     assert line["trace_id"] == trace
-
-
-def test_sigterm_exits_zero_within_graceful_timeout(churn_model: Path, record: dict, tmp_path: Path) -> None:
-    server = Server(tmp_path, churn_model, env={"FERRY_SERVER__GRACEFUL_TIMEOUT_S": "5"}).start()
-    spread_requests(server, record, 10)
-    started = time.monotonic()
-    assert server.stop(timeout=5) == 0
-    assert time.monotonic() - started < 5
-    events = [r["event"] for r in server.records()]
-    assert "Shutting down: Master" in events
 
 
 def test_workers_do_not_oversubscribe_cores(server: Server) -> None:

@@ -30,8 +30,9 @@ from ferry import __version__
 from ferry.api import json_body, tensor_codec
 from ferry.api.deps import deadline_of
 from ferry.api.errors import from_status
-from ferry.api.openapi import COMPONENTS, JSON_BODY, RETRY_AFTER, route_errors
+from ferry.api.openapi import COMPONENTS, RETRY_AFTER, route_errors
 from ferry.api.orjson_route import OrjsonRequest, bounded
+from ferry.api.routes.predict import PREDICT_ERRORS
 from ferry.api.schemas import (
     NUMERIC_DATATYPES,
     InferInput,
@@ -50,16 +51,10 @@ from ferry.card import Feature
 from ferry.core import Core
 from ferry.errors import (
     BadRequest,
-    BatchTooLarge,
-    CircuitOpen,
-    DeadlineExceeded,
     FerryError,
     InvalidInput,
     MalformedBinaryData,
-    ModelError,
     ModelNotFound,
-    ModelNotReady,
-    Overloaded,
 )
 from ferry.features import FeatureSchema
 from ferry.inference import Prediction
@@ -344,18 +339,7 @@ V2_SLACK_VALUES = 1024
 MODEL = "/v2/models/{name}"
 VERSION = MODEL + "/versions/{version}"
 # What inference answers besides 200 (invalid requests are 400 under /v2, see ferry.api.errors.render).
-INFER_ERRORS: tuple[type[FerryError], ...] = (
-    *JSON_BODY,
-    InvalidInput,
-    MalformedBinaryData,
-    ModelNotFound,
-    BatchTooLarge,
-    ModelError,
-    CircuitOpen,
-    Overloaded,
-    ModelNotReady,
-    DeadlineExceeded,
-)
+INFER_ERRORS: tuple[type[FerryError], ...] = (*PREDICT_ERRORS, MalformedBinaryData, ModelNotFound)
 
 
 def _not_ready(model: type[BaseModel]) -> dict[str, Any]:

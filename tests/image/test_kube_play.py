@@ -136,7 +136,8 @@ def next_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 @pytest.fixture(scope="module")
 def canary_image(next_model: tuple[Path, dict]) -> Iterator[str]:
     """The derived image of the second model (`make model-image`, deploy/model-image/Dockerfile)."""
-    ref = f"localhost/ferry-model-kp:{uuid.uuid4().hex[:8]}"
+    # A letter first: `--set` reads an all-digit tag (or 1e5-like) as a number, which the schema refuses.
+    ref = f"localhost/ferry-model-kp:t{uuid.uuid4().hex[:8]}"
     image, tag = SERVICE_IMAGE.rsplit(":", 1)
     make = ["make", "--no-print-directory", "model-image", f"MODEL={next_model[0] / 'model.joblib'}"]
     built = subprocess.run(

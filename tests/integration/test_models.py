@@ -295,14 +295,6 @@ def test_triton_binary_tensors(
     )
 
 
-@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
-def test_triton_compressed_requests(triton_client, card, oip_records, oip_expected, algorithm: str) -> None:
-    tensor = triton.InferInput("input-0", [OIP_ROWS, len(card["features"])], "FP64")
-    tensor.set_data_from_numpy(_matrix(card, oip_records))
-    result = triton_client.infer("churn", [tensor], outputs=_outputs(True), request_compression_algorithm=algorithm)
-    _check(result, oip_expected)
-
-
 def test_triton_one_input_per_feature_with_bytes_categoricals(triton_client, card, oip_records, oip_expected) -> None:
     """What MLServer's PandasCodec sends, built with Triton's client: names in any order, BYTES categories."""
     inputs = []
@@ -322,25 +314,6 @@ def test_triton_one_input_per_feature_with_bytes_categoricals(triton_client, car
     _check(triton_client.infer("churn", inputs, outputs=_outputs(True)), oip_expected)
     with pytest.raises(InferenceServerException, match="missing input"):
         triton_client.infer("churn", inputs[1:], outputs=_outputs(True))
-
-
-def test_aio_client_json_labelled_octet_stream(server: Server, card, oip_records, oip_expected) -> None:
-    """tritonclient.http.aio (aiohttp) labels its JSON body application/octet-stream."""
-    import asyncio
-
-    import tritonclient.http.aio as triton_aio
-
-    async def go() -> Any:
-        client = triton_aio.InferenceServerClient(url=server.url.removeprefix("http://"))
-        try:
-            tensor = triton_aio.InferInput("input-0", [OIP_ROWS, len(card["features"])], "FP64")
-            tensor.set_data_from_numpy(_matrix(card, oip_records), binary_data=False)
-            outputs = [triton_aio.InferRequestedOutput(n, binary_data=False) for n in ("predict", "predict_proba")]
-            return await client.infer("churn", [tensor], outputs=outputs)
-        finally:
-            await client.close()
-
-    _check(asyncio.run(go()), oip_expected)
 
 
 def test_extensions_and_wire_refusals(server: Server, triton_client) -> None:

@@ -96,5 +96,7 @@ def test_a_gzip_bomb_is_refused_quickly_in_bounded_memory() -> None:
     seconds = time.perf_counter() - started
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
+    # The figure docs/architecture.md quotes (`pytest tests/unit/test_content_encoding.py -s -k bomb`).
+    print(f"gzip bomb of {len(bomb):,} bytes refused in {seconds:.3f} s, traced peak {peak / 2**20:.1f} MiB")
     assert peak < LIMIT + 2 * 1024 * 1024, peak  # the limit plus one slice, not 10 MB
-    assert seconds < 1.0, seconds  # measured: ~0.02 s
+    assert seconds < 1.0, seconds
